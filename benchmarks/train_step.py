@@ -24,18 +24,18 @@ def measure(name, batch, repeats):
   model = models.get_model(name, 1000 if name == 'resnet50' else 10)
   cfg = ml_collections.ConfigDict(dict(lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
                                        warmup_fraction=0.0))
-  tx = train.make_optimizer(cfg, 1000)
+  tx = train.make_optimizer(cfg)
   mesh = parallel.make_mesh(jax.devices()[:1])
   state = parallel.replicate(train_state.create(
       train_state.init_variables(model, jax.random.key(0), shape), tx), mesh)
-  step = train.make_train_step(model, tx, mesh)
+  step = train.make_train_step(model, cfg, mesh)
   rng = np.random.default_rng(0)
   batch = parallel.shard_batch({'image': rng.normal(size=(batch, *shape)).astype(np.float32),
                                 'label': rng.integers(0, 10, batch).astype(np.int32)}, mesh)
   times = []
   for i in range(repeats + 1):
     start = time.perf_counter()
-    state, metrics = step(state, batch)
+    state, metrics = step(state, batch, np.int32(1000))
     jax.block_until_ready(metrics['loss'])
     if i:  # the first call compiles
       times.append(time.perf_counter() - start)

@@ -28,6 +28,15 @@ Measured result (20 authors, forget 5% = 2 authors, mean ± std over 2 seeds):
 
 The unlearning learning rate (5e-4, AdamW, all methods) was set on the validation side, not on
 these numbers: see the comment at ``c.unlearn.lr`` in ``cure_jax/lm/config.py``.
+This table predates three changes that move its numbers: extraction strength now drops the
+final EOS label and has the floor 1/|y| (open-unlearning), greedy generation runs up to
+``config.eval.max_new_tokens`` (200, capped by the context) instead of the longest answer + 8,
+and privacy columns (privleak, LOSS-MIA AUC against the holdout authors) were added.
+
+This byte-level model is trained from scratch, so it knows no world facts:
+``config.data.train_utility_sets=True`` (the default here, and only here) puts the real-authors
+and world-facts QA into both fine-tuning sets to stand in for pre-training. With a pretrained
+model (``configs/authors_smollm2.py``, ``configs/tofu.py``) they are never trained on.
 
 Other modes: train_original, train_retrain (one model), unlearn (config.unlearn.method, e.g.
 --config.unlearn.method=npo). Real TOFU: --config.data.source=tofu --config.data.data_dir=PATH

@@ -1,4 +1,4 @@
-r"""ImageNet-1k (128×128 parquet files resized to 224), ResNet-50, forgetting class 547.
+r"""ImageNet-1k (128×128 parquet files resized to 224), ResNet-50, scenarios 108, 547, 892; K = 1.
 
 Command (DATA holds `data/train-*.parquet` and `data/validation-*.parquet` of the Hugging
 Face dataset benjamin-paine/imagenet-1k-128x128):
@@ -23,7 +23,9 @@ def get_config(arg=None):
   config.data.augment = 'flip'
   config.model.name = 'resnet50'
   config.model.dtype = 'bfloat16'
+  config.scenarios = '108;547;892'
   config.forget_classes = '547'
+  config.model_seeds = 1      # the paper trains one original and one retrain model here
   config.train.batch_size = 1024
   config.train.epochs = 90
   config.train.lr = 0.4

@@ -1,4 +1,10 @@
-"""Class unlearning experiments: the modes of ``experiments.main`` for image datasets."""
+"""Class unlearning experiments: the modes of ``experiments.main`` for image datasets.
+
+``reproduce`` (and ``unlearn``, one method) runs the paper's protocol (:mod:`cure_jax.protocol`)
+and writes results.json / results.md / plots; ``tune`` grid-searches each method on the
+validation split; ``train_original`` / ``train_retrain`` only train (or reuse) the models.
+Sweeps are resumable: finished runs are logged in ``WORKDIR/runs.jsonl`` (``tune.jsonl``).
+"""
 import itertools
 import json
 import os
@@ -6,10 +12,11 @@ import os
 import numpy as np
 from absl import logging
 
-from cure_jax import evaluate, methods, models, parallel, progress, report, train, unlearn
-from cure_jax.data import load_dataset, views
+from cure_jax import fingerprint, methods, models, protocol, report, sweep, tables, unlearn
 
 MODES = ('train_original', 'train_retrain', 'unlearn', 'reproduce', 'tune')
+# Methods whose objective has a temperature of its own (grogu_t1 fixes T = 1 by name).
+USES_TEMPERATURE = ('gsr', 'gsr_descent', 'grogu', 'grogu_descent')
 
 
 def validate(config):
@@ -24,140 +31,116 @@ def validate(config):
     methods.get(name)
   if config.seeds < 1:
     raise ValueError(f'config.seeds must be at least 1, got {config.seeds}.')
+  unlearn.model_seeds(config)
 
 
-def prepare(config, workdir, modes=('original', 'retrain')):
-  """Data, mesh, model and the trained (or cached) original/retrain models."""
-  validate(config)
-  parallel.maybe_initialize_distributed(config.distributed)
-  data = load_dataset(config.data)
-  forget_classes = unlearn.parse_forget_classes(config.forget_classes, data.num_classes)
-  forget, retain = views.forget_retain(data.train, forget_classes)
-  mesh = parallel.make_mesh()
-  model = models.get_model(config.model.name, data.num_classes, config.model.dtype)
-  trained = {}
-  for kind in modes:
-    trained[kind] = train.train_classifier(config, workdir, kind, data, model, mesh,
-                                           forget_classes)
-  return data, forget_classes, forget, retain, mesh, model, trained
+def _meta(config, study, cli_keys):
+  meta = fingerprint.run_metadata(config)
+  infos = list(study.original_info) + [i for sc in study.scenarios for i in sc.retrain_info]
+  meta['models'] = {i['fingerprint']: i['settings'] for i in infos if i}
+  meta['cli_keys'] = sorted(cli_keys)
+  meta['scenarios'] = [sc.label for sc in study.scenarios]
+  meta['model_seeds'] = list(study.model_seeds)
+  meta['timings'] = {k: round(v, 3) for k, v in study.timings.items()}
+  return meta
 
 
-def _row(method, seed, setting, forget_classes, metrics, status='ok', **extra):
-  return {'method': method, 'seed': seed, 'setting': setting, 'status': status,
-          'forget_classes': list(forget_classes), **metrics, **extra}
-
-
-def _setting(name):
-  if name in ('original', 'retrain'):
-    return 'reference'
-  return 'retain' if methods.get(name).uses_retain else 'forget'
-
-
-def run_methods(config, setup, evaluator, names, seeds):
-  rows = []
-  for name in names:
-    hp = unlearn.method_hparams(config.unlearn, name)
-    try:
-      runs = unlearn.run_method(setup, name, hp, seeds, config.seed_parallel)
-    except progress.NonFiniteLossError as e:
-      if len(names) == 1:
-        raise
-      # One diverging baseline must not cost the whole table: record it as diverged.
-      logging.error('%s diverged: %s', name, e)
-      rows += [_row(name, seed, _setting(name), setup.forget_classes, {}, status='diverged',
-                    error=str(e)) for seed in seeds]
-      continue
-    for seed, variables, seconds in runs:
-      metrics = evaluator.evaluate(variables)
-      rows.append(_row(name, seed, _setting(name), setup.forget_classes, metrics,
-                       time_s=seconds))
-      logging.info('%s seed %d: retain %.3f forget %.3f', name, seed, metrics['retain_acc'],
-                   metrics['forget_acc'])
+def run_unlearning(config, workdir, names, cli_keys=frozenset()):
+  study = protocol.make_study(config, workdir, cli_keys=cli_keys)
+  rows = protocol.reference_rows(study)
+  log = sweep.SweepLog(os.path.join(workdir, 'runs.jsonl'), protocol.sweep_key(config))
+  rows += protocol.sweep(study, names, log)
+  title = (f'{config.data.name}: scenarios {"; ".join(sc.label for sc in study.scenarios)}, '
+           f'K = {len(study.model_seeds)} model seeds, {config.seeds} runs per method')
+  class_names = list(study.data.class_names) or [str(k) for k in range(study.data.num_classes)]
+  report.write_report(rows, workdir, threshold=config.reproduce.forget_threshold,
+                      title=title, class_names=class_names, plots=config.reproduce.plots,
+                      meta=_meta(config, study, cli_keys))
+  print(f'## {title}\n\nTable 1 (test retain / forget accuracy, mean ± std; bold = best per '
+        f'scenario and setting)\n')
+  print(tables.table1(rows, config.reproduce.forget_threshold))
+  print(f'Full report: {os.path.join(workdir, "results.md")}')
   return rows
 
 
-def make_setup(config, workdir, split='test'):
-  data, forget_classes, forget, retain, mesh, model, trained = prepare(config, workdir)
-  ev_batch = config.train.eval_batch_size
-  targets = unlearn.compute_age_targets(model, trained['original'], forget, data,
-                                        forget_classes, mesh, ev_batch)
-  setup = unlearn.Setup(model=model, data=data, mesh=mesh, forget_classes=forget_classes,
-                        original=trained['original'], forget=forget, retain=retain,
-                        age_targets=targets)
-  evaluator = evaluate.Evaluator(model, data, getattr(data, split), forget_classes, mesh,
-                                 ev_batch)
-  evaluator.set_reference(trained['retrain'])
-  return setup, evaluator, trained
+def _trials(config, name, base):
+  temps = config.tune.temperatures if name in USES_TEMPERATURE else (base.temperature,)
+  for lr, epochs, temperature in itertools.product(config.tune.lrs, config.tune.epochs, temps):
+    hp = base.as_configdict()
+    hp.update(lr=float(lr), epochs=float(epochs), temperature=float(temperature))
+    trial = {'lr': float(lr), 'epochs': float(epochs)}
+    if name in USES_TEMPERATURE:
+      trial['temperature'] = float(temperature)
+    yield trial, hp
 
 
-def reference_rows(evaluator, trained, forget_classes):
-  return [_row(kind, 0, 'reference', forget_classes, evaluator.evaluate(trained[kind]))
-          for kind in ('original', 'retrain')]
+def select(scored, threshold):
+  """The earliest trial with the best mean retain acc among those whose worst scenario's
+  mean forget acc ≤ threshold; else the trial with the lowest forget acc."""
+  ok = [i for i, (_, s) in enumerate(scored) if s['forget_acc'] <= threshold + 1e-12]
+  if ok:
+    return scored[max(ok, key=lambda i: (scored[i][1]['retain_acc'], -i))][0]
+  return min(scored, key=lambda t: t[1]['forget_acc'])[0]
 
 
-def run_unlearning(config, workdir, names):
-  setup, evaluator, trained = make_setup(config, workdir)
-  rows = reference_rows(evaluator, trained, setup.forget_classes)
-  rows += run_methods(config, setup, evaluator, names, range(config.seeds))
-  title = (f'{config.data.name}: forgetting class(es) '
-           f'{", ".join(map(str, setup.forget_classes))}')
-  names_k = list(setup.data.class_names) or [str(k) for k in range(setup.data.num_classes)]
-  table = report.write_report(rows, workdir, threshold=config.reproduce.forget_threshold,
-                              title=title, class_names=names_k, plots=config.reproduce.plots)
-  print(table)
-  return rows
-
-
-def tune(config, workdir):
-  """Grid search per method on the *validation* split; writes tune.json with the choices."""
-  setup, evaluator, _ = make_setup(config, workdir, split='val')
+def tune(config, workdir, cli_keys=frozenset()):
+  """Grid search per method on the *validation* split over every scenario; writes
+  tune.json with the choices (copy them into the config's overrides)."""
+  study = protocol.make_study(config, workdir, split='val', cli_keys=cli_keys)
+  study.n_runs = config.tune.seeds
+  log = sweep.SweepLog(os.path.join(workdir, 'tune.jsonl'),
+                       protocol.sweep_key(config, extra=('tune',)))
   threshold, choices, records = config.reproduce.forget_threshold, {}, []
   for name in config.reproduce.methods:
-    base = unlearn.method_hparams(config.unlearn, name)
-    uses_t = name in ('gsr', 'gsr_descent', 'grogu', 'grogu_descent')
-    temps = config.tune.temperatures if uses_t else (base.temperature,)
+    base = unlearn.method_hparams(config.unlearn, name, cli_keys)
     scored = []
-    for lr, epochs, temperature in itertools.product(config.tune.lrs, config.tune.epochs, temps):
-      hp = base.as_configdict()
-      hp.update(lr=lr, epochs=epochs, temperature=temperature)
-      trial = {'lr': lr, 'epochs': epochs, 'temperature': temperature}
-      try:
-        runs = unlearn.run_method(setup, name, hp, range(config.tune.seeds),
-                                  config.seed_parallel)
-      except progress.NonFiniteLossError:
+    for trial, hp in _trials(config, name, base):
+      frozen = type(base)(hp)
+      rows = protocol.sweep(study, [name], log, hp_for=lambda _: frozen)
+      ok = [r for r in rows if r['status'] == 'ok']
+      if len(ok) < len(rows):
         records.append({'method': name, **trial, 'status': 'diverged'})
         continue
-      metrics = [evaluator.evaluate(v) for _, v, _ in runs]
-      score = {k: float(np.mean([m[k] for m in metrics])) for k in ('retain_acc', 'forget_acc')}
+      per = {sc.label: [r for r in ok if r['scenario'] == sc.label] for sc in study.scenarios}
+      score = {'retain_acc': float(np.mean([r['retain_acc'] for r in ok])),
+               'forget_acc': max(float(np.mean([r['forget_acc'] for r in v]))
+                                 for v in per.values())}
       scored.append((trial, score))
-      records.append({'method': name, **trial, **score})
-      logging.info('tune %s %s: val retain %.3f forget %.3f', name, trial,
+      records.append({'method': name, **trial, **score, 'status': 'ok'})
+      logging.info('tune %s %s: val retain %.3f worst-scenario forget %.3f', name, trial,
                    score['retain_acc'], score['forget_acc'])
     if not scored:
-      raise progress.NonFiniteLossError(f'tune: every trial of {name} diverged; lower '
-                                        'config.tune.lrs.')
-    ok = [i for i, (_, s) in enumerate(scored) if s['forget_acc'] <= threshold]
-    if ok:  # the earliest trial with the best retain accuracy
-      best = scored[max(ok, key=lambda i: (scored[i][1]['retain_acc'], -i))][0]
-    else:
-      best = min(scored, key=lambda t: t[1]['forget_acc'])[0]
-    choices[name] = best if uses_t else {k: best[k] for k in ('lr', 'epochs')}
+      raise FloatingPointError(f'tune: every trial of {name} diverged; lower config.tune.lrs.')
+    choices[name] = select(scored, threshold)
   report.write_atomic(os.path.join(workdir, 'tune.json'),
-                      json.dumps({'choices': choices, 'trials': records}, indent=1))
+                      report.to_json({'choices': choices, 'trials': records}))
   print(json.dumps(choices, indent=1))
   return choices
 
 
-def run(config, workdir):
+def train_only(config, workdir, kind):
+  study = protocol.make_study(config, workdir, kinds=('original',) if kind == 'original'
+                              else ('retrain',))
+  out = []
+  for sc in study.scenarios:
+    trained = study.originals if kind == 'original' else sc.retrain
+    for s, variables in zip(study.model_seeds, trained):
+      m = study.evaluator.evaluate(variables, sc.forget_classes)
+      out.append({'scenario': sc.label, 'model_seed': s,
+                  **{k: m[k] for k in ('overall_acc', 'retain_acc', 'forget_acc')}})
+    if kind == 'original':
+      break
+  print(report.to_json(protocol.json_safe(out)))
+  return out
+
+
+def run(config, workdir, cli_keys=frozenset()):
+  """``cli_keys``: dotted keys given on the command line (they beat per-method overrides)."""
+  cli_keys = frozenset(cli_keys)
+  validate(config)
   if config.mode in ('train_original', 'train_retrain'):
-    kind = config.mode.split('_')[1]
-    data, forget_classes, _, _, mesh, model, trained = prepare(config, workdir, modes=(kind,))
-    ev = evaluate.Evaluator(model, data, data.test, forget_classes, mesh,
-                            config.train.eval_batch_size)
-    metrics = ev.evaluate(trained[kind])
-    print(json.dumps({k: v for k, v in metrics.items() if k.endswith('_acc') and k != 'per_class_acc'}))
-    return metrics
+    return train_only(config, workdir, config.mode.split('_')[1])
   if config.mode == 'tune':
-    return tune(config, workdir)
+    return tune(config, workdir, cli_keys)
   names = [config.unlearn.method] if config.mode == 'unlearn' else list(config.reproduce.methods)
-  return run_unlearning(config, workdir, names)
+  return run_unlearning(config, workdir, names, cli_keys)

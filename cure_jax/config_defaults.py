@@ -13,8 +13,14 @@ def classification_config():
   c.mode = 'reproduce'
   c.seed = 0                  # seed of the original/retrain training runs
   c.forget_classes = '1'      # comma-separated class indices, e.g. '1' or '1,3'
+  # Forget scenarios of one sweep, ';'-separated, each a class or a comma list ('1;3;8');
+  # empty = the single scenario forget_classes.
+  c.scenarios = ''
+  # K: original models (and K retrain models per scenario), trained with seeds
+  # seed..seed+K-1 (or an explicit list '0,1,2'); run i starts from original i mod K.
+  c.model_seeds = 1
   c.distributed = False       # multi-host: call jax.distributed.initialize()
-  c.seeds = 5                 # unlearning seeds per method (0..seeds-1)
+  c.seeds = 5                 # unlearning runs per method and scenario (seeds 0..seeds-1)
   # Run a method's seeds as one vmapped program: True, False, or None = on accelerators only
   # (on the 2-core CPU the vmapped sweep was not faster; docs/benchmarks.md).
   c.seed_parallel = None
@@ -60,15 +66,28 @@ def classification_config():
   c.unlearn.lur_alpha = 0.01        # LUR look-ahead step
   c.unlearn.lur_w_r = 1.0
   c.unlearn.lur_w_f = 1.0
+  # SalUn: fraction of weights (largest |grad CE_forget|, one global ranking) that train;
+  # 0.5 = the median threshold. Weight decay of its SGD, applied to the trained weights only.
+  c.unlearn.salun_fraction = 0.5
+  c.unlearn.salun_weight_decay = 5e-4
+  # SCRUB: min step = gamma*CE + alpha*T^2*KL_T on retain; max step = -T^2*KL_T on forget,
+  # on even steps among the first 2*scrub_max_steps (cure_jax/methods.py:scrub_direction).
+  c.unlearn.scrub_alpha = 0.001
+  c.unlearn.scrub_gamma = 0.99
+  c.unlearn.scrub_temperature = 4.0
+  c.unlearn.scrub_max_steps = 8.0
   c.unlearn.log_every = 100
   # Per-method hyperparameters (chosen on the validation split, see the config docstring).
   c.unlearn.overrides = ml_collections.ConfigDict()
 
   c.reproduce = ml_collections.ConfigDict()
-  c.reproduce.methods = ('gradasc', 'randlabel', 'finetune', 'age', 'undial', 'ghr', 'gsr',
-                         'grogu_t1', 'grogu', 'gradasc_descent', 'gradrest_descent',
-                         'age_descent', 'undial_descent', 'ghr_descent', 'gsr_descent',
-                         'grogu_descent', 'lur')
+  # The paper's order: forget data only (Finetune, which sees retain data only, sits here as
+  # in the paper), then with retain data; the peers' baselines next to their kin.
+  c.reproduce.methods = ('gradasc', 'randlabel', 'finetune', 'age', 'undial', 'salun', 'delete',
+                         'ghr', 'gsr', 'grogu_t1', 'grogu', 'gradasc_descent',
+                         'gradrest_descent', 'age_descent', 'undial_descent', 'salun_descent',
+                         'scrub', 'lur', 'ghr_descent', 'gsr_descent', 'grogu_t1_descent',
+                         'grogu_descent')
   c.reproduce.forget_threshold = 0.003  # "best" rule: forget acc under this, then max retain
   c.reproduce.plots = True
 

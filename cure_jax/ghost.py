@@ -3,8 +3,11 @@
 A weight used as ``y = x W`` (dense over the rows of ``x``) receives, from example j, the
 gradient ``g_j = A_jᵀ B_j`` with ``A_j`` (n×p) the rows fed to it and ``B_j`` (n×q) their
 output cotangents. Two such gradients meet in ``⟨A_jᵀB_j, A'_jᵀB'_j⟩ = ⟨A_j A'_jᵀ, B_j B'_jᵀ⟩``
-("ghost" form, n×n Gram matrices) or by materialising ``A_jᵀB_j`` (p×q); :func:`leaf_stats`
-picks the cheaper per parameter. A convolution is the same on im2col patches, a lookup table
+("ghost" form, n×n Gram matrices) or by materialising ``A_jᵀB_j`` (p×q); :func:`leaf_plan`
+picks the cheaper per parameter (:func:`ghost_is_cheaper`) and also returns the leaf's
+coefficient-weighted direction ``Σ_j (a_j g_H,j + b_j g_S,j)``: the weighted sum of the
+materialised gradients, or else ``Aᵀ(a B_H + b B_S)`` from the saved inputs and combined
+cotangents (one weight-gradient product, no further pass through the network). A convolution is the same on im2col patches, a lookup table
 the same with one-hot rows, a tied output head ``z = x Eᵀ`` the same with ``A = ∂z``.
 
 Cotangent-dependent arrays come as a pair indexed by *seed* (seed 0: ``ℓ_H``, seed 1:
@@ -109,6 +112,18 @@ class Patches:
   def blocks(self):
     return [self.block(k) for k in range(self.num_offsets)]
 
+  def weight_grad(self, right_BxNxQ):
+    """``Σ_b rowsᵀ right`` flat (``K*C*Q``): XLA's own convolution weight gradient."""
+    rank = len(self.kernel_size)
+    spatial = 'DHW'[-rank:] if rank <= 3 else None
+    dims = ('N' + spatial + 'C', spatial + 'IO', 'N' + spatial + 'C')
+    batch, channels = self.x.shape[0], self.x.shape[-1]
+    kernel = jnp.zeros(self.kernel_size + (channels, right_BxNxQ.shape[-1]), jnp.float32)
+    conv = lambda k: jax.lax.conv_general_dilated(
+        self.x, k, self.strides, self.pads, rhs_dilation=self.dilation, dimension_numbers=dims)
+    cot = right_BxNxQ.reshape((batch,) + self.out_size + (right_BxNxQ.shape[-1],))
+    return jax.vjp(conv, kernel)[1](cot)[0].ravel()
+
   def scan(self, fn, init):
     """``fold(fn, blocks, init)`` with one block alive at a time."""
     return jax.lax.scan(lambda acc, k: (fn(acc, self.block(k)), None), init,
@@ -192,72 +207,132 @@ def ghost_stats(factors):
       for s, t in SEED_PAIRS])
 
 
-def _pair_products(g_h, g_s):
+def pair_stats(g_h, g_s):
+  """``3xB`` seed-pair inner products of two ``Bx...`` per-example gradients."""
   g = [x.reshape(x.shape[0], -1) for x in (g_h, g_s)]
   return jnp.stack([jnp.einsum('bp,bp->b', g[s], g[t]) for s, t in SEED_PAIRS])
 
 
-def _factor_blocks(factor, s):
-  """Materialised per-example gradient of one factor for seed ``s``: a list of ``BxPxQ``."""
-  right = _seed(factor.right, factor.right_seeded, s)
+def _factor_grads(factor):
+  """Materialised per-example gradients of one factor, ``(G_H, G_S)``, each ``Bx(P*Q)``.
+
+  Both seeds go through one product (the seeded side concatenated along its width): wider
+  matrix products, and the input patches are read once.
+  """
+  if factor.right_seeded:
+    right = jnp.concatenate(factor.right, axis=-1)
+  else:
+    right = factor.right
+  batch = right.shape[0]
   if isinstance(factor.left, OneHot):
     ids = factor.left.ids_BxN
-    table = jnp.zeros((ids.shape[0], factor.left.size, right.shape[-1]), right.dtype)
-    return [table.at[jnp.arange(ids.shape[0])[:, None], ids].add(right)]
-  return [jnp.einsum('bnp,bnq->bpq', block, right)
-          for block in _as_blocks(_pick_left(factor.left, factor.left_seeded, s))]
+    table = jnp.zeros((batch, factor.left.size, right.shape[-1]), jnp.float32)
+    both = table.at[jnp.arange(batch)[:, None], ids].add(right)
+  elif isinstance(factor.left, Patches):
+    # One example at a time: its im2col rows (N x KC, small) and one plain matrix product,
+    # about 25 % faster on CPU than batched products per kernel offset, without the batch's
+    # K-fold im2col copy.
+    def one(args):
+      x, r = args
+      rows = dataclasses.replace(factor.left, x=x[None]).blocks()
+      return jnp.concatenate(rows, axis=-1)[0].T @ r
+    both = jax.lax.map(one, (factor.left.x, right))
+  else:
+    blocks = [jnp.concatenate(pair, axis=-1) for pair in factor.left] if (
+        factor.left_seeded) else factor.left
+    left = blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=-1)
+    both = jnp.einsum('bnp,bnq->bpq', left, right)
+  if factor.right_seeded:
+    halves = jnp.split(both, 2, axis=-1)
+  elif len(factor.left) == 1:
+    halves = jnp.split(both, 2, axis=1)
+  else:  # several seeded column blocks: rows are [block_i of seed 0, block_i of seed 1]...
+    sizes = [pair[0].shape[-1] for pair in factor.left]
+    parts = jnp.split(both, list(itertools.accumulate(2 * n for n in sizes))[:-1], axis=1)
+    halves = [jnp.concatenate([jnp.split(p, 2, axis=1)[s] for p in parts], axis=1)
+              for s in (0, 1)]
+  return tuple(h.reshape(batch, -1) for h in halves)
 
 
-def materialised_stats(factors, grads=()):
-  """``3xB`` inner products by building per-example gradients.
+def per_example_grads(factors, grads=()):
+  """Per-example gradients ``(G_H, G_S)`` of one leaf, each ``Bx(size)`` float32.
 
   Args:
     factors: :class:`Factor` uses of the weight.
     grads: further per-example gradients of the same weight, pairs of ``Bx...``.
   """
-  if len(factors) == 1 and not grads and isinstance(factors[0].left, Patches):
-    # One kernel offset at a time: its rows of g_H and g_S, then their inner products.
-    f = factors[0]
-    rights = [_seed(f.right, f.right_seeded, s) for s in (0, 1)]
-    init = jnp.zeros((len(SEED_PAIRS), rights[0].shape[0]), jnp.float32)
-    return f.left.scan(lambda acc, x: acc + _pair_products(
-        *[jnp.einsum('bnc,bnq->bcq', x, r) for r in rights]), init)
-  per_seed = []
-  for s in (0, 1):
-    blocks = [_factor_blocks(f, s) for f in factors]
-    if grads or len({tuple(b.shape for b in bl) for bl in blocks}) > 1:
-      # Uses with different block layouts (or extra dense gradients) meet on the whole weight.
-      blocks = [[jnp.concatenate(bl, axis=1)] for bl in blocks]
-    flat = [sum(parts).reshape(parts[0].shape[0], -1) for parts in zip(*blocks)]
-    if grads:
-      extra = sum(g[s].reshape(g[s].shape[0], -1) for g in grads)
-      flat = [flat[0] + extra] if flat else [extra]
-    per_seed.append(flat)
-  return jnp.stack([
-      sum(jnp.einsum('bp,bp->b', x, y) for x, y in zip(per_seed[s], per_seed[t]))
-      for s, t in SEED_PAIRS])
+  parts = [_factor_grads(f) for f in factors]
+  parts += [tuple(x.reshape(x.shape[0], -1).astype(jnp.float32) for x in g) for g in grads]
+  return tuple(sum(p[s] for p in parts[1:]) + parts[0][s] for s in (0, 1))
 
 
-def ghost_is_cheaper(factors):
-  """Flop estimate: Gram matrices (N² per pair of uses) against materialising P×Q per example."""
+def factor_direction(factor, w_h, w_s):
+  """``Σ_j leftᵀ right`` of one factor with its seeded side combined as ``w_h·H + w_s·S``.
+
+  ``w_h``, ``w_s``: per-example weights ``(B,)``. Returns the flat ``P*Q`` weight gradient.
+  """
+  def combine(pair):
+    wh, ws = (w.reshape((-1,) + (1,) * (pair[0].ndim - 1)) for w in (w_h, w_s))
+    return wh * pair[0] + ws * pair[1]
+
+  right = combine(factor.right) if factor.right_seeded else factor.right
+  if isinstance(factor.left, OneHot):
+    flat = right.reshape(-1, right.shape[-1])
+    ids = factor.left.ids_BxN.reshape(-1)
+    return jnp.zeros((factor.left.size, flat.shape[-1]), jnp.float32).at[ids].add(flat).ravel()
+  if isinstance(factor.left, Patches) and len(factor.left.kernel_size) <= 3:
+    return factor.left.weight_grad(right)
+  if isinstance(factor.left, Patches):
+    per_offset = jax.lax.map(lambda k: jnp.einsum('bnc,bnq->cq', factor.left.block(k), right),
+                             jnp.arange(factor.left.num_offsets))
+    return per_offset.ravel()
+  left = [combine(block) for block in factor.left] if factor.left_seeded else factor.left
+  left = left[0] if len(left) == 1 else jnp.concatenate(left, axis=-1)
+  return jnp.einsum('bnp,bnq->pq', left, right).ravel()
+
+
+# Per-example gradients kept for the direction may take at most this many bytes per leaf
+# (B·P·Q·2 seeds·4); above it the ghost form, whose memory is the cotangents, is used.
+MATERIALISE_MAX_BYTES = 1 << 29
+
+
+def ghost_is_cheaper(factors, batch=1):
+  """Multiply-adds per example: Gram matrices + one weight-gradient pass (ghost) against two
+  per-example gradients, whose weighted sum is then the direction (materialise)."""
   ghost = materialise = 0
+  pairs = lambda a, b: 1 if not (a or b) else len(SEED_PAIRS)
   for f in factors:
-    seeds = 1 if not (f.left_seeded or f.right_seeded) else 2
     left = 1 if isinstance(f.left, OneHot) else f.left_width
-    materialise += seeds * f.rows * left * f.right_width
+    materialise += 2 * f.rows * left * f.right_width
+    ghost += f.rows * left * f.right_width  # the direction from combined cotangents
     for g in factors:
-      pairs = lambda a, b: 1 if not (a or b) else len(SEED_PAIRS)
       one_hot = isinstance(f.left, OneHot) or isinstance(g.left, OneHot)
       ghost += f.rows * g.rows * (
           (1 if one_hot else f.left_width) * pairs(f.left_seeded, g.left_seeded)
           + f.right_width * pairs(f.right_seeded, g.right_seeded) + len(SEED_PAIRS))
-  materialise += len(SEED_PAIRS) * factors[0].left_width * factors[0].right_width
-  return ghost < materialise
+  size = factors[0].left_width * factors[0].right_width
+  materialise += (len(SEED_PAIRS) + 2) * size
+  return ghost < materialise or 2 * 4 * batch * size > MATERIALISE_MAX_BYTES
 
 
-def leaf_stats(factors=(), grads=()):
-  """Per-example ``[‖g_H‖², ‖g_S‖², ⟨g_H, g_S⟩]`` (``3xB``) of one parameter leaf."""
+def leaf_plan(factors=(), grads=()):
+  """Per-example ``[‖g_H‖², ‖g_S‖², ⟨g_H, g_S⟩]`` (``3xB``) of one leaf, and its direction.
+
+  Returns ``(stats, direction)``; ``direction(w_h, w_s)`` is the flat ``Σ_j w_h,j g_H,j +
+  w_s,j g_S,j``, from the per-example gradients when they were materialised, else from the
+  factors with combined cotangents.
+  """
   factors = list(factors)
-  if factors and not grads and ghost_is_cheaper(factors):
-    return ghost_stats(factors)
-  return materialised_stats(factors, grads)
+  batch = _batch_of(factors, grads)
+  if factors and not grads and ghost_is_cheaper(factors, batch):
+    return ghost_stats(factors), lambda w_h, w_s: sum(
+        factor_direction(f, w_h, w_s) for f in factors)
+  g_h, g_s = per_example_grads(factors, grads)
+  return pair_stats(g_h, g_s), lambda w_h, w_s: w_h @ g_h + w_s @ g_s
+
+
+def _batch_of(factors, grads):
+  if grads:
+    return grads[0][0].shape[0]
+  f = factors[0]
+  return _seed(f.right, f.right_seeded, 0).shape[0]

@@ -1,42 +1,49 @@
-"""GROGU without per-example gradients (SPEC §2, closed form).
+"""GROGU without per-example gradients through the network (SPEC §2, closed form).
 
-GROGU needs, per example j, only ``⟨g_H,j, g_S,j⟩``, ``‖g_H,j‖²`` and ``‖g_S,j‖²``; then
-``G = ∇θ mean_j [a_j ℓ_H,j + b_j ℓ_S,j]`` with ``a_j, b_j`` held constant. One forward pass
-runs under :func:`flax.linen.intercept_methods`: every ``nn.Dense``, ``nn.Conv``, ``nn.Embed``
-(lookup and ``attend``) and every parameter-leaf module whose parameters are vectors
-(BatchNorm in inference mode, RMSNorm, LayerNorm, ...) records its inputs and gets a zero
-added to its output. Pulling the forward's ``jax.vjp`` with each loss's logit cotangent
-(two seeds) yields the per-example output cotangents of every layer; :mod:`cure_jax.ghost` turns inputs and cotangents into the
-per-example inner products; a third pull of the same vjp, seeded with
-``(a_j ∂ℓ_H,j + b_j ∂ℓ_S,j)/B`` at the logits, gives ``G`` without a second forward pass.
+GROGU needs, per example j, only ``c_j = ⟨g_H,j, g_S,j⟩``, ``‖g_H,j‖²`` and ``‖g_S,j‖²``,
+then ``G = ∇θ mean_j [a_j ℓ_H,j + b_j ℓ_S,j]`` with ``a_j, b_j`` held constant. The work:
 
-Examples must not interact inside the model (BatchNorm frozen) and every layer input and
-output must carry the batch on axis 0. :func:`supports` checks what it can (layer types and
-settings, batch axes, that every parameter belongs to an intercepted layer) so that a caller
-falls back to the ``jax.vmap`` reference (:func:`cure_jax.grogu.grogu_direction`) otherwise.
+1. One forward pass under :mod:`cure_jax.layer_calls`: every parameter-leaf call (``nn.Dense``,
+   ``nn.Conv``, ``nn.Embed`` lookup and tied ``attend``, norms and other leaves) saves its
+   inputs and gets a zero added to its output.
+2. Two *activation* pulls of that forward's vjp, taken with respect to the added zeros only
+   (parameters are constants: no weight gradients), seeded with each loss's logit cotangent:
+   the per-example output cotangents ``B_H``, ``B_S`` of every call.
+3. Per leaf (:func:`cure_jax.ghost.leaf_plan`), the per-example inner products, and
+4. the direction from what is already there: a weight used as ``y = x W`` gets
+   ``Σ_j x_jᵀ (a_j B_H,j + b_j B_S,j)/B`` (biases: summed cotangents; embeddings: a
+   scatter-add; ``attend``: the combined cotangent times the query; generic leaves: weighted
+   sums of their per-example gradients). There is no third pass through the network.
+
+Choices, per layer by shape (:func:`cure_jax.ghost.ghost_is_cheaper`): with ``N`` rows per
+example (positions), ``P`` inputs and ``Q`` outputs, the ghost identity costs about
+``N²(P+3Q) + NPQ`` multiply-adds per example (three Gram pairs, then one weight-gradient
+product for the direction) and materialising ``2NPQ`` (the gradient of each seed, whose
+weighted sum is then the direction for free); the cheaper wins, unless the per-example
+gradients would exceed :data:`cure_jax.ghost.MATERIALISE_MAX_BYTES`. Early convolutions
+(many positions) materialise, late ones and transformer projections use the ghost form.
+Pulls (:func:`pull_plan`): one pull vmapped over the two seeds doubles the backward's working
+set at once; two pulls keep only the first seed's cotangents alive meanwhile, which GROGU
+holds anyway. Two pulls are used unless the vmapped one's extra working set (taken as four times the
+largest layer output: a conv, norm and activation chain holds a few at once) is below 1/16
+of the cotangents held (then one vmapped pull, with larger and fewer matrix products).
+
+Requirements, checked by :func:`supports` (a caller falls back to the ``jax.vmap`` reference,
+:func:`cure_jax.grogu.grogu_direction`, with a logged notice): every parameter belongs to a
+recorded leaf call and is read nowhere else; examples do not interact (BatchNorm frozen, no
+batch statistics anywhere; see :mod:`cure_jax.grogu_checks`); every recorded call's inputs
+and outputs and the logits lead with the batch.
 """
 import dataclasses
-from typing import Any
+import math
 
 from absl import logging
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cure_jax import ghost, grogu
+from cure_jax import ghost, grogu, grogu_checks, layer_calls
 
 IMPLEMENTATIONS = ('fast', 'vmap')
-
-
-@dataclasses.dataclass
-class _LayerCall:
-  """What one intercepted call needs after the forward pass (static, from tracing)."""
-  kind: str  # 'dense' | 'conv' | 'embed' | 'attend' | 'vector'
-  path: tuple
-  leaves: tuple  # parameter names under `path` this call uses
-  out: Any = None  # ShapeDtypeStruct of the output
-  problem: str = ''  # why the fast path cannot handle this call ('' if it can)
-  config: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,131 +56,33 @@ class SupportCheck:
     return self.ok
 
 
-def _vector_leaf_params(module):
-  """The module's own parameters if it is a leaf whose parameters are all vectors, else None."""
-  try:
-    variables = module.variables
-  except Exception:  # pylint: disable=broad-except
-    return None  # unbound or not yet set up: not a parameter layer we can use
-  params = variables.get('params', {})
-  arrays = all(hasattr(v, 'ndim') for col in variables.values() for v in col.values())
-  if params and arrays and all(v.ndim <= 1 for v in params.values()):
-    return params
-  return None
-
-
-def _classify(module, method):
-  if method not in ('__call__', 'attend'):
-    return None
-  kind = {(nn.Dense, '__call__'): 'dense', (nn.Conv, '__call__'): 'conv',
-          (nn.Embed, '__call__'): 'embed', (nn.Embed, 'attend'): 'attend'}.get(
-              (type(module), method))
-  if kind is None and method == '__call__' and _vector_leaf_params(module) is not None:
-    kind = 'vector'
-  return kind
-
-
-def _first_arg(args, kwargs, name):
-  return args[0] if args else kwargs[name]
-
-
-def _record(kind, module, method, args, kwargs):
-  """Static description and saved arrays of one intercepted call."""
-  call = _LayerCall(kind, tuple(module.path), ())
-  if kind == 'dense':
-    x = _first_arg(args, kwargs, 'inputs')
-    call.leaves = ('kernel', 'bias') if module.use_bias else ('kernel',)
-    if module.dot_general is not None or module.dot_general_cls is not None:
-      call.problem = 'nn.Dense with a custom dot_general'
-    return call, {'x': x}
-  if kind == 'conv':
-    x = _first_arg(args, kwargs, 'inputs')
-    call.leaves = ('kernel', 'bias') if module.use_bias else ('kernel',)
-    size = (module.kernel_size,) if isinstance(module.kernel_size, int) else tuple(
-        module.kernel_size)
-    rank = len(size)
-    def broadcast(v):  # flax's int / None / sequence conventions for strides and dilations
-      return tuple(v) if isinstance(v, (tuple, list)) else (1 if v is None else v,) * rank
-    padding = nn.linear.canonicalize_padding(module.padding, rank)
-    call.config = dict(kernel_size=size, strides=broadcast(module.strides),
-                       dilation=broadcast(module.kernel_dilation), padding=padding)
-    if x.ndim != rank + 2:
-      call.problem = f'nn.Conv on inputs of rank {x.ndim} (needs exactly one batch axis)'
-    elif module.feature_group_count != 1 or module.mask is not None:
-      call.problem = 'nn.Conv with feature groups or a weight mask'
-    elif set(broadcast(module.input_dilation)) != {1}:
-      call.problem = 'nn.Conv with input dilation'
-    elif isinstance(padding, str) and padding not in ('SAME', 'VALID'):
-      call.problem = f'nn.Conv with padding {padding!r}'
-    return call, {'x': x}
-  if kind == 'embed':
-    call.leaves = ('embedding',)
-    call.config = dict(size=module.num_embeddings)
-    return call, {'ids': _first_arg(args, kwargs, 'inputs')}
-  if kind == 'attend':
-    call.leaves = ('embedding',)
-    return call, {'x': _first_arg(args, kwargs, 'query')}
-  # 'vector': recompute the layer per example later, from its inputs and frozen state.
-  call.leaves = tuple(_vector_leaf_params(module))
-  leaves, treedef = jax.tree.flatten((args, kwargs))
-  is_array = [isinstance(v, jax.Array) for v in leaves]
-  call.config = dict(module=module.clone(parent=None), method=method, treedef=treedef,
-                     is_array=is_array, statics=[None if a else v for a, v in
-                                                 zip(is_array, leaves)])
-  if isinstance(module, nn.BatchNorm) and not nn.merge_param(
-      'use_running_average', module.use_running_average, kwargs.get('use_running_average')):
-    call.problem = 'BatchNorm in training mode (examples interact through batch statistics)'
-  state = {k: v for k, v in module.variables.items() if k != 'params'}
-  return call, {'args': [v for a, v in zip(is_array, leaves) if a], 'state': state}
-
-
-def _traced_apply(apply_fn, params, inputs, perturbations=None):
-  """``apply_fn`` with every supported layer recorded (and perturbed, when given)."""
-  calls, saved = [], []
-
-  def interceptor(next_fun, args, kwargs, context):
-    kind = _classify(context.module, context.method_name)
-    if kind is None:
-      return next_fun(*args, **kwargs)
-    y = next_fun(*args, **kwargs)
-    call, arrays = _record(kind, context.module, context.method_name, args, kwargs)
-    call.out = jax.ShapeDtypeStruct(y.shape, y.dtype)
-    if perturbations is not None:
-      y = y + perturbations[len(calls)]
-    calls.append(call)
-    saved.append(arrays)
-    return y
-
-  with nn.intercept_methods(interceptor):
-    logits = apply_fn(params, inputs)
-  return logits, calls, saved
-
-
 def _param_paths(params):
   return {tuple(str(getattr(k, 'key', k)) for k in path)
           for path, _ in jax.tree_util.tree_leaves_with_path(params)}
 
 
 def _discover(apply_fn, params, inputs):
-  """Layer calls of one abstract forward pass and the reason the fast path cannot run."""
+  """Layer calls of one abstract forward pass, the root call and the structural problem."""
   holder = {}
 
   def run(p, x):
-    logits, holder['calls'], saved = _traced_apply(apply_fn, p, x)
+    logits, holder['calls'], saved, holder['root'] = layer_calls.traced_apply(apply_fn, p, x)
     return logits, saved
 
   logits, saved = jax.eval_shape(run, params, inputs)
   calls = holder['calls']
   batch = jax.tree.leaves(inputs)[0].shape[0]
   reason = ''
-  if logits.ndim == 0 or logits.shape[0] != batch:
-    reason = f'logits of shape {logits.shape} do not lead with the batch size {batch}'
+  if not isinstance(logits, jax.ShapeDtypeStruct) or logits.ndim == 0 or (
+      logits.shape[0] != batch):
+    reason = f'the logits are not one array leading with the batch size {batch}'
   known = _param_paths(params)
   covered = set()
   for call, arrays in zip(calls, saved):
+    name = '/'.join(call.path) or type(call.local.module).__name__
     shapes = [a.shape for a in jax.tree.leaves((arrays.get('x'), arrays.get('ids'),
-                                                arrays.get('args')))] + [call.out.shape]
-    name = '/'.join(call.path)
+                                                arrays.get('args')))]
+    shapes += [call.out.shape] if call.out is not None else []
     if call.problem:
       reason = reason or f'{name}: {call.problem}'
     elif any(not s or s[0] != batch for s in shapes):
@@ -185,15 +94,23 @@ def _discover(apply_fn, params, inputs):
       covered.add(call.path + (leaf,))
   missing = sorted('/'.join(p) for p in known - covered)
   if missing:
-    reason = reason or (f'parameters outside Dense/Conv/Embed/vector-parameter layers: '
-                        f'{missing[:5]}')
-  return calls, reason
+    reason = reason or f'parameters outside any parameter-leaf module call: {missing[:5]}'
+  return calls, holder['root'], batch, reason
 
 
-def supports(apply_fn, params, inputs):
-  """Whether :func:`grogu_direction_fast` handles this model; a falsy result has ``reason``."""
+def supports(apply_fn, params, inputs, probe=True):
+  """Whether :func:`grogu_direction_fast` handles this model; a falsy result has ``reason``.
+
+  ``probe=False`` skips the numeric check that examples do not interact (it runs the model
+  twice on random values, compiled once).
+  """
   try:
-    _, reason = _discover(apply_fn, params, inputs)
+    _, root, batch, reason = _discover(apply_fn, params, inputs)
+    if not reason and grogu_checks.reads_outside_calls(apply_fn, params, inputs):
+      reason = ('a parameter is read outside its layer call (e.g. module.variables[...] in a '
+                'custom __call__)')
+    if not reason and probe and root is not None:
+      reason = grogu_checks.examples_interact(root, batch)
   except Exception as e:  # pylint: disable=broad-except
     reason = f'tracing the model failed: {type(e).__name__}: {e}'
   return SupportCheck(not reason, reason)
@@ -218,26 +135,6 @@ def resolve_grogu_impl(impl, apply_fn, params, inputs):
 def _rows(x, batch):
   """``Bx...xP -> BxNxP`` in float32 (all middle axes are positions sharing the weight)."""
   return x.reshape(batch, -1, x.shape[-1]).astype(jnp.float32)
-
-
-def _vector_grads(call, layer_params, arrays, cot):
-  """Per-example gradients (a ``Bx...`` pair per leaf) of a vector-parameter layer."""
-  cfg = call.config
-  method = None if cfg['method'] == '__call__' else cfg['method']
-
-  def one(args_j, cot_h_j, cot_s_j):
-    def layer(p):
-      it = iter(args_j)
-      leaves = [next(it)[None] if a else v for a, v in zip(cfg['is_array'], cfg['statics'])]
-      args, kwargs = jax.tree.unflatten(cfg['treedef'], leaves)
-      return cfg['module'].apply({'params': p, **arrays['state']}, *args, method=method,
-                                 **kwargs)
-    _, pull = jax.vjp(layer, layer_params)
-    return pull(cot_h_j[None])[0], pull(cot_s_j[None])[0]
-
-  grads_h, grads_s = jax.vmap(one)(arrays['args'], *cot)
-  return {k: (grads_h[k].astype(jnp.float32), grads_s[k].astype(jnp.float32))
-          for k in grads_h}
 
 
 def _pair(cot, fn):
@@ -270,12 +167,12 @@ def _uses(call, arrays, cot, params, batch):
     for key in call.path:
       layer_params = layer_params[key]
     layer_params = {k: layer_params[k] for k in call.leaves}
-    for leaf, grad in _vector_grads(call, layer_params, arrays, cot).items():
+    for leaf, grad in layer_calls.generic_grads(call, layer_params, arrays, cot).items():
       yield call.path + (leaf,), grad
 
 
-def per_example_stats(calls, saved, cotangents, params, batch):
-  """``3xB``: ``‖g_H,j‖², ‖g_S,j‖², ⟨g_H,j, g_S,j⟩`` summed over all parameter leaves.
+def per_example_plans(calls, saved, cotangents, params, batch):
+  """``(3xB stats summed over leaves, {leaf path: direction(w_h, w_s)})``.
 
   ``cotangents`` holds, per call, the pair (ℓ_H seed, ℓ_S seed) of output cotangents.
   """
@@ -284,11 +181,19 @@ def per_example_stats(calls, saved, cotangents, params, batch):
     for leaf, use in _uses(call, arrays, cot, params, batch):
       factors, grads = by_leaf.setdefault(leaf, ([], []))
       (factors if isinstance(use, ghost.Factor) else grads).append(use)
-  return sum(ghost.leaf_stats(factors, grads) for factors, grads in by_leaf.values())
+  plans = {leaf: ghost.leaf_plan(*uses) for leaf, uses in by_leaf.items()}
+  return sum(stats for stats, _ in plans.values()), {k: d for k, (_, d) in plans.items()}
 
 
-def grogu_direction_fast(apply_fn, params, inputs, loss_h, loss_s, *, eps, w_h=1.0, w_s=1.0):
-  """GROGU direction from per-example inner products (no per-example gradients).
+def pull_plan(calls, logits):
+  """'vmapped' (one pull over both seeds) or 'separate' (two pulls); see the module doc."""
+  sizes = [math.prod(c.out.shape) for c in calls] + [math.prod(logits.shape)]
+  return 'vmapped' if 64 * max(sizes) < 2 * sum(sizes) else 'separate'
+
+
+def grogu_direction_fast(apply_fn, params, inputs, loss_h, loss_s, *, eps, w_h=1.0, w_s=1.0,
+                         pulls=None):
+  """GROGU direction from per-example inner products (no per-example gradients pulled).
 
   Args:
     apply_fn: ``(params, inputs) -> logits`` for the whole batch (BatchNorm frozen, no
@@ -299,39 +204,56 @@ def grogu_direction_fast(apply_fn, params, inputs, loss_h, loss_s, *, eps, w_h=1
       teacher logits and forget masks).
     eps: stabiliser of the projections.
     w_h, w_s: objective weights applied to the two losses before projecting.
+    pulls: 'separate' or 'vmapped' to override :func:`pull_plan`.
   Returns:
     ``(direction, aux)``: the direction is a pytree like ``params``; ``aux`` holds per-example
     ``'inner'``, ``'sq_norm_h'``, ``'sq_norm_s'`` (of the weighted gradients), the
     coefficients ``'coef_h'``, ``'coef_s'`` and the unweighted ``'loss_h'``, ``'loss_s'``.
   Raises:
-    ValueError: the model is outside what :func:`supports` accepts.
+    ValueError: the model is outside what :func:`supports` accepts (structural checks only;
+      call :func:`supports` for the full check).
   """
-  calls, reason = _discover(apply_fn, params, inputs)
+  logits, calls, saved, cotangents, losses = cotangents_of_calls(
+      apply_fn, params, inputs, loss_h, loss_s, w_h=w_h, w_s=w_s, pulls=pulls)
+  batch = logits.shape[0]
+  stats, directions = per_example_plans(calls, saved, cotangents, params, batch)
+  sq_norm_h, sq_norm_s, inner = stats
+  coef_h, coef_s = grogu.grogu_coefficients(inner, sq_norm_h, sq_norm_s, eps)
+  leaf_directions = {leaf: d(coef_h / batch, coef_s / batch) for leaf, d in directions.items()}
+
+  def assemble(path, p):
+    key = tuple(str(getattr(k, 'key', k)) for k in path)
+    return leaf_directions[key].reshape(p.shape).astype(p.dtype)
+
+  direction = jax.tree_util.tree_map_with_path(assemble, params)
+  aux = dict(inner=inner, sq_norm_h=sq_norm_h, sq_norm_s=sq_norm_s, coef_h=coef_h,
+             coef_s=coef_s, loss_h=losses[0], loss_s=losses[1])
+  return direction, aux
+
+
+def cotangents_of_calls(apply_fn, params, inputs, loss_h, loss_s, *, w_h, w_s, pulls=None):
+  """Steps 1-2: ``(logits, calls, saved inputs, [(B_H, B_S) per call], (ℓ_H, ℓ_S))``."""
+  calls, _, _, reason = _discover(apply_fn, params, inputs)
   if reason:
     raise ValueError(f'grogu_direction_fast cannot handle this model: {reason}. Use '
                      "config.unlearn.grogu_impl='vmap'.")
   zeros = [jnp.zeros(c.out.shape, c.out.dtype) for c in calls]
 
-  def forward(p, perturbations):
-    logits, _, saved = _traced_apply(apply_fn, p, inputs, perturbations)
+  def forward(perturbations):
+    logits, _, saved, _ = layer_calls.traced_apply(apply_fn, params, inputs, perturbations)
     return logits, saved
 
-  logits, pull, saved = jax.vjp(forward, params, zeros, has_aux=True)
-  batch = logits.shape[0]
+  # Parameters are constants here: the pulls compute activation cotangents only.
+  logits, pull, saved = jax.vjp(forward, zeros, has_aux=True)
   loss_h_B, dlogits_h = _per_example_value_and_grad(loss_h, logits)
   loss_s_B, dlogits_s = _per_example_value_and_grad(loss_s, logits)
-  seeds = jnp.stack([w_h * dlogits_h, w_s * dlogits_s])
-  # Two separate pulls rather than one vmapped over the seeds: on ResNet-18 at batch 128 the
-  # vmapped pull's doubled backward transients raised XLA's peak buffer use by ~0.24 GB.
-  cotangents = list(zip(pull(seeds[0])[1], pull(seeds[1])[1]))
-  sq_norm_h, sq_norm_s, inner = per_example_stats(calls, saved, cotangents, params, batch)
-  coef_h, coef_s = grogu.grogu_coefficients(inner, sq_norm_h, sq_norm_s, eps)
-  expand = lambda c: c.reshape((batch,) + (1,) * (logits.ndim - 1)) / batch
-  direction, _ = pull((expand(coef_h) * seeds[0] + expand(coef_s) * seeds[1]).astype(
-      logits.dtype))
-  aux = dict(inner=inner, sq_norm_h=sq_norm_h, sq_norm_s=sq_norm_s, coef_h=coef_h,
-             coef_s=coef_s, loss_h=loss_h_B, loss_s=loss_s_B)
-  return direction, aux
+  seeds = jnp.stack([w_h * dlogits_h, w_s * dlogits_s]).astype(logits.dtype)
+  if (pulls or pull_plan(calls, logits)) == 'vmapped':
+    both = jax.vmap(lambda s: pull(s)[0])(seeds)
+    cotangents = [(c[0], c[1]) for c in both]
+  else:
+    cotangents = list(zip(pull(seeds[0])[0], pull(seeds[1])[0]))
+  return logits, calls, saved, cotangents, (loss_h_B, loss_s_B)
 
 
 def _per_example_value_and_grad(loss, logits):

@@ -68,3 +68,26 @@ def random_non_forget_labels(rng, forget_mask, shape):
   """Uniform labels outside the forget mask (RandLabel), one per example of ``shape``."""
   allowed = jnp.broadcast_to(~forget_mask, shape + forget_mask.shape[-1:])
   return jax.random.categorical(rng, jnp.where(allowed, 0.0, MASK_VALUE), axis=-1)
+
+
+def kl_to_target(logits, target):
+  """``KL(p ‖ softmax(logits))`` per example, ``0·log 0 = 0`` (p held constant)."""
+  p = jax.lax.stop_gradient(target)
+  return soft_cross_entropy(logits, p) + jnp.sum(jax.scipy.special.xlogy(p, p), axis=-1)
+
+
+def distill_kl(logits, teacher_logits, temperature):
+  """SCRUB's ``DistillKL``: ``T² · KL(softmax(z_t/T) ‖ softmax(z_s/T))`` per example."""
+  p = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits) / temperature, axis=-1)
+  return temperature**2 * kl_to_target(logits / temperature, p)
+
+
+def delete(logits, teacher_logits, labels):
+  """DELETE (Zhou et al., CVPR 2025): ``KL(softmax(z with z_y masked) ‖ q)`` at T = 1.
+
+  Only each example's own label ``y`` is masked, as the official code does
+  (``pred_label[arange(B), y] = -1e10``); :data:`MASK_VALUE` gives the same softmax.
+  """
+  own = jax.nn.one_hot(labels, logits.shape[-1], dtype=bool)
+  p = jax.nn.softmax(mask_logits(jax.lax.stop_gradient(teacher_logits), own), axis=-1)
+  return kl_to_target(logits, jnp.where(own, 0.0, p))

@@ -1,27 +1,58 @@
-"""Training the *original* (all data) and *retrain* (forget classes removed) classifiers."""
+"""Training the *original* (all data) and *retrain* (forget classes removed) classifiers.
+
+Trained models are cached under ``WORKDIR/models/<fingerprint>`` (:mod:`cure_jax.fingerprint`:
+every setting that determines the parameters is part of the key), so a rerun with the same
+settings reuses them and any change trains a new model beside the old one.
+"""
+import json
 import os
+import time
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 from absl import logging
 
-from cure_jax import checkpointing, losses, parallel, progress, train_state
+from cure_jax import checkpointing, fingerprint, losses, parallel, progress, train_state
 from cure_jax.data import pipeline, views
 
 KINDS = ('original', 'retrain')
 
 
-def make_optimizer(cfg, total_steps):
-  """SGD with momentum, decoupled-from-nothing L2 weight decay, warmup + cosine schedule."""
-  warmup = int(cfg.warmup_fraction * total_steps)
-  schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(warmup, 1), total_steps)
+def make_optimizer(cfg):
+  """SGD with momentum on L2-decayed gradients, at unit step size: the train step scales
+  the update by :func:`learning_rate`, so one compiled step serves every schedule length
+  (original and retrain models of every scenario)."""
   return optax.chain(optax.add_decayed_weights(cfg.weight_decay),
-                     optax.sgd(schedule, momentum=cfg.momentum, nesterov=cfg.nesterov))
+                     optax.sgd(1.0, momentum=cfg.momentum, nesterov=cfg.nesterov))
 
 
-def make_train_step(model, tx, mesh):
-  """One jitted data-parallel SGD step on cross-entropy with BatchNorm in training mode."""
-  def step(state, batch):
+def learning_rate(cfg, step, total_steps):
+  """Linear warmup from 0 over ``warmup_fraction`` of the steps, then cosine decay to 0
+  (``optax.warmup_cosine_decay_schedule``; ``total_steps`` may be traced)."""
+  total = jnp.asarray(total_steps, jnp.float32)
+  warmup = jnp.maximum(jnp.floor(cfg.warmup_fraction * total), 1.0)
+  step = jnp.asarray(step, jnp.float32)
+  rise = cfg.lr * step / warmup
+  frac = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
+  decay = cfg.lr * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+  return jnp.where(step < warmup, rise, decay)
+
+
+_STEP_CACHE = {}
+
+
+def make_train_step(model, cfg, mesh):
+  """The jitted data-parallel SGD step ``(state, batch, total_steps) -> (state, metrics)``
+  on cross-entropy with BatchNorm in training mode; compiled once per model/optimizer/mesh."""
+  key = (model, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.warmup_fraction,
+         mesh)
+  if key in _STEP_CACHE:
+    return _STEP_CACHE[key]
+  tx = make_optimizer(cfg)
+
+  def step(state, batch, total_steps):
     def loss_fn(params):
       logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
                                     batch['image'], train=True, mutable=['batch_stats'])
@@ -30,13 +61,17 @@ def make_train_step(model, tx, mesh):
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    lr = learning_rate(cfg, state.step, total_steps)
+    updates = jax.tree.map(lambda u: lr * u, updates)
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               batch_stats=batch_stats, opt_state=opt_state)
     accuracy = (logits.argmax(-1) == batch['label']).mean()
     return new_state, {'loss': loss, 'accuracy': accuracy}
 
-  return jax.jit(step, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-                 out_shardings=parallel.replicated(mesh), donate_argnums=0)
+  repl = parallel.replicated(mesh)
+  _STEP_CACHE[key] = jax.jit(step, in_shardings=(repl, parallel.batch_sharded(mesh), repl),
+                             out_shardings=repl, donate_argnums=0)
+  return _STEP_CACHE[key]
 
 
 def training_source(data, kind, forget_classes):
@@ -47,20 +82,38 @@ def training_source(data, kind, forget_classes):
   return views.forget_retain(data.train, forget_classes)[1]
 
 
-def checkpoint_dir(workdir, kind, forget_classes=()):
-  suffix = '' if kind == 'original' else '_forget_' + '-'.join(map(str, forget_classes))
-  return os.path.join(workdir, 'checkpoints', kind + suffix)
+INFO_NAME = 'model.json'
 
 
-def train_classifier(config, workdir, kind, data, model, mesh, forget_classes, on_step=None):
+def checkpoint_dir(workdir, config, kind, forget_classes=(), seed=None):
+  """The cache directory of the model these settings train (its name is the fingerprint)."""
+  seed = config.seed if seed is None else seed
+  settings = fingerprint.model_settings(config, kind, seed, forget_classes)
+  return os.path.join(workdir, 'models', fingerprint.model_fingerprint(settings))
+
+
+def model_info(directory):
+  """``model.json`` of a finished model (fingerprint, settings, training seconds) or {}."""
+  try:
+    with open(os.path.join(directory, INFO_NAME)) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}
+
+
+def train_classifier(config, workdir, kind, data, model, mesh, forget_classes, on_step=None,
+                     seed=None):
   """Trains (or resumes, or loads when finished) the ``kind`` model; returns its variables.
 
+  ``seed`` (default ``config.seed``) seeds the initialisation and the batch order.
   Checkpoints every ``config.train.checkpoint_every`` steps and at the end into
-  ``checkpoint_dir(workdir, kind, ...)``. The batch order is a function of the step, so a
+  :func:`checkpoint_dir`, then writes ``model.json`` there (fingerprint, settings and the
+  training time without compilation). The batch order is a function of the step, so a
   resumed run reaches the same parameters as an uninterrupted one.
   ``on_step(step)`` is called after every step (tests use it to simulate a crash).
   """
   cfg = config.train
+  seed = config.seed if seed is None else int(seed)
   parallel.check_batch_size(cfg.batch_size, mesh, 'config.train.batch_size')
   source = training_source(data, kind, forget_classes)
   steps_per_epoch = len(source) // cfg.batch_size
@@ -68,29 +121,36 @@ def train_classifier(config, workdir, kind, data, model, mesh, forget_classes, o
     raise ValueError(f'config.train.batch_size={cfg.batch_size} exceeds the {len(source)} '
                      'training examples.')
   total_steps = cfg.epochs * steps_per_epoch
-  tx = make_optimizer(cfg, total_steps)
-  rng = jax.random.key(config.seed)
+  tx = make_optimizer(cfg)
+  rng = jax.random.key(seed)
   state = train_state.create(train_state.init_variables(model, rng, data.image_shape), tx)
   state = parallel.replicate(state, mesh)
 
-  mgr = checkpointing.manager(checkpoint_dir(workdir, kind, forget_classes))
+  directory = checkpoint_dir(workdir, config, kind, forget_classes, seed)
+  mgr = checkpointing.manager(directory)
   restored = checkpointing.restore_latest(mgr, state)
   if restored is not None:
     state = restored
   start = int(state.step)
   if start >= total_steps:
-    logging.info('%s model: finished checkpoint found at step %d', kind, start)
+    logging.info('%s model (seed %d): finished, reused from %s', kind, seed, directory)
+    mgr.close()
     return state.variables
   if start:
     logging.info('%s model: resuming from step %d', kind, start)
 
-  step_fn = make_train_step(model, tx, mesh)
+  step_fn = make_train_step(model, cfg, mesh)
   stream = pipeline.batches(source, cfg.batch_size, mean=data.mean, std=data.std,
-                            seed=config.seed, augment=config.data.augment, pad=config.data.pad,
+                            seed=seed, augment=config.data.augment, pad=config.data.pad,
                             start_step=start)
-  prog = progress.Progress(f'train {kind}', total_steps, cfg.log_every, start)
+  prog = progress.Progress(f'train {kind} seed {seed}', total_steps, cfg.log_every, start)
+  first_end = None
   for step in range(start, total_steps):
-    state, metrics = step_fn(state, parallel.shard_batch(next(stream), mesh))
+    state, metrics = step_fn(state, parallel.shard_batch(next(stream), mesh),
+                             np.int32(total_steps))
+    if first_end is None:  # the first step compiles: the training time leaves it out
+      jax.block_until_ready(metrics)
+      first_end = time.perf_counter()
     prog.add(step, metrics)
     if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total_steps:
       prog.flush()  # never checkpoint a state whose loss went non-finite
@@ -98,4 +158,12 @@ def train_classifier(config, workdir, kind, data, model, mesh, forget_classes, o
     if on_step is not None:
       on_step(step)
   mgr.close()
+  steps_done = total_steps - start
+  seconds = (time.perf_counter() - first_end) * steps_done / max(steps_done - 1, 1)
+  settings = fingerprint.model_settings(config, kind, seed, forget_classes)
+  info = {'fingerprint': os.path.basename(directory), 'settings': settings,
+          'train_s': seconds if start == 0 else None, 'steps': total_steps}
+  if jax.process_index() == 0:
+    from cure_jax import report
+    report.write_atomic(os.path.join(directory, INFO_NAME), json.dumps(info, indent=1))
   return state.variables

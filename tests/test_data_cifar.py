@@ -221,3 +221,50 @@ def test_missing_data_says_how_to_prepare(tmp_path, name):
 def test_unknown_name_is_rejected(tmp_path):
   with pytest.raises(ValueError, match='cifar1000'):
     cifar.load_cifar('cifar1000', str(tmp_path))
+
+
+def _cifar10_tarball(tmp_path):
+  files, train, test = _cifar10_python_files(np.random.default_rng(3))
+  path = tmp_path / 'cifar-10-python.tar.gz'
+  _write_tar(path, 'cifar-10-batches-py', files)
+  return path, train, test
+
+
+def _truncate(raw):
+  return raw[:len(raw) // 2]
+
+
+def _flip_middle(raw):
+  middle = len(raw) // 2
+  return raw[:middle] + bytes(b ^ 0xFF for b in raw[middle:middle + 16]) + raw[middle + 16:]
+
+
+def _garbage(raw):
+  return b'<html>404 Not Found</html>' * 3
+
+
+@pytest.mark.parametrize('damage', [_truncate, _flip_middle, _garbage])
+def test_damaged_tarball_names_the_file_and_says_to_download_again(tmp_path, damage):
+  path, _, _ = _cifar10_tarball(tmp_path)
+  path.write_bytes(damage(path.read_bytes()))
+  with pytest.raises(ValueError) as err:
+    cifar.load_cifar('cifar10', str(tmp_path))
+  message = str(err.value)
+  assert str(path) in message and 'download it again' in message
+  assert '\n' not in message
+
+
+def test_data_dir_may_be_the_official_tarball_itself(tmp_path):
+  path, train, test = _cifar10_tarball(tmp_path)
+  _check_splits(cifar.load_cifar('cifar10', str(path), split_seed=2), train, test, 10, 2)
+
+
+@pytest.mark.parametrize('name', ['cifar10.tar.gz', 'cifar-100-python.tar.gz', 'notes.txt'])
+def test_data_dir_that_is_another_file_says_to_give_the_folder(tmp_path, name):
+  path = tmp_path / name
+  path.write_bytes(b'x')
+  with pytest.raises(ValueError) as err:
+    cifar.load_cifar('cifar10', str(path))
+  message = str(err.value)
+  assert f'config.data.data_dir={str(path)!r} is a file' in message
+  assert 'cifar-10-python.tar.gz' in message and 'download' not in message

@@ -165,3 +165,24 @@ def test_undecodable_image_names_its_file(tmp_path):
   source = imagenet.ParquetImageSource([path], image_size=16)
   with pytest.raises(ValueError, match='train-00000-of-00001.parquet \\(record 0\\)'):
     source[0]
+
+
+def _truncated(raw):
+  return raw[:len(raw) // 2]
+
+
+def _flipped_footer(raw):
+  # The footer length and the trailing "PAR1" magic end the file.
+  return raw[:-8] + bytes(b ^ 0xFF for b in raw[-8:])
+
+
+@pytest.mark.parametrize('damage', [_truncated, _flipped_footer])
+def test_damaged_shard_names_its_file(hf_dir, damage):
+  data_dir = hf_dir[0]
+  shard = data_dir / 'data' / 'validation-00000-of-00001.parquet'
+  shard.write_bytes(damage(shard.read_bytes()))
+  with pytest.raises(ValueError) as err:
+    splits = imagenet.load_imagenet(str(data_dir), image_size=16)
+    [splits.test[i] for i in range(len(splits.test))]  # corrupt pages surface on reading
+  message = str(err.value)
+  assert str(shard) in message and ('download' in message or 'corrupt' in message)

@@ -270,6 +270,10 @@ def test_smoke_reproduce_rows_and_files(smoke_run):
     for key in ('forget_es', 'forget_prob', 'forget_rouge', 'model_utility', 'forget_quality'):
       assert 0.0 <= row[key] <= 1.0, (row['method'], key, row[key])
   assert rows[1]['forget_quality'] == 1.0
+  for row in rows:  # the authors data has holdout authors: membership attacks and privleak
+    assert 0.0 <= row['mia_min_k'] <= 1.0 and 0.0 <= row['mia_loss'] <= 1.0
+    assert np.isfinite(row['privleak'])
+  assert rows[1]['privleak'] == 0.0
   samples = json.loads((workdir / 'generations.json').read_text())
   assert {'question', 'answer', 'original', 'retrain', 'grogu T=5,w=10'} <= set(samples[0])
 
@@ -307,7 +311,7 @@ def test_evaluator_chunking_matches_one_split_at_a_time(smoke_run, batch_size):
   for name in ('forget', 'world_facts'):
     alone = evaluate.Evaluator(model, tokenizer, {'forget': eval_splits[name]},
                                config.data.template, batch_size=1)
-    nll, preds, targets = alone.teacher_forced(params)
+    nll, preds, targets, _ = alone.teacher_forced(params)
     reference = alone._split_metrics('forget', nll, preds, targets,
                                      alone.generate(params)['forget'])
     got = result['splits'][name]
@@ -324,7 +328,7 @@ def test_evaluator_scores_match_the_training_loss(smoke_run):
   config, tokenizer, splits, model, params = _smoke_model(smoke_run[0])
   evaluator = evaluate.Evaluator(model, tokenizer, {'forget': splits['forget']},
                                  config.data.template, config.eval.batch_size)
-  nll, _, _ = evaluator.teacher_forced(params)
+  nll, _, _, _ = evaluator.teacher_forced(params)
   encoded = run._encode(tokenizer, splits['forget'], config)
   expected = objectives.answer_nll(model.apply({'params': params}, encoded['tokens']), encoded)
   np.testing.assert_allclose(nll[evaluator.rows['forget', 'answer']], expected, rtol=1e-4)

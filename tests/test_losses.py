@@ -91,3 +91,31 @@ def test_random_non_forget_labels_avoid_the_forget_classes():
                                                       (2000,)))
   assert not np.any(np.isin(labels, [0, 5]))
   assert set(np.unique(labels)) == {1, 2, 3, 4, 6}
+
+
+def _kl_by_hand(p, logits):
+  log_q = log_softmax(logits, -1)
+  return np.sum(np.where(p > 0, p * (np.log(np.where(p > 0, p, 1)) - log_q), 0), -1)
+
+
+def test_delete_is_kl_to_the_teacher_with_the_own_label_at_minus_1e10():
+  logits, teacher = _case(6)
+  labels = np.array([0, 3, 3, 6, 2])
+  z = teacher.astype(np.float64).copy()
+  z[np.arange(5), labels] = -1e10
+  expected = _kl_by_hand(softmax(z, -1), logits)
+  got = np.asarray(losses.delete(logits, teacher, labels))
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+  # Only the own label is masked: the other classes keep the teacher's relative odds.
+  assert np.all(got > 0)
+  assert np.asarray(losses.delete(np.where(np.eye(K)[labels] > 0, -40.0, teacher), teacher,
+                                  labels)).max() < 1e-5
+
+
+@pytest.mark.parametrize('temperature', [1.0, 4.0])
+def test_distill_kl_is_t_squared_kl_of_softened_distributions(temperature):
+  logits, teacher = _case(7)
+  expected = temperature**2 * _kl_by_hand(softmax(teacher / temperature, -1),
+                                          logits / temperature)
+  np.testing.assert_allclose(losses.distill_kl(logits, teacher, temperature), expected,
+                             rtol=1e-5, atol=1e-6)

@@ -21,12 +21,14 @@ def test_empty_answer_mask_is_rejected():
 
 
 @pytest.mark.parametrize('preds, expected', [
+    # Answer y = [5, 6, 7] (|y| = 3) then EOS 8, whose prediction is never scored.
     ([5, 6, 7, 8], 1.0),        # all correct: k*=0
-    ([0, 6, 7, 8], 0.75),       # first wrong: k*=1
-    ([5, 0, 7, 8], 0.5),        # k*=2
-    ([5, 6, 0, 8], 0.25),       # k*=3
-    ([5, 6, 7, 0], 0.0),        # last wrong: k*=|y|
-    ([0, 6, 0, 8], 0.25),       # only the last mismatch matters
+    ([5, 6, 7, 0], 1.0),        # a wrong EOS prediction is dropped (labels[:-1])
+    ([0, 6, 7, 8], 2 / 3),      # first wrong: k*=1
+    ([5, 0, 7, 8], 1 / 3),      # k*=2
+    ([5, 6, 0, 8], 1 / 3),      # last wrong: no suffix matches, k*=|y|-1: the floor 1/|y|
+    ([0, 0, 0, 0], 1 / 3),      # nothing right: still the floor, never 0
+    ([0, 6, 0, 8], 1 / 3),      # only the last mismatch matters
 ])
 def test_extraction_strength(preds, expected):
   # Positions 0 and 5 are not answer tokens; their (wrong) predictions must be ignored.
@@ -34,6 +36,19 @@ def test_extraction_strength(preds, expected):
   full_preds = np.array([[9] + preds + [9]])
   mask = np.array([[0, 1, 1, 1, 1, 0]])
   np.testing.assert_allclose(tofu.extraction_strength(full_preds, labels, mask), [expected])
+
+
+def test_extraction_strength_rows_of_different_lengths_and_without_eos_drop():
+  labels = np.array([[5, 6, 2, 0], [5, 6, 7, 8]])
+  preds = np.array([[5, 0, 9, 9], [1, 6, 7, 8]])
+  mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]])
+  # Row 0: y=[5,6], second wrong -> floor 1/2. Row 1: y=[5,6,7], k*=1 -> 2/3.
+  np.testing.assert_allclose(tofu.extraction_strength(preds, labels, mask), [0.5, 2 / 3])
+  # Scoring the EOS too: row 0 y=[5,6,2], pred [5,0,9]: floor 1/3; row 1 y=[5,6,7,8]: 3/4.
+  np.testing.assert_allclose(tofu.extraction_strength(preds, labels, mask, drop_eos=False),
+                             [1 / 3, 0.75])
+  # An answer that is only its EOS keeps it: one correct token gives 1.
+  np.testing.assert_allclose(tofu.extraction_strength([[4]], [[4]], [[1]]), [1.0])
 
 
 def test_rouge_l_recall_with_stemming():

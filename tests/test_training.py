@@ -23,7 +23,7 @@ def test_data_parallel_step_on_4_devices_equals_single_device(data):
   assert len(jax.devices()) == 4
   config = helpers.smoke_config()
   model = models.get_model('resnet8', 10)
-  tx = train.make_optimizer(config.train, 10)
+  tx = train.make_optimizer(config.train)
   # Host copies: the jitted step donates its input state.
   variables = jax.device_get(train_state.init_variables(model, jax.random.key(0),
                                                         data.image_shape))
@@ -32,9 +32,9 @@ def test_data_parallel_step_on_4_devices_equals_single_device(data):
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = parallel.make_mesh(devices)
     state = parallel.replicate(train_state.create(variables, tx), mesh)
-    step = train.make_train_step(model, tx, mesh)
+    step = train.make_train_step(model, config.train, mesh)
     for _ in range(2):
-      state, metrics = step(state, parallel.shard_batch(batch, mesh))
+      state, metrics = step(state, parallel.shard_batch(batch, mesh), np.int32(10))
     results.append((state, metrics))
   (s1, m1), (s4, m4) = results
   assert s4.params['head']['kernel'].sharding.mesh.devices.size == 4
@@ -60,7 +60,7 @@ def test_resumed_training_reaches_the_uninterrupted_parameters(tmp_path, data):
       raise Crash()
   with pytest.raises(Crash):
     run('b', on_step=crash_at_7)
-  ckpt = train.checkpoint_dir(str(tmp_path / 'b'), 'original')
+  ckpt = train.checkpoint_dir(str(tmp_path / 'b'), config, 'original')
   assert checkpointing.manager(ckpt).latest_step() == 5
   resumed = run('b')
   np.testing.assert_array_equal(_flat(straight), _flat(resumed))
@@ -75,18 +75,19 @@ def test_nan_loss_stops_with_the_step_and_writes_no_checkpoint(tmp_path, data):
   with pytest.raises(progress.NonFiniteLossError, match=r'at step \d+; no checkpoint'):
     train.train_classifier(config, str(tmp_path), 'original', data, model,
                            parallel.make_mesh(), (1,))
-  assert checkpointing.manager(train.checkpoint_dir(str(tmp_path), 'original')).latest_step() is None
+  assert checkpointing.manager(
+      train.checkpoint_dir(str(tmp_path), config, 'original')).latest_step() is None
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, data):
   config, data, model, mesh, _ = helpers.trained(tmp_path, kinds=('original',))
-  ckpt = train.checkpoint_dir(str(tmp_path), 'original')
+  ckpt = train.checkpoint_dir(str(tmp_path), config, 'original')
   for root, _, files in os.walk(ckpt):
     for name in files:
       if 'metadata' not in name:
         with open(os.path.join(root, name), 'wb') as f:
           f.write(b'garbage')
-  with pytest.raises(checkpointing.CheckpointError, match='corrupt'):
+  with pytest.raises(checkpointing.CheckpointError, match='corrupt|cannot be read'):
     train.train_classifier(config, str(tmp_path), 'original', data, model, mesh, (1,))
 
 
@@ -101,3 +102,44 @@ def test_batch_size_that_does_not_divide_over_devices_is_rejected(tmp_path, data
   with pytest.raises(ValueError, match='batch_size=6 does not divide over the 4 devices'):
     train.train_classifier(config, str(tmp_path), 'original', data,
                            models.get_model('resnet8', 10), parallel.make_mesh(), (1,))
+
+
+@pytest.mark.parametrize('total,warmup_fraction', [(100, 0.05), (37, 0.2), (10, 0.0)])
+def test_traced_schedule_equals_optax_warmup_cosine(total, warmup_fraction):
+  import optax
+  cfg = helpers.smoke_config(lr=0.3, warmup_fraction=warmup_fraction).train
+  reference = optax.warmup_cosine_decay_schedule(0.0, 0.3, max(int(warmup_fraction * total), 1),
+                                                 total)
+  for step in range(total + 1):
+    np.testing.assert_allclose(float(train.learning_rate(cfg, step, np.int32(total))),
+                               float(reference(step)), rtol=1e-5, atol=1e-7)
+
+
+def test_model_cache_key_changes_exactly_with_what_changes_the_model(tmp_path):
+  config = helpers.smoke_config()
+  base = train.checkpoint_dir(str(tmp_path), config, 'original')
+  same = helpers.smoke_config(log_every=3, checkpoint_every=7, eval_batch_size=32)
+  assert train.checkpoint_dir(str(tmp_path), same, 'original') == base
+  for changed in (helpers.smoke_config(lr=0.05), helpers.smoke_config(epochs=2)):
+    assert train.checkpoint_dir(str(tmp_path), changed, 'original') != base
+  assert train.checkpoint_dir(str(tmp_path), config, 'original', seed=1) != base
+  config.data.split_seed = 1
+  assert train.checkpoint_dir(str(tmp_path), config, 'original') != base
+  retrain = [train.checkpoint_dir(str(tmp_path), helpers.smoke_config(), 'retrain', c)
+             for c in ((1,), (3,))]
+  assert len({base, *retrain}) == 3
+
+
+def test_changed_settings_train_a_new_model_beside_the_cached_one(tmp_path, data):
+  model, mesh = models.get_model('resnet8', 10), parallel.make_mesh()
+  first = helpers.smoke_config()
+  a = train.train_classifier(first, str(tmp_path), 'original', data, model, mesh, ())
+  info = train.model_info(train.checkpoint_dir(str(tmp_path), first, 'original'))
+  assert info['fingerprint'].startswith('original-') and info['train_s'] > 0
+  other = helpers.smoke_config(lr=0.05)
+  b = train.train_classifier(other, str(tmp_path), 'original', data, model, mesh, ())
+  assert not np.allclose(_flat(a), _flat(b))
+  again = train.train_classifier(first, str(tmp_path), 'original', data, model, mesh, (),
+                                 on_step=lambda step: pytest.fail('retrained a cached model'))
+  np.testing.assert_array_equal(_flat(a), _flat(again))
+  assert len(os.listdir(tmp_path / 'models')) == 2

@@ -3,33 +3,49 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cure_jax import classification, methods, unlearn
+from cure_jax import classification, evaluate, methods, parallel, scan_unlearn, unlearn
+from cure_jax.data import views
 from tests import helpers
 
 
 @pytest.fixture(scope='module')
 def env(tmp_path_factory):
   config, data, model, mesh, trained = helpers.trained(tmp_path_factory.mktemp('models'))
-  forget_classes = (1,)
-  from cure_jax.data import views
-  forget, retain = views.forget_retain(data.train, forget_classes)
-  targets = unlearn.compute_age_targets(model, trained['original'], forget, data,
-                                        forget_classes, mesh, 64)
+  return config, data, model, trained
 
-  def make_setup(devices=None):
-    from cure_jax import parallel
-    return unlearn.Setup(model=model, data=data, mesh=parallel.make_mesh(devices),
-                         forget_classes=forget_classes, original=trained['original'],
-                         forget=forget, retain=retain, age_targets=targets)
-  return config, data, model, trained, make_setup
+
+def _run_data(data, classes, hp, seeds, n_pad=None, m_pad=None):
+  forget, retain = views.forget_retain(data.train, classes)
+  fx, fy = evaluate.materialize(forget)
+  b = int(hp.batch_size)
+  n_pad = n_pad or scan_unlearn.padded_size(len(fy), b)
+  subsets = [evaluate.materialize(views.retain_subset(retain, hp.retain_fraction, s))
+             for s in seeds]
+  m_pad = m_pad or scan_unlearn.padded_size(len(subsets[0][1]), b)
+  return scan_unlearn.RunData(
+      scan_unlearn.pad_rows(fx, n_pad), scan_unlearn.pad_rows(fy, n_pad), len(fy),
+      np.stack([scan_unlearn.pad_rows(x, m_pad) for x, _ in subsets]),
+      np.stack([scan_unlearn.pad_rows(y, m_pad) for _, y in subsets]), len(subsets[0][1]),
+      np.isin(np.arange(data.num_classes), classes))
 
 
 def _hp(config, name, steps=1, **overrides):
   hp = unlearn.method_hparams(config.unlearn, name).as_configdict()
   hp.update(overrides)
-  # epochs such that the run is exactly `steps` steps over the 127 forget examples.
-  hp.epochs = steps * hp.batch_size / 127 - 1e-6
+  hp.epochs = steps * hp.batch_size / 127 - 1e-6   # exactly `steps` steps over 127 examples
   return hp
+
+
+def _run(env, name, hp, seeds=(0,), vmapped=False, devices=None, programs=None,
+         classes=(1,), pads=(None, None)):
+  _, data, model, trained = env
+  programs = programs or scan_unlearn.Programs(model, data.mean, data.std,
+                                               parallel.make_mesh(devices))
+  keys = [np.asarray(jax.random.key_data(jax.random.key(s))) for s in seeds]
+  params, bad, _, _ = scan_unlearn.run_group(
+      programs, name, hp, _run_data(data, classes, hp, seeds, *pads), [trained['original']] * len(seeds),
+      keys, vmapped)
+  return params, bad
 
 
 def _flat(tree):
@@ -38,60 +54,130 @@ def _flat(tree):
 
 @pytest.mark.parametrize('name', sorted(methods.REGISTRY))
 def test_every_method_runs_a_step_and_changes_the_parameters(env, name):
-  config, _, _, trained, make_setup = env
-  [(seed, variables, _)] = unlearn.run_method(make_setup(), name, _hp(config, name, lr=0.01),
-                                              [0], seed_parallel=False)
-  before, after = _flat(trained['original']['params']), _flat(variables['params'])
-  assert np.all(np.isfinite(after))
+  config, _, _, trained = env
+  [params], [bad] = _run(env, name, _hp(config, name, lr=0.01))
+  before, after = _flat(trained['original']['params']), _flat(params)
+  assert bad == -1 and np.all(np.isfinite(after))
   assert np.abs(after - before).max() > 0
 
 
-def test_seed_parallel_sweep_equals_sequential_seeds(env):
-  config, _, _, _, make_setup = env
+def test_vmapped_runs_equal_sequential_runs(env):
+  config = env[0]
   hp = _hp(config, 'ghr_descent', steps=3)
-  setup = make_setup()
-  vmapped = unlearn.run_method(setup, 'ghr_descent', hp, [0, 1], seed_parallel=True)
-  looped = unlearn.run_method(setup, 'ghr_descent', hp, [0, 1], seed_parallel=False)
-  for (s1, v1, _), (s2, v2, _) in zip(vmapped, looped):
-    assert s1 == s2
-    np.testing.assert_allclose(_flat(v1['params']), _flat(v2['params']), rtol=1e-5, atol=1e-6)
-  assert not np.allclose(_flat(vmapped[0][1]['params']), _flat(vmapped[1][1]['params']))
+  vmapped, _ = _run(env, 'ghr_descent', hp, seeds=(0, 1), vmapped=True)
+  looped, _ = _run(env, 'ghr_descent', hp, seeds=(0, 1), vmapped=False)
+  for v, s in zip(vmapped, looped):
+    np.testing.assert_allclose(_flat(v), _flat(s), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(_flat(vmapped[0]), _flat(vmapped[1]))
 
 
 @pytest.mark.parametrize('name,impl', [('grogu', 'vmap'), ('grogu', 'fast'),
                                        ('gradrest_descent', 'vmap')])
-def test_unlearning_step_on_4_devices_equals_single_device(env, name, impl):
-  config, _, _, _, make_setup = env
-  hp = _hp(config, name, steps=2, grogu_impl=impl)
-  [(_, one, _)] = unlearn.run_method(make_setup(helpers.single_device()), name, hp, [0], False)
-  [(_, four, _)] = unlearn.run_method(make_setup(), name, hp, [0], False)
-  np.testing.assert_allclose(_flat(one['params']), _flat(four['params']), rtol=1e-4, atol=1e-6)
+def test_run_on_4_devices_equals_single_device(env, name, impl):
+  hp = _hp(env[0], name, steps=2, grogu_impl=impl)
+  [one], _ = _run(env, name, hp, devices=helpers.single_device())
+  [four], _ = _run(env, name, hp)
+  np.testing.assert_allclose(_flat(one), _flat(four), rtol=1e-4, atol=1e-6)
 
 
-def test_age_targets_are_the_teachers_favourite_non_forget_class(env):
-  config, data, model, trained, make_setup = env
-  setup = make_setup()
-  x = np.stack([setup.forget[i]['image'] for i in range(len(setup.forget))])
-  x = (x.astype(np.float32) / 255 - data.mean[0]) / data.std[0]
-  logits = np.array(model.apply(trained['original'], x, train=False))
-  logits[:, 1] = -np.inf
-  expected = np.bincount(logits.argmax(-1), minlength=10).argmax()
-  assert setup.age_targets[1] == expected != 1
-  assert list(np.delete(setup.age_targets, 1)) == [k for k in range(10) if k != 1]
+def test_fast_and_vmap_grogu_runs_agree(env):
+  runs = [_run(env, 'grogu', _hp(env[0], 'grogu', steps=2, grogu_impl=impl),
+               devices=helpers.single_device())[0][0] for impl in ('fast', 'vmap')]
+  np.testing.assert_allclose(_flat(runs[0]), _flat(runs[1]), rtol=1e-4, atol=1e-6)
 
 
-def test_grogu_t1_fixes_the_temperature_and_overrides_apply(env):
-  config = env[0].copy_and_resolve_references()
-  config.unlearn.overrides = ml_collections.ConfigDict({'ghr': {'lr': 0.5}})
-  assert unlearn.method_hparams(config.unlearn, 'grogu_t1').temperature == 1.0
-  assert unlearn.method_hparams(config.unlearn, 'ghr').lr == 0.5
+def test_one_compiled_program_serves_every_scenario_and_epoch_count(env):
+  config, data, model, _ = env
+  programs = scan_unlearn.Programs(model, data.mean, data.std, parallel.make_mesh())
+  for classes, steps in (((1,), 2), ((3,), 5), ((2, 7), 3)):
+    hp = _hp(config, 'ghr', steps=steps)
+    hp.epochs = steps * hp.batch_size / 127 - 1e-6
+    _run(env, 'ghr', hp, programs=programs, classes=classes, pads=(288, 416))
+  assert len(programs.cache) == 1
+
+
+def test_divergence_is_reported_with_its_step(env):
+  [params], [bad] = _run(env, 'gradasc', _hp(env[0], 'gradasc', steps=4, lr=1e12))
+  assert bad >= 0 or not np.all(np.isfinite(_flat(params)))
+
+
+@pytest.mark.parametrize('n,size,batch', [(10, 16, 4), (7, 8, 7), (13, 16, 5)])
+def test_cycled_batches_visit_every_example_once_per_pass(n, size, batch):
+  key = jax.random.key(3)
+  steps = 3 * n  # many passes
+  stream = np.concatenate([np.asarray(scan_unlearn.cycled_batch(key, t, n, size, batch))
+                           for t in range(steps)])
+  for p in range(len(stream) // n):
+    assert sorted(stream[p * n:(p + 1) * n]) == list(range(n))
+  passes = [tuple(stream[p * n:(p + 1) * n]) for p in range(len(stream) // n)]
+  assert len(set(passes)) > 1   # reshuffled between passes
+
+
+def test_age_targets_are_the_teachers_favourite_non_forget_class():
+  rng = np.random.default_rng(0)
+  logits, labels = rng.normal(size=(40, 5)), rng.integers(0, 5, 40)
+  valid = np.arange(40) < 33
+  mask = np.isin(np.arange(5), (1, 3))
+  got = np.asarray(scan_unlearn.age_targets(logits, labels, valid, mask))
+  preds = np.where(mask, -np.inf, logits).argmax(-1)
+  for k in range(5):
+    if mask[k]:
+      counts = np.bincount(preds[valid & (labels == k)], minlength=5)
+      assert got[k] == counts.argmax() and not mask[got[k]]
+    else:
+      assert got[k] == k
+
+
+def test_command_line_value_beats_the_files_per_method_override():
+  config = helpers.smoke_config()
+  config.unlearn.overrides = ml_collections.ConfigDict(
+      {'gsr': {'temperature': 2.0, 'lr': 0.5}})
+  config.unlearn.temperature = 8.0
+  hp = unlearn.method_hparams(config.unlearn, 'gsr')
+  assert (hp.temperature, hp.lr) == (2.0, 0.5)        # file values: the override applies
+  hp = unlearn.method_hparams(config.unlearn, 'gsr', frozenset({'unlearn.temperature'}))
+  assert (hp.temperature, hp.lr) == (8.0, 0.5)        # typed value wins, lr still overridden
+  hp = unlearn.method_hparams(config.unlearn, 'gsr', frozenset(
+      {'unlearn.temperature', 'unlearn.overrides.gsr.temperature'}))
+  assert hp.temperature == 2.0                        # the more specific typed value wins
+  hp = unlearn.method_hparams(config.unlearn, 'grogu_t1', frozenset({'unlearn.temperature'}))
+  assert hp.temperature == 1.0                        # fixed by the method's name
   config.unlearn.overrides = ml_collections.ConfigDict({'ghr': {'learning_rate': 0.5}})
   with pytest.raises(ValueError, match='overrides.ghr.learning_rate: unknown'):
     unlearn.method_hparams(config.unlearn, 'ghr')
 
 
+def test_smoke_config_epochs_are_not_shadowed_by_overrides():
+  config = helpers.smoke_config()
+  for name in config.reproduce.methods:
+    assert unlearn.method_hparams(config.unlearn, name).epochs == config.unlearn.epochs
+
+
+@pytest.mark.parametrize('scenarios,forget,expected', [
+    ('1;3;8', '1', [('1', (1,)), ('3', (3,)), ('8', (8,))]),
+    ('', '2,5', [('2,5', (2, 5))]),
+    ('1, 3; 8', '1', [('1, 3', (1, 3)), ('8', (8,))]),
+])
+def test_scenarios_keep_their_labels(scenarios, forget, expected):
+  config = helpers.smoke_config()
+  config.scenarios, config.forget_classes = scenarios, forget
+  assert unlearn.parse_scenarios(config, 10) == expected
+
+
+def test_model_seeds_count_or_list():
+  config = helpers.smoke_config()
+  config.seed, config.model_seeds = 3, 4
+  assert unlearn.model_seeds(config) == (3, 4, 5, 6)
+  config = ml_collections.ConfigDict({'seed': 0, 'model_seeds': '4,2'})
+  assert unlearn.model_seeds(config) == (4, 2)
+  config.model_seeds = '1,1'
+  with pytest.raises(ValueError, match='model_seeds'):
+    unlearn.model_seeds(config)
+
+
 @pytest.mark.parametrize('value,error', [('10', r'\[10\] out of range: allowed 0..9'),
-                                         ('-1', 'out of range'), ('', 'is empty')])
+                                         ('-1', 'out of range'), ('', 'is empty'),
+                                         ('a', 'comma-separated class indices')])
 def test_bad_forget_classes_are_clear_errors(value, error):
   with pytest.raises(ValueError, match=error):
     unlearn.parse_forget_classes(value, 10)
@@ -107,12 +193,3 @@ def test_unknown_method_and_mode_are_clear_errors():
   config.mode = 'delete'
   with pytest.raises(ValueError, match="Unknown mode 'delete'"):
     classification.validate(config)
-
-
-def test_fast_and_vmap_grogu_runs_agree(env):
-  config, _, _, _, make_setup = env
-  setup = make_setup(helpers.single_device())
-  runs = [unlearn.run_method(setup, 'grogu', _hp(config, 'grogu', steps=2, grogu_impl=impl),
-                             [0], False)[0][1] for impl in ('fast', 'vmap')]
-  np.testing.assert_allclose(_flat(runs[0]['params']), _flat(runs[1]['params']), rtol=1e-4,
-                             atol=1e-6)

@@ -17,7 +17,8 @@ import zlib
 import numpy as np
 from numpy._core import multiarray as np_multiarray
 
-from cure_jax.data.sources import ArraySource, DatasetSplits, LabeledSource, split_in_half
+from cure_jax.data.sources import (ArraySource, DatasetSplits, LabeledSource, loaded,
+                                   split_in_half)
 
 _PIXELS = 32 * 32 * 3
 
@@ -155,8 +156,16 @@ def _read_files(data_dir, folder, tarball, names):
         name = wanted.get(member.name.removeprefix('./'))
         if name is not None and member.isfile():
           out[name] = tar.extractfile(member).read()
+      # gzip checks its CRC only at the end of the stream: read to it, so flipped bytes in
+      # the archive are an error rather than silently changed images.
+      while tar.fileobj.read(1 << 20):
+        pass
   except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
-    raise ValueError(f'{tar_path} is not a readable tarball ({err}); download it again') from err
+    reason = str(err).splitlines()[0].rstrip(':') or type(err).__name__
+    if 'successfully' in reason:  # tarfile's "none of gz/bz2/xz/tar worked" list
+      reason = 'not a gzip, bzip2, xz or tar archive'
+    raise ValueError(f'{tar_path} is not a readable tarball ({reason}: truncated or corrupt); '
+                     'download it again') from err
   missing = [n for n in names if n not in out]
   if missing:
     raise ValueError(f'{tar_path} lacks {folder}/{missing}; download the official archive again')
@@ -244,11 +253,25 @@ def load_cifar(name: str, data_dir: str | None, split_seed: int = 0) -> DatasetS
   if name not in _LAYOUTS:
     raise ValueError(f'unknown CIFAR variant {name!r}; use one of {sorted(_LAYOUTS)}')
   layout = _LAYOUTS[name]
+  if data_dir and os.path.isfile(data_dir):
+    data_dir = _folder_of_tarball(layout, data_dir)
   found = _load_official(layout, data_dir) if data_dir and os.path.isdir(data_dir) else None
   if found is None:
     found = _load_tfds(name, layout, data_dir)
   train, test, class_names = found
   val, test = split_in_half(test, split_seed)
-  return DatasetSplits(name=name, train=train, val=val, test=test,
-                       num_classes=layout.num_classes, image_shape=(32, 32, 3),
-                       mean=layout.mean, std=layout.std, class_names=class_names)
+  return loaded(DatasetSplits(name=name, train=train, val=val, test=test,
+                              num_classes=layout.num_classes, image_shape=(32, 32, 3),
+                              mean=layout.mean, std=layout.std, class_names=class_names),
+                data_dir)
+
+
+def _folder_of_tarball(layout, path):
+  """``data_dir`` given as the official tarball itself: its folder (it is found there)."""
+  if os.path.basename(path) in (layout.python_tarball, layout.binary_tarball):
+    return os.path.dirname(os.path.abspath(path))
+  raise ValueError(
+      f'config.data.data_dir={path!r} is a file, not a folder: give the folder that holds '
+      f'{layout.python_tarball} or {layout.binary_tarball} (or their extracted '
+      f'{layout.python_folder}/ or {layout.binary_folder}/), or that tarball under its '
+      'official name.')

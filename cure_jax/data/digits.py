@@ -7,7 +7,7 @@ validation and a test split.
 import numpy as np
 from sklearn import datasets, model_selection
 
-from cure_jax.data.sources import ArraySource, DatasetSplits
+from cure_jax.data.sources import ArraySource, DatasetSplits, loaded
 
 TRAIN_FRACTION = 0.7
 
@@ -25,6 +25,7 @@ def load_digits(split_seed=0):
   split = lambda idx: ArraySource(images[np.sort(idx)], labels[np.sort(idx)])
   mean = float(images.mean() / 255.0)
   std = float(images.std() / 255.0)
-  return DatasetSplits(name='digits', train=split(train_idx), val=split(val_idx),
-                       test=split(test_idx), num_classes=10, image_shape=(8, 8, 1),
-                       mean=(mean,), std=(std,), class_names=tuple(str(i) for i in range(10)))
+  return loaded(DatasetSplits(name='digits', train=split(train_idx), val=split(val_idx),
+                              test=split(test_idx), num_classes=10, image_shape=(8, 8, 1),
+                              mean=(mean,), std=(std,),
+                              class_names=tuple(str(i) for i in range(10))), 'scikit-learn')

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from cure_jax.data.sources import DatasetSplits, split_in_half
+from cure_jax.data.sources import DatasetSplits, loaded, split_in_half
 
 NUM_CLASSES = 1000
 MEAN = (0.485, 0.456, 0.406)
@@ -183,6 +183,7 @@ def load_imagenet(data_dir: str, split_seed: int = 0, image_size: int = 224) -> 
   _check_labels(train, 'train')
   _check_labels(held_out, 'validation')
   val, test = split_in_half(held_out, split_seed)
-  return DatasetSplits(name='imagenet', train=train, val=val, test=test,
-                       num_classes=NUM_CLASSES, image_shape=(image_size, image_size, 3),
-                       mean=MEAN, std=STD, class_names=train.class_names or held_out.class_names)
+  return loaded(DatasetSplits(name='imagenet', train=train, val=val, test=test,
+                              num_classes=NUM_CLASSES, image_shape=(image_size, image_size, 3),
+                              mean=MEAN, std=STD,
+                              class_names=train.class_names or held_out.class_names), data_dir)

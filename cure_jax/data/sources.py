@@ -78,3 +78,13 @@ class DatasetSplits:
   mean: Sequence[float]        # per channel, on the 0–1 scale
   std: Sequence[float]
   class_names: Sequence[str] = ()
+
+
+def loaded(splits, where=''):
+  """Writes the 'loading' phase's console line; returns ``splits`` (loaders end with it)."""
+  from cure_jax import console
+  console.phase('loaded %s%s: %d train / %d val / %d test examples, %d classes, %s images',
+                splits.name, f' from {where}' if where else '', len(splits.train),
+                len(splits.val), len(splits.test), splits.num_classes,
+                'x'.join(map(str, splits.image_shape)))
+  return splits

@@ -18,6 +18,7 @@ import json
 import os
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cure_jax.data.authors import MIN_FORGET_AUTHORS
@@ -38,11 +39,22 @@ def _find_file(data_dir, name):
 def read_records(path):
   """List of dict rows of a JSON-lines, JSON-array or Parquet file."""
   if path.endswith('.parquet'):
-    return pq.read_table(path).to_pylist()
-  with open(path, encoding='utf-8') as f:
-    text = f.read()
+    try:
+      return pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as e:
+      raise ValueError(f'{path} is not a readable parquet file ({e}); download it again.') from e
+  with open(path, 'rb') as f:
+    raw = f.read()
+  try:
+    text = raw.decode('utf-8')
+  except UnicodeDecodeError as e:
+    raise ValueError(f'{path} is not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 4]!r}); '
+                     'TOFU files are UTF-8 JSON: download it again.') from e
   if text.lstrip().startswith('['):
-    return json.loads(text)
+    try:
+      return json.loads(text)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{path} is not a valid JSON array ({e}); download it again.') from e
   records = []
   for line_no, line in enumerate(text.splitlines(), 1):
     if line.strip():
@@ -112,6 +124,10 @@ def load_tofu(data_dir, forget_pct):
   retain_perturbed = _by_question(_load(data_dir, 'retain_perturbed'))
   world = _load(data_dir, 'world_facts_perturbed')
   real = _load(data_dir, 'real_authors_perturbed')
+  for name, records in (('world_facts_perturbed', world), ('real_authors_perturbed', real)):
+    if not records:  # model utility would silently be computed without it
+      raise ValueError(f'{_find_file(data_dir, name)} holds no records; model utility needs '
+                       'its questions: download it again.')
   full = _load(data_dir, 'full', required=False)
   holdout = _load(data_dir, f'holdout{forget_pct:02d}', required=False) or []
   if not forget:

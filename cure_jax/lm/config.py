@@ -20,6 +20,15 @@ def get_config(arg=None):
   c.seeds = 2                 # unlearning seeds per run (0..seeds-1)
 
   c.model = ml_collections.ConfigDict()   # LMConfig fields (vocab_size from the tokenizer)
+  # A pretrained checkpoint to start from (anything cure_jax.lm.pretrained.load takes: an HF
+  # directory, a .gguf file, 'smollm2-135m-instruct'); '' trains the byte-level LM below
+  # from scratch. With a checkpoint its architecture wins; only dtype and max_len apply.
+  c.model.pretrained = ''
+  # Already fine-tuned original / retrain checkpoints (e.g. open-unlearning's
+  # tofu_<model>_full / _retain90): given, that model's fine-tuning is skipped.
+  c.model.original = ''
+  c.model.retrain = ''
+  c.model.sharding = 'replicated'  # replicated | fsdp (parameters + optimizer state sharded)
   c.model.num_layers = 3
   c.model.d_model = 128
   c.model.num_heads = 4
@@ -38,15 +47,22 @@ def get_config(arg=None):
   c.data.qa_per_author = 20
   c.data.forget_pct = 5       # 1 | 5 | 10 (20 authors, 5%: 2 forget authors)
   c.data.seed = 0
+  # Prompt: a str.format template with {question}, or 'chat' for the checkpoint's chat
+  # template (config.data.chat_template overrides which one).
   c.data.template = 'Q: {question}\nA: '
-  c.data.train_utility_sets = True  # world facts / real authors stand in for pre-training
+  c.data.chat_template = ''   # '' = the checkpoint's own; else a name the chat module knows
+  # World facts / real authors in the fine-tuning data: only for a model trained from
+  # scratch, where they stand in for pre-training knowledge. A pretrained model keeps it
+  # False (TOFU: utility comes from what the model already knows).
+  c.data.train_utility_sets = True
 
   c.finetune = ml_collections.ConfigDict()
   # Batch 16 memorises per epoch much better than 32 (original forget ROUGE 0.99 after 24
   # epochs vs 0.88 with batch 32; 0.97 after 20) at ~1.6x the cost of an epoch.
   c.finetune.lr = 3e-3
   c.finetune.epochs = 20
-  c.finetune.batch_size = 16
+  c.finetune.batch_size = 16   # effective batch: grad_accum micro-batches of batch_size/grad_accum
+  c.finetune.grad_accum = 1
   c.finetune.warmup_fraction = 0.05
   c.finetune.weight_decay = 0.0
   c.finetune.grad_clip = 1.0
@@ -65,6 +81,10 @@ def get_config(arg=None):
   c.unlearn.lr = 5e-4
   c.unlearn.epochs = 5
   c.unlearn.batch_size = 16
+  c.unlearn.grad_accum = 1
+  # Forget classes at each answer token: 'answer_token' (the ground-truth next token) or
+  # 'author_names' (the paper: the forget authors' name tokens, at every answer position).
+  c.unlearn.forget_mask = 'answer_token'
   c.unlearn.warmup_fraction = 0.1
   c.unlearn.weight_decay = 0.0
   c.unlearn.alpha = 1.0       # retain weight of graddiff/npo/simnpo/undial/ghr/gsr/grogu
@@ -88,6 +108,8 @@ def get_config(arg=None):
   c.eval.retain_items = 20    # evenly spaced retain questions (TOFU evaluates 400)
   c.eval.utility_items = 0    # real-authors / world-facts items to evaluate (0: all)
   c.eval.num_samples = 4      # forget questions whose generations go to generations.json
+  c.eval.max_new_tokens = 200  # greedy generation length (stops at EOS; capped by max_len)
+  c.eval.num_perturbed = 0    # perturbed answers per item in truth ratios (0: all of them)
 
   if arg == 'smoke':
     c.seeds = 1

@@ -10,6 +10,9 @@ Split roles (open-unlearning's TOFU): ``forget`` and ``retain`` compare against 
 paraphrased answer, ``real_authors`` and ``world_facts`` against the plain answer and
 report the option-normalised probability. Model utility is the harmonic mean of
 {QA prob, ROUGE, truth ratio} on retain, real-authors and world-facts (those present).
+A ``holdout`` split (authors never trained on) is only teacher-forced: its answers' token
+NLLs against the forget answers' give the membership-inference AUCs (min-k% and LOSS) and,
+against the retrain model's AUC, open-unlearning's ``privleak``.
 """
 import functools
 
@@ -19,12 +22,15 @@ import numpy as np
 
 from cure_jax.data import tofu as tofu_data
 from cure_jax.lm import objectives
-from cure_jax.metrics import tofu
+from cure_jax.metrics import privacy, tofu
 from cure_jax.models import causal_lm
 
 UTILITY_SPLITS = ('retain', 'real_authors', 'world_facts')
 # Splits whose truth ratio compares the paraphrased answer (the others: the plain answer).
 PARAPHRASE_SPLITS = ('forget', 'retain')
+# Splits only scored teacher-forced (no perturbed answers, no generation): privacy attacks.
+SCORE_ONLY_SPLITS = ('holdout',)
+DEFAULT_MAX_NEW_TOKENS = 200  # open-unlearning's TOFU generation length
 
 
 def _pad_rows(x, rows):
@@ -44,31 +50,49 @@ def _used_width(loss_mask, multiple=16):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _score(model, params, tokens_BxL, loss_mask_BxL):
-  """Per-example mean answer NLL and the greedy predictions / targets / mask per token."""
+  """Per-example mean answer NLL, greedy predictions, targets and per-token NLLs."""
   logits, targets, mask = objectives.next_token_view(
       model.apply({'params': params}, tokens_BxL),
       {'tokens': tokens_BxL, 'loss_mask': loss_mask_BxL})
-  nll_B = objectives.sequence_mean(objectives.token_nll(logits, targets), mask)
-  return nll_B, jnp.argmax(logits, -1), targets
+  nll_BxT = objectives.token_nll(logits, targets)
+  return objectives.sequence_mean(nll_BxT, mask), jnp.argmax(logits, -1), targets, nll_BxT
 
 
 class Evaluator:
   """Encodes the evaluation splits once; :meth:`evaluate` scores any parameters."""
 
-  def __init__(self, model, tokenizer, splits, template, batch_size=64):
-    """``splits``: name -> list of TOFU-schema items (forget, retain, world_facts, ...)."""
+  def __init__(self, model, tokenizer, splits, template, batch_size=64,
+               max_new_tokens=DEFAULT_MAX_NEW_TOKENS, max_len=None, num_perturbed=0):
+    """``splits``: name -> list of TOFU-schema items (forget, retain, world_facts, holdout...).
+
+    ``max_new_tokens``: greedy generation length (stops at EOS), capped by the context;
+    ``max_len``: the longest encoded row (default: the model's context);
+    ``num_perturbed``: perturbed answers scored per item for the truth ratio (0: all).
+    """
     if not splits.get('forget'):
       raise ValueError('The forget split is empty: nothing to evaluate unlearning on.')
     if batch_size < 1:
       raise ValueError(f'config.eval.batch_size={batch_size} must be >= 1.')
+    if max_new_tokens < 1:
+      raise ValueError(f'config.eval.max_new_tokens={max_new_tokens} must be >= 1.')
     self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
     self.splits = {name: items for name, items in splits.items() if items}
-    max_len = model.config.max_len
+    self.generated = [name for name in self.splits if name not in SCORE_ONLY_SPLITS]
+    max_len = model.config.max_len if max_len is None else min(max_len, model.config.max_len)
     # Rows of the teacher-forced table: (split, kind) -> slice; kinds answer / correct / wrong.
     parts, self.rows, self.num_options, self.answer_lengths = [], {}, {}, {}
     start = 0
     for name, items in self.splits.items():
+      if name in SCORE_ONLY_SPLITS:
+        answer = tofu_data.encode_qa(tokenizer, items, max_len, template)
+        self.answer_lengths[name] = answer['answer_lengths']
+        parts.append(answer)
+        self.rows[name, 'answer'] = slice(start, start + len(answer['tokens']))
+        start += len(answer['tokens'])
+        continue
       num_options = min(len(item['perturbed_answer']) for item in items)
+      if num_perturbed:
+        num_options = min(num_options, int(num_perturbed))
       if num_options == 0:
         raise ValueError(f'Split {name!r} has items without perturbed answers; truth ratios '
                          'need them (use retain_eval for TOFU retain).')
@@ -106,8 +130,8 @@ class Evaluator:
                     min(self.width, -(-int(used[order[i:i + batch_size]].max()) // 32) * 32))
                    for i in range(0, len(order), batch_size)]
 
-    prompts = {name: tofu_data.encode_prompts(tokenizer, items, template)
-               for name, items in self.splits.items()}
+    prompts = {name: tofu_data.encode_prompts(tokenizer, self.splits[name], template)
+               for name in self.generated}
     self.prompt_width = max(p['tokens'].shape[1] for p in prompts.values())
     self.prompt_rows = {}
     start = 0
@@ -117,25 +141,27 @@ class Evaluator:
     self.prompt_tokens = np.concatenate([_pad_width(p['tokens'], self.prompt_width,
                                                     tokenizer.pad_id) for p in prompts.values()])
     self.prompt_lengths = np.concatenate([p['prompt_lengths'] for p in prompts.values()])
-    longest_answer = max(int(lengths.max()) for lengths in self.answer_lengths.values())
-    self.max_new_tokens = min(longest_answer + 8, max_len - self.prompt_width)
+    self.max_new_tokens = min(int(max_new_tokens), max_len - self.prompt_width)
     if self.max_new_tokens < 1:
       raise ValueError(f'Prompts of {self.prompt_width} tokens leave no room to generate '
                        f'within model.max_len={max_len}; raise it.')
 
   def teacher_forced(self, params):
-    """Mean answer NLL per table row, and argmax predictions / targets (numpy, table order)."""
+    """Per table row (numpy, table order): mean answer NLL, argmax predictions, targets and
+    per-token NLLs (the last three ``N x (width-1)``, aligned with ``loss_mask[:, :-1]``)."""
     n, width = len(self.tokens), self.width - 1
     nll = np.zeros(n, np.float32)
     preds, targets = np.zeros((n, width), np.int32), np.zeros((n, width), np.int32)
+    token_nll = np.zeros((n, width), np.float32)
     for rows, chunk_width in self.chunks:
-      chunk_nll, chunk_preds, chunk_targets = jax.device_get(_score(
+      chunk_nll, chunk_preds, chunk_targets, chunk_token_nll = jax.device_get(_score(
           self.model, params, _pad_rows(self.tokens[rows, :chunk_width], self.batch_size),
           _pad_rows(self.loss_mask[rows, :chunk_width], self.batch_size)))
       nll[rows] = chunk_nll[:len(rows)]
       preds[rows, :chunk_width - 1] = chunk_preds[:len(rows)]
       targets[rows, :chunk_width - 1] = chunk_targets[:len(rows)]
-    return nll, preds, targets
+      token_nll[rows, :chunk_width - 1] = chunk_token_nll[:len(rows)]
+    return nll, preds, targets, token_nll
 
   def generate(self, params):
     """Greedy answers (decoded strings) to every split's questions: name -> list of str."""
@@ -178,17 +204,32 @@ class Evaluator:
       out['truth_ratio'] = tofu.utility_truth_ratio_score(ratios)
     return out
 
-  def evaluate(self, params, retrain_forget_ratios=None):
+  def privacy(self, token_nll):
+    """Min-k% and LOSS membership-inference AUCs, forget vs holdout (None without holdout)."""
+    if 'holdout' not in self.splits:
+      return {}
+    out = {}
+    for key, attack in (('mia_min_k', privacy.min_k_scores), ('mia_loss', privacy.loss_scores)):
+      forget, holdout = (attack(token_nll[self.rows[name, 'answer']],
+                                self.loss_mask[self.rows[name, 'answer'], :-1])
+                         for name in ('forget', 'holdout'))
+      out[key] = privacy.mia_auc(forget, holdout)
+    return out
+
+  def evaluate(self, params, retrain_forget_ratios=None, retrain_mia_auc=None):
     """All splits; a flat dict of scalars plus per-split details under ``'splits'``.
 
     ``retrain_forget_ratios``: the retrain model's forget truth ratios, for forget quality
-    (omitted when None, i.e. while evaluating the retrain model itself).
+    (omitted when None, i.e. while evaluating the retrain model itself);
+    ``retrain_mia_auc``: the retrain model's min-k% AUC, for ``privleak``. With a holdout
+    split the result has ``mia_min_k`` and ``mia_loss`` (AUCs) and, given the reference,
+    ``privleak``.
     """
     params = jax.device_put(params)  # once, not once per chunk
-    nll, preds, targets = self.teacher_forced(params)
+    nll, preds, targets, token_nll = self.teacher_forced(params)
     generations = self.generate(params)
     per_split = {name: self._split_metrics(name, nll, preds, targets, generations[name])
-                 for name in self.splits}
+                 for name in self.generated}
     forget = per_split['forget']
     components = [per_split[s][k] for s in UTILITY_SPLITS if s in per_split
                   for k in ('prob', 'rouge', 'truth_ratio')]
@@ -209,4 +250,7 @@ class Evaluator:
     if retrain_forget_ratios is not None:
       result['forget_quality'] = tofu.forget_quality(forget['truth_ratios'],
                                                      retrain_forget_ratios)
+    result.update(self.privacy(token_nll))
+    if retrain_mia_auc is not None and 'mia_min_k' in result:
+      result['privleak'] = privacy.privleak(result['mia_min_k'], retrain_mia_auc)
     return result

@@ -1,7 +1,10 @@
 """Fine-tuning the *original* (full author set) and *retrain* (retain only) causal LMs.
 
 The loss is the token-level mean NLL over answer tokens (TOFU masks the question). The
-fine-tuned parameters are checkpointed under ``workdir/checkpoints/<kind>`` with a
+loss of an
+effective batch split into ``grad_accum`` micro-batches is the mean of their losses (Hugging
+Face Trainer's gradient accumulation). Training starts from a pretrained model's parameters
+when given, else from a random initialisation. The fine-tuned parameters are checkpointed under ``workdir/checkpoints/<kind>`` with a
 fingerprint of the settings that produced them, so a second run reuses them and a run with
 different settings refuses a stale checkpoint instead of silently reusing it.
 """
@@ -35,6 +38,24 @@ def lr_schedule(cfg, total_steps):
                                             end_value=cfg.lr * 0.1)
 
 
+def accumulated(loss_fn, params, batch_AxB):
+  """Mean loss and gradient over the micro-batches ``batch_AxB`` (leading axis A), scanned so
+  only one micro-batch's activations are alive at a time."""
+  def body(carry, micro):
+    loss, grads = jax.value_and_grad(loss_fn)(params, micro)
+    return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+  zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+  num = jax.tree.leaves(batch_AxB)[0].shape[0]
+  (loss, grads), _ = jax.lax.scan(body, zeros, batch_AxB)
+  return loss / num, jax.tree.map(lambda g: g / num, grads)
+
+
+def micro_batches(batch, grad_accum):
+  """Host batch ``(A*B, ...)`` -> ``(A, B, ...)``."""
+  return {k: v.reshape((grad_accum, -1) + v.shape[1:]) for k, v in batch.items()}
+
+
 @functools.lru_cache(maxsize=8)
 def _optimizer_and_step(model, weight_decay, grad_clip):
   """AdamW whose learning rate is an input of the jitted step.
@@ -46,13 +67,13 @@ def _optimizer_and_step(model, weight_decay, grad_clip):
                    optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, b2=0.98,
                                                          weight_decay=weight_decay))
 
-  def step(state, batch, lr):
-    def loss_fn(params):
+  def step(state, batch_AxB, lr):
+    def loss_fn(params, batch):
       logits, targets, mask = objectives.next_token_view(
           model.apply({'params': params}, batch['tokens']), batch)
       nll = objectives.token_nll(logits, targets)
       return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    loss, grads = accumulated(loss_fn, state.params, batch_AxB)
     opt_state = state.opt_state
     opt_state[1].hyperparams['learning_rate'] = lr
     updates, opt_state = tx.update(grads, opt_state, state.params)
@@ -97,16 +118,20 @@ def _check_fingerprint(directory, fingerprint):
     os.replace(tmp, path)
 
 
-def finetune(model, encoded, cfg, seed, directory, fingerprint, mesh=None, name='finetune'):
+def finetune(model, encoded, cfg, seed, directory, fingerprint, mesh=None, name='finetune',
+             init_params=None, place=None):
   """Trains (or loads the finished checkpoint of) an LM on ``encoded`` QA arrays.
 
   Args:
     model: the :class:`~cure_jax.models.causal_lm.CausalLM`.
     encoded: ``tokens`` / ``loss_mask`` numpy arrays (see ``cure_jax.data.tofu.encode_qa``).
-    cfg: ``config.finetune`` (lr, epochs, batch_size, warmup_fraction, weight_decay,
-      grad_clip, log_every, checkpoint_every).
+    cfg: ``config.finetune`` (lr, epochs, batch_size (effective), grad_accum,
+      warmup_fraction, weight_decay, grad_clip, log_every, checkpoint_every).
     seed: initialisation and batch order.
     directory: checkpoint directory; fingerprint: JSON-able settings that must match.
+    init_params: start point (a pretrained model); None: random initialisation.
+    place: ``(tree, mesh) -> tree on the mesh`` for the train state (default: replicated;
+      an FSDP placement shards parameters and optimizer state).
   Returns:
     The parameters (host numpy pytree).
   """
@@ -115,14 +140,23 @@ def finetune(model, encoded, cfg, seed, directory, fingerprint, mesh=None, name=
     raise ValueError(f'{name}: {num_items} training items are fewer than '
                      f'config.finetune.batch_size={cfg.batch_size}.')
   mesh = parallel.make_mesh() if mesh is None else mesh
-  parallel.check_batch_size(cfg.batch_size, mesh, 'config.finetune.batch_size')
+  grad_accum = int(cfg.get('grad_accum', 1))
+  if grad_accum < 1 or cfg.batch_size % grad_accum:
+    raise ValueError(f'config.finetune.grad_accum={grad_accum} must be >= 1 and divide '
+                     f'config.finetune.batch_size={cfg.batch_size}.')
+  parallel.check_batch_size(cfg.batch_size // grad_accum, mesh,
+                            'config.finetune.batch_size / grad_accum')
   _check_fingerprint(directory, fingerprint)
   encoded = trim(encoded)
   total = cfg.epochs * (num_items // cfg.batch_size)
   tx, step_fn = _optimizer_and_step(model, float(cfg.weight_decay), float(cfg.grad_clip))
   schedule = lr_schedule(cfg, total)
-  params = model.init(jax.random.key(seed), jnp.zeros((1, 8), jnp.int32))['params']
-  state = parallel.replicate(train_state.create({'params': params, 'batch_stats': {}}, tx), mesh)
+  if init_params is None:
+    init_params = model.init(jax.random.key(seed), jnp.zeros((1, 8), jnp.int32))['params']
+  place = place or parallel.replicate
+  # The step donates its state: never hand it the caller's (e.g. pretrained) arrays.
+  init_params = jax.tree.map(lambda x: jnp.array(x, copy=True), init_params)
+  state = place(train_state.create({'params': init_params, 'batch_stats': {}}, tx), mesh)
   mgr = checkpointing.manager(os.path.join(directory, 'state'), max_to_keep=1)
   restored = checkpointing.restore_latest(mgr, state)
   start = 0 if restored is None else int(restored.step)
@@ -141,8 +175,9 @@ def finetune(model, encoded, cfg, seed, directory, fingerprint, mesh=None, name=
     idx = batch_indices(num_items, cfg.batch_size, step, seed)
     # Right padding beyond a batch's longest row changes no loss term: cut it.
     cut = min(width, batch_width(lengths[idx]))
-    batch = {k: encoded[k][idx, :cut] for k in ('tokens', 'loss_mask')}
-    state, metrics = step_fn(state, parallel.shard_batch(batch, mesh),
+    batch = micro_batches({k: encoded[k][idx, :cut] for k in ('tokens', 'loss_mask')},
+                          grad_accum)
+    state, metrics = step_fn(state, parallel.shard_batch(batch, mesh, batch_axis=1),
                              np.float32(schedule(step)))
     prog.add(step, metrics)
     if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:

@@ -4,8 +4,11 @@ A batch of encoded QA pairs holds ``tokens`` (BxL) and ``loss_mask`` (BxL, 1.0 w
 NEXT token is an answer token). The model sees ``tokens`` and its logits at position t
 predict ``tokens[t+1]``; :func:`next_token_view` lines logits, targets and mask up.
 
-At every answer token the forget class is the ground-truth next token (``mask =
-one_hot(target)``) and a per-example loss is the mean over that sequence's answer tokens.
+The forget classes at an answer token (``config.unlearn.forget_mask``): ``'answer_token'``
+masks the ground-truth next token (``mask = one_hot(target)``); ``'author_names'`` (the
+paper's "names of the forget authors as forget classes") masks the same fixed set of token
+ids, those of the forget authors' names, at every answer position (``hp['forget_ids']``).
+A per-example loss is the mean over that sequence's answer tokens.
 Every forget loss here returns one value per example, shape (B,): the batch mean is the
 objective, and GROGU projects the per-example gradients.
 """
@@ -35,9 +38,13 @@ def token_nll(logits_BxTxV, targets_BxT):
   return losses.cross_entropy(logits_BxTxV, targets_BxT)
 
 
-def token_forget_mask(targets_BxT, vocab_size):
-  """The per-token forget class: one-hot of the ground-truth next token."""
-  return jax.nn.one_hot(targets_BxT, vocab_size, dtype=jnp.bool_)
+def token_forget_mask(targets_BxT, vocab_size, forget_ids=None):
+  """The per-token forget classes ``BxTxV``: one-hot of the ground-truth next token, or,
+  given ``forget_ids`` (a tuple of token ids), those ids at every position."""
+  if not forget_ids:
+    return jax.nn.one_hot(targets_BxT, vocab_size, dtype=jnp.bool_)
+  ids_V = jnp.zeros(vocab_size, jnp.bool_).at[jnp.asarray(forget_ids)].set(True)
+  return jnp.broadcast_to(ids_V, targets_BxT.shape + (vocab_size,))
 
 
 def answer_nll(logits_BxLxV, batch):
@@ -79,7 +86,7 @@ def _per_token(loss_fn):
   def loss(logits, ref_logits, batch, hp):
     logits, targets, mask = next_token_view(logits, batch)
     teacher = jax.lax.stop_gradient(ref_logits[:, :-1])
-    forget_mask = token_forget_mask(targets, logits.shape[-1])
+    forget_mask = token_forget_mask(targets, logits.shape[-1], hp.get('forget_ids'))
     return sequence_mean(loss_fn(logits, teacher, forget_mask, hp), mask)
 
   return loss

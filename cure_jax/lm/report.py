@@ -14,7 +14,15 @@ from cure_jax.report import write_atomic
 METRICS = (('forget_es', 'Forget ES ↓'), ('forget_prob', 'Forget QA Prob ↓'),
            ('forget_rouge', 'Forget QA ROUGE ↓'), ('model_utility', 'Model Utility ↑'),
            ('forget_quality', 'Forget Quality ↑'))
+# Shown when the rows have them (a holdout split): privleak (0 = like retrain) and the
+# LOSS-attack AUC of forget vs holdout (0.5 = indistinguishable).
+PRIVACY_METRICS = (('privleak', 'PrivLeak (%) →0'), ('mia_loss', 'MIA LOSS AUC →0.5'))
 REFERENCES = ('original', 'retrain')
+
+
+def _columns(rows):
+  return METRICS + tuple(m for m in PRIVACY_METRICS
+                         if any(r.get(m[0]) is not None for r in rows))
 
 
 def summarize(rows):
@@ -28,7 +36,7 @@ def summarize(rows):
   for key in keys:
     group = groups[key]
     stats = {}
-    for metric, _ in METRICS:
+    for metric, _ in METRICS + PRIVACY_METRICS:
       values = [r[metric] for r in group if r.get(metric) is not None]
       if values:
         stats[metric] = (float(np.mean(values)), float(np.std(values)))
@@ -37,19 +45,22 @@ def summarize(rows):
 
 
 def markdown_table(rows, title):
+  columns = _columns(rows)
   lines = [f'## {title}', '',
            'Mean ± std over unlearning seeds (TOFU metrics, open-unlearning definitions). ES, '
            'QA Prob and QA ROUGE on the forget split; model utility = harmonic mean of QA prob, '
            'ROUGE and truth ratio on retain, real-authors and world-facts; forget quality = '
-           'KS-test p-value of forget truth ratios against the retrain model.', '',
-           '| Method | Variant | Seeds | ' + ' | '.join(label for _, label in METRICS) + ' |',
-           '|---|---|---|' + '---|' * len(METRICS)]
+           'KS-test p-value of forget truth ratios against the retrain model; privleak = '
+           'min-k% (k=0.4) MIA AUC of forget vs holdout relative to the retrain model.', '',
+           '| Method | Variant | Seeds | ' + ' | '.join(label for _, label in columns) + ' |',
+           '|---|---|---|' + '---|' * len(columns)]
   for method, variant, n, stats in summarize(rows):
     cells = []
-    for metric, _ in METRICS:
+    for metric, _ in columns:
       if metric in stats:
         mean, std = stats[metric]
-        cells.append(f'{mean:.3f} ± {std:.3f}' if n > 1 else f'{mean:.3f}')
+        digits = 1 if metric == 'privleak' else 3
+        cells.append(f'{mean:.{digits}f} ± {std:.{digits}f}' if n > 1 else f'{mean:.{digits}f}')
       else:
         cells.append('–')
     lines.append(f'| {method} | {variant or "–"} | {n} | ' + ' | '.join(cells) + ' |')

@@ -5,17 +5,19 @@ Modes: ``train_original`` / ``train_retrain`` fine-tune (or reuse) one LM;
 of ``config.reproduce.runs``. Both of the latter fine-tune (or reuse) the original and
 retrain models, evaluate them, and write ``results.json`` / ``results.md`` /
 ``generations.json`` into the workdir.
+
+The model is either the small byte-level LM trained from scratch (``config.model.pretrained
+= ''``) or a pretrained checkpoint (:mod:`cure_jax.lm.setup` loads it, its tokenizer and its
+chat prompt), fine-tuned on the authors like TOFU; already fine-tuned original / retrain
+checkpoints (``config.model.original`` / ``.retrain``) skip that fine-tuning.
 """
-import dataclasses
 import os
 import time
 
 from absl import logging
 
 from cure_jax.data import authors, tofu as tofu_data
-from cure_jax.lm import evaluate, finetune, report, unlearn
-from cure_jax.models.causal_lm import CausalLM, LMConfig
-from cure_jax.text.tokenizer import ByteTokenizer
+from cure_jax.lm import evaluate, finetune, report, setup, unlearn
 
 MODES = ('train_original', 'train_retrain', 'unlearn', 'reproduce')
 # Short names accepted in config.reproduce.runs ("grogu:T=5,w=10").
@@ -42,10 +44,7 @@ def load_splits(data_cfg):
   return splits
 
 
-def make_model(config, tokenizer):
-  fields = {f.name for f in dataclasses.fields(LMConfig)} - {'vocab_size'}
-  return CausalLM(LMConfig(vocab_size=tokenizer.vocab_size,
-                           **{k: v for k, v in config.model.items() if k in fields}))
+make_model = setup.make_model  # the byte-level LM of config.model (kept for callers)
 
 
 def parse_run(spec):
@@ -73,8 +72,9 @@ def _hparams(ucfg, overrides):
   return hp
 
 
-def _encode(tokenizer, items, config):
-  return tofu_data.encode_qa(tokenizer, items, config.model.max_len, config.data.template)
+def _encode(tokenizer, items, config, template=None):
+  template = config.data.template if template is None else template
+  return tofu_data.encode_qa(tokenizer, items, config.model.max_len, template)
 
 
 def train_sets(splits, config):
@@ -89,17 +89,26 @@ def train_sets(splits, config):
 
 
 def _fingerprint(config, kind):
-  return {'kind': kind, 'model': config.model.to_dict(), 'data': config.data.to_dict(),
+  # The placement (sharding) and the other kind's checkpoint do not change the result.
+  model = {k: v for k, v in config.model.to_dict().items()
+           if k not in ('sharding', 'original', 'retrain')}
+  return {'kind': kind, 'model': model, 'data': config.data.to_dict(),
           'finetune': config.finetune.to_dict(), 'seed': config.seed}
 
 
-def finetuned(config, workdir, kind, model, tokenizer, splits):
-  """Fine-tunes (or reuses the checkpoint of) the ``kind`` model; returns its parameters."""
+def finetuned(config, workdir, kind, model, tokenizer, splits, lm=None):
+  """The ``kind`` model's parameters: the named fine-tuned checkpoint, or fine-tuned here
+  (from the pretrained parameters, or a random initialisation) and checkpointed."""
+  lm = lm or setup.LoadedModel(model, None, tokenizer, config.data.template)
+  if config.model[kind]:
+    logging.info('%s model: the fine-tuned checkpoint %s', kind, config.model[kind])
+    return setup.load_params(config, config.model[kind], model)
   items = train_sets(splits, config)[kind]
   directory = os.path.join(workdir, 'checkpoints', kind)
-  return finetune.finetune(model, _encode(tokenizer, items, config), config.finetune,
-                           config.seed, directory, _fingerprint(config, kind),
-                           name=f'finetune {kind}')
+  return finetune.finetune(model, _encode(tokenizer, items, config, lm.template),
+                           config.finetune, config.seed, directory, _fingerprint(config, kind),
+                           name=f'finetune {kind}', init_params=lm.params,
+                           place=setup.placement(config))
 
 
 def _evenly(items, count):
@@ -115,7 +124,34 @@ def eval_splits(splits, config):
   return {'forget': splits['forget'],
           'retain': _evenly(splits['retain_eval'], config.eval.retain_items),
           'real_authors': _evenly(splits['real_authors'], config.eval.utility_items),
-          'world_facts': _evenly(splits['world_facts'], config.eval.utility_items)}
+          'world_facts': _evenly(splits['world_facts'], config.eval.utility_items),
+          'holdout': splits.get('holdout', [])}
+
+
+FORGET_MASKS = ('answer_token', 'author_names')
+
+
+def forget_ids(config, tokenizer, splits):
+  """The token ids masked at every answer position for ``forget_mask='author_names'``.
+
+  Every token of each forget author's name, encoded alone and after a space (a BPE
+  tokenizer encodes a name inside a sentence with its leading space); whitespace-only
+  tokens are left out. None for ``'answer_token'``.
+  """
+  mode = config.unlearn.forget_mask
+  if mode not in FORGET_MASKS:
+    raise ValueError(f'config.unlearn.forget_mask={mode!r}; use one of {FORGET_MASKS}.')
+  if mode == 'answer_token':
+    return None
+  if config.data.source != 'authors':
+    raise ValueError("config.unlearn.forget_mask='author_names' needs the authors' names, "
+                     f"which config.data.source={config.data.source!r} does not give (TOFU's "
+                     "files do not name authors); use 'answer_token'.")
+  ids = set()
+  for name in sorted({item['author'] for item in splits['forget']}):
+    ids.update(tokenizer.encode(name))
+    ids.update(tokenizer.encode(' ' + name))
+  return tuple(sorted(i for i in ids if tokenizer.decode([i]).strip()))
 
 
 def _row(method, variant, seed, result, seconds):
@@ -129,12 +165,13 @@ def run(config, workdir):
   if config.mode not in MODES:
     raise ValueError(f'config.mode={config.mode!r}; choose one of {MODES}.')
   start = time.time()
-  tokenizer = ByteTokenizer()
+  setup.check(config)
   splits = load_splits(config.data)
-  model = make_model(config, tokenizer)
+  lm = setup.load_model(config)
+  model, tokenizer = lm.model, lm.tokenizer
   os.makedirs(workdir, exist_ok=True)
   if config.mode in ('train_original', 'train_retrain'):
-    finetuned(config, workdir, config.mode.split('_')[1], model, tokenizer, splits)
+    finetuned(config, workdir, config.mode.split('_')[1], model, tokenizer, splits, lm)
     return None
 
   if config.mode == 'unlearn':
@@ -142,11 +179,13 @@ def run(config, workdir):
   else:
     runs = [parse_run(spec) for spec in config.reproduce.runs]
   # Encode before any training: an answer too long for the context fails in seconds.
-  forget = finetune.trim(_encode(tokenizer, splits['forget'], config))
-  retain = finetune.trim(_encode(tokenizer, splits['retain'], config))
-  evaluator = evaluate.Evaluator(model, tokenizer, eval_splits(splits, config),
-                                 config.data.template, config.eval.batch_size)
-  params = {kind: finetuned(config, workdir, kind, model, tokenizer, splits)
+  forget = finetune.trim(_encode(tokenizer, splits['forget'], config, lm.template))
+  retain = finetune.trim(_encode(tokenizer, splits['retain'], config, lm.template))
+  names = forget_ids(config, tokenizer, splits)
+  evaluator = evaluate.Evaluator(model, tokenizer, eval_splits(splits, config), lm.template,
+                                 config.eval.batch_size, config.eval.max_new_tokens,
+                                 config.model.max_len, config.eval.num_perturbed)
+  params = {kind: finetuned(config, workdir, kind, model, tokenizer, splits, lm)
             for kind in ('original', 'retrain')}
   finetune_seconds = time.time() - start
   logging.info('fine-tuning done after %.0fs', finetune_seconds)
@@ -154,10 +193,13 @@ def run(config, workdir):
   t = time.time()
   retrain_result = evaluator.evaluate(params['retrain'])
   reference = retrain_result['splits']['forget']['truth_ratios']
+  retrain_auc = retrain_result.get('mia_min_k')
   retrain_result['forget_quality'] = 1.0  # KS test of a sample against itself
+  if retrain_auc is not None:
+    retrain_result['privleak'] = 0.0  # relative to itself
   rows = [_row('retrain', '', config.seed, retrain_result, time.time() - t)]
   t = time.time()
-  original_result = evaluator.evaluate(params['original'], reference)
+  original_result = evaluator.evaluate(params['original'], reference, retrain_auc)
   rows.insert(0, _row('original', '', config.seed, original_result, time.time() - t))
   shown = min(config.eval.num_samples, len(splits['forget']))
   samples = [{'question': item['question'], 'answer': item['answer'],
@@ -172,13 +214,15 @@ def run(config, workdir):
   apply_fn = lambda p, tokens: model.apply({'params': p}, tokens)
   for method, overrides in runs:
     hp = _hparams(config.unlearn, overrides)
+    if names:
+      hp['forget_ids'] = names
     variant = unlearn.variant_name(method, hp)
     for seed in range(config.seeds):
       t = time.time()
       new_params = unlearn.unlearn(apply_fn, params['original'], forget, retain, config.unlearn,
-                                   method, hp, seed)
+                                   method, hp, seed, place=setup.placement(config))
       t_eval = time.time()
-      result = evaluator.evaluate(new_params, reference)
+      result = evaluator.evaluate(new_params, reference, retrain_auc)
       unlearn_seconds += t_eval - t
       eval_seconds += time.time() - t_eval
       rows.append(_row(method, variant, seed, result, time.time() - t))
@@ -191,7 +235,9 @@ def run(config, workdir):
 
   table = report.write_report(rows, workdir, samples=samples,
                               title=f'LLM concept unlearning ({config.data.source}, '
-                                    f'forget {config.data.forget_pct}%)')
+                                    f'{config.model.pretrained or "byte-level LM"}, '
+                                    f'forget {config.data.forget_pct}%, forget mask '
+                                    f'{config.unlearn.forget_mask})')
   logging.info('%s mode finished in %.0fs: fine-tuning (or loading) %.0fs, reference '
                'evaluations %.0fs, unlearning %.0fs, evaluations of unlearned models %.0fs\n%s',
                config.mode, time.time() - start, finetune_seconds, reference_eval_seconds,

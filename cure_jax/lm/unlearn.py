@@ -133,17 +133,19 @@ def make_optimizer(cfg, total_steps):
   raise ValueError(f"config.unlearn.optimizer={cfg.optimizer!r}; use 'adamw' or 'sgd'.")
 
 
-def make_unlearn_step(apply_fn, method_name, hp, tx, grogu_impl='vmap'):
+def make_unlearn_step(apply_fn, method_name, hp, tx, grogu_impl='vmap', grad_accum=1):
   """The jitted step ``(state, ref_params, forget, retain) -> (state, metrics)``.
 
   ``apply_fn(params, tokens_BxL) -> logits_BxLxV``; ``forget`` / ``retain`` are batches of
   encoded QA pairs (``tokens``, ``loss_mask``); ``hp`` holds the method's hyper-parameters
-  and ``alpha`` (the retain weight).
+  and ``alpha`` (the retain weight), and optionally ``forget_ids`` (see
+  :func:`cure_jax.lm.objectives.token_forget_mask`). With ``grad_accum > 1`` the batches
+  carry a leading micro-batch axis and the update direction is the mean of the micro-batch
+  directions (scanned: one micro-batch's activations alive at a time).
   """
   method = get_method(method_name)
 
-  def step(state, ref_params, forget, retain):
-    params = state.params
+  def micro_direction(params, ref_params, forget, retain):
     ref_logits = jax.lax.stop_gradient(apply_fn(ref_params, forget['tokens']))
     metrics, loss = {}, jnp.zeros(())
     if method.grogu:  # a direction, not the gradient of a loss: only the retain loss is logged
@@ -160,6 +162,21 @@ def make_unlearn_step(apply_fn, method_name, hp, tx, grogu_impl='vmap'):
       metrics['retain_nll'] = retain_loss
       loss = loss + hp['alpha'] * retain_loss
     metrics['loss'] = loss
+    return direction, metrics
+
+  def step(state, ref_params, forget, retain):
+    params = state.params
+    if grad_accum == 1:
+      direction, metrics = micro_direction(params, ref_params, forget, retain)
+    else:
+      def body(carry, micro):
+        out = micro_direction(params, ref_params, *micro)
+        return jax.tree.map(jnp.add, carry, out), None
+      zeros = jax.eval_shape(micro_direction, params, ref_params,
+                             *jax.tree.map(lambda x: x[0], (forget, retain)))
+      zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), zeros)
+      total, _ = jax.lax.scan(body, zeros, (forget, retain))
+      direction, metrics = jax.tree.map(lambda x: x / grad_accum, total)
     updates, opt_state = tx.update(direction, state.opt_state, params)
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(params, updates),
                               opt_state=opt_state)
@@ -169,10 +186,10 @@ def make_unlearn_step(apply_fn, method_name, hp, tx, grogu_impl='vmap'):
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_step(apply_fn, method_name, hp_items, opt_settings, total, impl):
+def _cached_step(apply_fn, method_name, hp_items, opt_settings, total, impl, grad_accum=1):
   """One optimiser and compiled step per (method, settings): the seeds of a run share it."""
   tx = make_optimizer(types.SimpleNamespace(**dict(opt_settings)), total)
-  return tx, make_unlearn_step(apply_fn, method_name, dict(hp_items), tx, impl)
+  return tx, make_unlearn_step(apply_fn, method_name, dict(hp_items), tx, impl, grad_accum)
 
 
 def paired_batches(num_forget, num_retain, batch_size, epochs, seed):
@@ -185,17 +202,21 @@ def paired_batches(num_forget, num_retain, batch_size, epochs, seed):
       yield order[start:start + batch_size], rng.integers(0, num_retain, batch_size)
 
 
-def unlearn(apply_fn, original_params, forget, retain, cfg, method_name, hp, seed, mesh=None):
+def unlearn(apply_fn, original_params, forget, retain, cfg, method_name, hp, seed, mesh=None,
+            place=None):
   """Runs one unlearning job from the original parameters; returns the new parameters.
 
   Args:
     apply_fn: ``(params, tokens_BxL) -> logits``.
     original_params: the fine-tuned original model (start point, teacher and reference).
     forget, retain: encoded QA arrays (``tokens``, ``loss_mask``), numpy.
-    cfg: ``config.unlearn`` (lr, epochs, batch_size, optimizer, warmup_fraction,
-      weight_decay, grogu_impl, log_every).
-    method_name: a key of :data:`METHODS`; hp: its hyper-parameters plus ``alpha``.
+    cfg: ``config.unlearn`` (lr, epochs, batch_size (effective), grad_accum, optimizer,
+      warmup_fraction, weight_decay, grogu_impl, log_every).
+    method_name: a key of :data:`METHODS`; hp: its hyper-parameters plus ``alpha`` (and
+      ``forget_ids`` for the author-names forget mask).
     seed: batch order and retain pairing.
+    place: ``(tree, mesh) -> tree on the mesh`` for the state and the reference parameters
+      (default: replicated; an FSDP placement shards them).
   """
   num_forget, num_retain = len(forget['tokens']), len(retain['tokens'])
   if num_forget == 0:
@@ -203,29 +224,40 @@ def unlearn(apply_fn, original_params, forget, retain, cfg, method_name, hp, see
   if get_method(method_name).retain and num_retain == 0:
     raise ValueError(f'{method_name} needs retain data but the retain split is empty.')
   mesh = parallel.make_mesh() if mesh is None else mesh
+  grad_accum = int(cfg.get('grad_accum', 1))
+  if grad_accum < 1:
+    raise ValueError(f'config.unlearn.grad_accum={grad_accum} must be >= 1.')
   batch_size = min(cfg.batch_size, num_forget)
-  batch_size -= batch_size % mesh.devices.size
+  batch_size -= batch_size % (mesh.devices.size * grad_accum)
   if batch_size == 0:
-    raise ValueError(f'{num_forget} forget items cannot fill one batch on the '
-                     f'{mesh.devices.size} devices; use fewer devices or more forget data.')
+    raise ValueError(f'{num_forget} forget items cannot fill one batch of {grad_accum} '
+                     f'micro-batches on the {mesh.devices.size} devices; use fewer devices, '
+                     'a smaller config.unlearn.grad_accum or more forget data.')
   total = cfg.epochs * (num_forget // batch_size)
   impl = 'vmap'
   if get_method(method_name).grogu:
     impl = choose_grogu_impl(cfg.grogu_impl, apply_fn, original_params, forget['tokens'][:2])
   opt_settings = tuple((k, cfg[k]) for k in ('optimizer', 'lr', 'warmup_fraction', 'weight_decay'))
   tx, step_fn = _cached_step(apply_fn, method_name, tuple(sorted(hp.items())), opt_settings,
-                             total, impl)
-  state = train_state.create({'params': original_params, 'batch_stats': {}}, tx)
-  state = parallel.replicate(state, mesh)
-  ref_params = parallel.replicate(original_params, mesh)
+                             total, impl, grad_accum)
+  place = place or parallel.replicate
+  # The step donates its state: never hand it the caller's arrays (reused by every run).
+  start = jax.tree.map(lambda x: jnp.array(x, copy=True), original_params)
+  state = place(train_state.create({'params': start, 'batch_stats': {}}, tx), mesh)
+  ref_params = place(original_params, mesh)
   prog = progress.Progress(f'unlearn {method_name} {variant_name(method_name, hp)}', total,
                            cfg.log_every)
-  take = lambda data, idx: {k: data[k][idx] for k in ('tokens', 'loss_mask')}
+  def take(data, idx):
+    batch = {k: data[k][idx] for k in ('tokens', 'loss_mask')}
+    if grad_accum == 1:
+      return parallel.shard_batch(batch, mesh)
+    batch = {k: v.reshape((grad_accum, -1) + v.shape[1:]) for k, v in batch.items()}
+    return parallel.shard_batch(batch, mesh, batch_axis=1)
+
   for step, (f_idx, r_idx) in enumerate(
       paired_batches(num_forget, max(num_retain, 1), batch_size, cfg.epochs, seed)):
     retain_batch = take(retain, r_idx) if num_retain else take(forget, f_idx)
-    state, metrics = step_fn(state, ref_params, parallel.shard_batch(take(forget, f_idx), mesh),
-                             parallel.shard_batch(retain_batch, mesh))
+    state, metrics = step_fn(state, ref_params, take(forget, f_idx), retain_batch)
     prog.add(step, metrics)
   prog.flush()
   return jax.device_get(state.params)

@@ -35,20 +35,26 @@ def qa_probability(nll_NxT, mask_NxT):
   return np.exp(-mean_answer_nll(nll_NxT, mask_NxT))
 
 
-def extraction_strength(preds_NxT, labels_NxT, mask_NxT):
+def extraction_strength(preds_NxT, labels_NxT, mask_NxT, drop_eos=True):
   """Teacher-forced extraction strength per item (Carlini et al., open-unlearning).
 
-  Over the answer positions only, ``k*`` is the smallest k such that the greedy
-  predictions equal the labels from position k to the end; ``ES = 1 − k*/|y|``. All
-  correct gives 1; a wrong last token gives 0.
+  The scored labels ``y`` are an item's answer positions with the final one (the EOS that
+  every encoded answer ends with) dropped when ``drop_eos``, as open-unlearning scores
+  ``labels[:-1]``. ``k*`` is the first k in ``[0, |y|)`` with ``preds[k:] == y[k:]``, and
+  ``|y| − 1`` when no suffix matches (open-unlearning's loop ends there), so the floor is
+  ``1/|y|``, not 0; ``ES = 1 − k*/|y|``. An item whose only answer position is the EOS
+  keeps it (nothing else to score).
   """
   mask_NxT = _check_mask(mask_NxT, 'extraction_strength') > 0
   preds_NxT, labels_NxT = np.asarray(preds_NxT), np.asarray(labels_NxT)
   scores = []
   for pred, label, keep in zip(preds_NxT, labels_NxT, mask_NxT):
-    wrong = np.flatnonzero(pred[keep] != label[keep])
-    length = int(keep.sum())
-    k = 0 if wrong.size == 0 else int(wrong[-1]) + 1  # suffix after the last mismatch
+    pred, label = pred[keep], label[keep]
+    if drop_eos and len(label) > 1:
+      pred, label = pred[:-1], label[:-1]
+    length = len(label)
+    wrong = np.flatnonzero(pred != label)
+    k = 0 if wrong.size == 0 else min(int(wrong[-1]) + 1, length - 1)
     scores.append(1.0 - k / length)
   return np.asarray(scores)
 

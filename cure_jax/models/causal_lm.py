@@ -15,7 +15,7 @@ Decoding: pass a cache (see :func:`init_cache`) or ``decode=True`` and get
 """
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -33,8 +33,9 @@ class LMConfig:
   Attributes:
     vocab_size: number of token ids (embedding rows / logits).
     num_layers: transformer blocks.
-    d_model: residual stream width; must be a multiple of ``num_heads``.
-    num_heads: query heads; head dim is ``d_model // num_heads`` and must be even (RoPE).
+    d_model: residual stream width; a multiple of ``num_heads`` unless ``explicit_head_dim``.
+    num_heads: query heads; head dim is ``d_model // num_heads`` (unless ``explicit_head_dim``)
+      and must be even (RoPE).
     num_kv_heads: key/value heads (grouped-query attention); must divide ``num_heads``.
     d_ff: hidden width of the SwiGLU MLP.
     max_len: longest sequence (prompt + generated tokens) the KV cache is built for.
@@ -42,6 +43,11 @@ class LMConfig:
     norm_eps: RMSNorm epsilon.
     tie_embeddings: logits from ``embed_tokens.attend`` instead of a separate ``lm_head``.
     dtype: computation dtype name ('float32' or 'bfloat16'); parameters stay float32.
+    explicit_head_dim: head dim when a checkpoint sets it apart from ``d_model // num_heads``
+      (config.json ``head_dim``, e.g. Mistral-Nemo); q/o projections are then
+      ``d_model x num_heads*head_dim``.
+    rope_divisors: per-frequency divisors of the RoPE inverse frequencies (``head_dim / 2``
+      floats), as llama3 ``rope_scaling`` and GGUF ``rope_freqs`` define them; None: all 1.
   """
   vocab_size: int
   num_layers: int
@@ -54,17 +60,26 @@ class LMConfig:
   norm_eps: float = 1e-5
   tie_embeddings: bool = True
   dtype: str = 'float32'
+  explicit_head_dim: Optional[int] = None
+  rope_divisors: Optional[tuple[float, ...]] = None
 
   def __post_init__(self):
     for field in ('vocab_size', 'num_layers', 'd_model', 'num_heads', 'num_kv_heads', 'd_ff',
                   'max_len'):
       if getattr(self, field) <= 0:
         raise ValueError(f'LMConfig.{field} must be positive, got {getattr(self, field)}.')
-    if self.d_model % self.num_heads:
+    if self.explicit_head_dim is None and self.d_model % self.num_heads:
       raise ValueError(f'd_model={self.d_model} is not divisible by num_heads={self.num_heads}; '
                        'pick d_model as a multiple of num_heads.')
-    if self.head_dim % 2:
-      raise ValueError(f'head dim d_model/num_heads={self.head_dim} must be even for RoPE.')
+    if self.head_dim <= 0 or self.head_dim % 2:
+      raise ValueError(f'head dim {self.head_dim} (d_model/num_heads or explicit_head_dim) must '
+                       'be positive and even for RoPE.')
+    if self.rope_divisors is not None:
+      # A tuple keeps the config hashable (the model is a static jit argument).
+      object.__setattr__(self, 'rope_divisors', tuple(float(d) for d in self.rope_divisors))
+    if self.rope_divisors is not None and len(self.rope_divisors) != self.head_dim // 2:
+      raise ValueError(f'LMConfig.rope_divisors has {len(self.rope_divisors)} entries; RoPE '
+                       f'with head dim {self.head_dim} needs {self.head_dim // 2}.')
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f'num_kv_heads={self.num_kv_heads} must divide num_heads='
                        f'{self.num_heads} (grouped-query attention).')
@@ -73,6 +88,8 @@ class LMConfig:
 
   @property
   def head_dim(self):
+    if self.explicit_head_dim is not None:
+      return self.explicit_head_dim
     return self.d_model // self.num_heads
 
 
@@ -93,10 +110,15 @@ def rotate_half(x):
   return jnp.concatenate([-x2, x1], axis=-1)
 
 
-def apply_rope(x_BxTxNxH, positions_BxT, base):
-  """Rotary position embedding in the rotate-half convention (non-interleaved pairs)."""
+def apply_rope(x_BxTxNxH, positions_BxT, base, divisors=None):
+  """Rotary position embedding in the rotate-half convention (non-interleaved pairs).
+
+  ``divisors`` (``H/2`` floats) divide the inverse frequencies (llama3 long-context scaling).
+  """
   head_dim = x_BxTxNxH.shape[-1]
   inv_freq_F = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  if divisors is not None:
+    inv_freq_F = inv_freq_F / jnp.asarray(divisors, jnp.float32)
   angles_BxTxF = positions_BxT.astype(jnp.float32)[..., None] * inv_freq_F
   angles_BxTxH = jnp.concatenate([angles_BxTxF, angles_BxTxF], axis=-1)[:, :, None, :]
   x = x_BxTxNxH.astype(jnp.float32)
@@ -135,8 +157,8 @@ class Attention(nn.Module):
     q_BxTxNxH = _dense(n * h, 'q_proj', dtype)(x_BxTxD).reshape(batch, length, n, h)
     k_BxTxKxH = _dense(k * h, 'k_proj', dtype)(x_BxTxD).reshape(batch, length, k, h)
     v_BxTxKxH = _dense(k * h, 'v_proj', dtype)(x_BxTxD).reshape(batch, length, k, h)
-    q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, cfg.rope_base)
-    k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, cfg.rope_base)
+    q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, cfg.rope_base, cfg.rope_divisors)
+    k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, cfg.rope_base, cfg.rope_divisors)
 
     if cache is None:
       keys_BxSxKxH, values_BxSxKxH, new_cache = k_BxTxKxH, v_BxTxKxH, None

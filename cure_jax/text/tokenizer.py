@@ -1,4 +1,5 @@
-"""Tokenizers: a small :class:`Tokenizer` protocol and the download-free :class:`ByteTokenizer`.
+"""Tokenizers: a :class:`Tokenizer` protocol, the download-free :class:`ByteTokenizer` and
+:class:`HFTokenizer` (a Hugging Face ``tokenizers.Tokenizer`` of a pretrained checkpoint).
 
 Contract for any tokenizer plugged into the data code (e.g. a wrapper around a Hugging Face
 ``tokenizers.Tokenizer``):
@@ -57,3 +58,52 @@ class ByteTokenizer:
       if i < 256:
         data.append(i)
     return data.decode('utf-8', errors='replace')
+
+
+class HFTokenizer:
+  """A ``tokenizers.Tokenizer`` (e.g. a checkpoint's ``tokenizer.json``) behind the protocol.
+
+  ``encode`` applies no post-processor (no bos/eos added) but does turn special-token text in
+  the input (``<|im_start|>``, ``<s>``...) into its id: chat prompts are built as text.
+  ``decode`` drops special tokens. ``pad_id`` defaults to ``eos_id`` (Llama ships no pad token;
+  padded positions are masked anyway).
+
+  Attributes:
+    tokenizer: the wrapped ``tokenizers.Tokenizer``.
+    special_tokens: ``{text: id}`` of the special (control) tokens.
+  """
+
+  def __init__(self, tokenizer, eos_id, bos_id=None, pad_id=None, source='tokenizer'):
+    self.tokenizer = tokenizer
+    self.vocab_size = int(tokenizer.get_vocab_size(with_added_tokens=True))
+    self.special_tokens = {t.content: int(i)
+                           for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+    for field, value in (('eos_id', eos_id), ('bos_id', bos_id), ('pad_id', pad_id)):
+      if value is not None and not 0 <= int(value) < self.vocab_size:
+        raise ValueError(f'{source}: {field}={value} lies outside the vocabulary '
+                         f'[0, {self.vocab_size}).')
+    if eos_id is None:
+      raise ValueError(f'{source}: the tokenizer has no EOS token; set eos_token in '
+                       'tokenizer_config.json (or tokenizer.ggml.eos_token_id in a GGUF).')
+    self.eos_id = int(eos_id)
+    self.bos_id = None if bos_id is None else int(bos_id)
+    self.pad_id = self.eos_id if pad_id is None else int(pad_id)
+
+  def token_to_id(self, token):
+    """The id of one token's text (e.g. ``'<|im_end|>'``), or None if it is not in the vocab."""
+    return self.tokenizer.token_to_id(token)
+
+  def encode(self, text: str) -> list[int]:
+    """Ids of ``text``; no bos/eos added (special-token text in ``text`` is parsed)."""
+    if not isinstance(text, str):
+      raise ValueError(f'HFTokenizer.encode expects a str, got {type(text).__name__}: '
+                       f'{text!r:.80}.')
+    return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text of ``ids`` with special tokens (pad/bos/eos/chat markers) dropped."""
+    ids = [int(i) for i in ids]
+    for i in ids:
+      if not 0 <= i < self.vocab_size:
+        raise ValueError(f'Token id {i} is outside [0, {self.vocab_size}) of the tokenizer.')
+    return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -1,0 +1,90 @@
+r"""The protocol's wall time split into load / train / compile / unlearn / evaluate.
+
+  .venv/bin/python -m benchmarks.protocol --config=configs/digits.py --workdir=/tmp/bench
+
+Runs ``config.mode`` (reproduce by default) exactly as ``experiments.main`` does, from the
+workdir's state (an empty workdir: everything trained and run; a finished one: nothing to
+do), then prints the phase split, the per-method compile and run time and the load average
+(the 2-core development machine is shared: say the load with every number).
+"""
+import os
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/digits.py', 'Config file.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Work directory (models, runs, results).')
+_REFERENCE = flags.DEFINE_string(
+    'reference', None, 'A published results.json (e.g. docs/results.json): check that this '
+    "run's mean retain/forget accuracy per method and scenario lies within its mean ± "
+    '(2·std + 0.01).')
+flags.mark_flags_as_required(['workdir'])
+
+
+def check_table(published, rows):
+  from cure_jax import tables
+  results = tables.reproduction_check(published, rows)
+  bad = [r for r in results if not r[-1]]
+  lines = [f'reproduction check against the reference: {len(results) - len(bad)} of '
+           f'{len(results)} (scenario, method, metric) means within mean ± (2·std + 0.01)']
+  for scenario, method, key, mean, std, got, _ in bad:
+    lines.append(f'  OUTSIDE: scenario {scenario} {method} {key}: published {mean:.3f} ± '
+                 f'{std:.3f}, rerun {got:.3f}')
+  return '\n'.join(lines)
+
+
+def split_table(timings, wall):
+  lines = ['| phase | seconds | share |', '|---|---|---|']
+  for phase in ('load', 'train', 'compile', 'unlearn', 'evaluate'):
+    lines.append(f'| {phase} | {timings.get(phase, 0.0):.1f} | '
+                 f'{100 * timings.get(phase, 0.0) / wall:.0f} % |')
+  other = wall - sum(timings.values())
+  lines.append(f'| other (start-up, reports, plots) | {other:.1f} | {100 * other / wall:.0f} % |')
+  lines.append(f'| **total wall** | **{wall:.1f}** | |')
+  return '\n'.join(lines)
+
+
+def method_table(rows):
+  lines = ['| method | runs | compile s | run s (mean) | run / retrain training |',
+           '|---|---|---|---|---|']
+  for m in dict.fromkeys(r['method'] for r in rows if r['setting'] != 'reference'):
+    mine = [r for r in rows if r['method'] == m]
+    ratio = [r['time_ratio'] for r in mine if r.get('time_ratio') is not None]
+    lines.append(f'| {m} | {len(mine)} | {sum(r["compile_s"] or 0 for r in mine):.1f} | '
+                 f'{sum(r["time_s"] for r in mine) / len(mine):.2f} | '
+                 f'{(sum(ratio) / len(ratio)) if ratio else float("nan"):.3f} |')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  from cure_jax import classification, protocol
+  captured = {}
+  real = protocol.make_study
+
+  def keep(*args, **kwargs):
+    captured['study'] = real(*args, **kwargs)
+    return captured['study']
+  protocol.make_study = keep
+  load_before = os.getloadavg()
+  start, cpu0 = time.perf_counter(), os.times()
+  rows = classification.run(_CONFIG.value, _WORKDIR.value)
+  wall = time.perf_counter() - start
+  cpu1 = os.times()
+  cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+  load_after = os.getloadavg()
+  print(split_table(captured['study'].timings, wall))
+  print()
+  print(method_table(rows))
+  print(f'\nload average (1/5/15 min) before {load_before[0]:.1f}/{load_before[1]:.1f}/'
+        f'{load_before[2]:.1f}, after {load_after[0]:.1f}/{load_after[1]:.1f}/'
+        f'{load_after[2]:.1f}; {os.cpu_count()} CPUs; process CPU time {cpu:.0f} s')
+  if _REFERENCE.value:
+    import json
+    with open(_REFERENCE.value) as f:
+      print(check_table(json.load(f)['rows'], rows))
+
+
+if __name__ == '__main__':
+  app.run(main)

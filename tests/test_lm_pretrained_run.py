@@ -1,0 +1,191 @@
+"""The LM pipeline from a pretrained checkpoint: configs/authors_smollm2.py:smoke and
+configs/tofu.py:smoke end to end on a tiny random Llama checkpoint in the Hugging Face layout
+that the test writes (the real SmolLM2 compiles its GROGU step alone for ~2 minutes on the
+2-core CI machine under load, far beyond a smoke test's budget; the same code path runs)."""
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+from cure_jax.lm import run, setup
+from cure_jax.text.tokenizer import HFTokenizer
+
+ROOT = os.path.join(os.path.dirname(__file__), '..')
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}<|im_start|>assistant\n")
+
+
+def _load_config(name, arg):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', name + '.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def write_tiny_llama(directory, seed=0):
+  """A 1-layer Llama (GQA, tied head) with a byte-level tokenizer and a chatml template."""
+  os.makedirs(directory, exist_ok=True)
+  alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+  tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.add_special_tokens(['<|im_start|>', '<|im_end|>'])
+  tok.save(os.path.join(directory, 'tokenizer.json'))
+  vocab, d, ff, heads, kv = tok.get_vocab_size(), 32, 64, 4, 2
+  head = d // heads
+  with open(os.path.join(directory, 'tokenizer_config.json'), 'w') as f:
+    json.dump({'eos_token': '<|im_end|>', 'chat_template': CHATML}, f)
+  with open(os.path.join(directory, 'config.json'), 'w') as f:
+    json.dump({'model_type': 'llama', 'architectures': ['LlamaForCausalLM'],
+               'vocab_size': vocab, 'hidden_size': d, 'intermediate_size': ff,
+               'num_hidden_layers': 1, 'num_attention_heads': heads,
+               'num_key_value_heads': kv, 'max_position_embeddings': 512,
+               'rope_theta': 10000.0, 'rms_norm_eps': 1e-5, 'tie_word_embeddings': True,
+               'hidden_act': 'silu'}, f)
+  rng = np.random.default_rng(seed)
+  w = lambda *shape: (rng.normal(size=shape) * 0.05).astype(np.float32)
+  tensors = {'model.embed_tokens.weight': w(vocab, d), 'model.norm.weight': np.ones(d, np.float32),
+             'model.layers.0.input_layernorm.weight': np.ones(d, np.float32),
+             'model.layers.0.post_attention_layernorm.weight': np.ones(d, np.float32)}
+  shapes = {'self_attn.q_proj': (heads * head, d), 'self_attn.k_proj': (kv * head, d),
+            'self_attn.v_proj': (kv * head, d), 'self_attn.o_proj': (d, heads * head),
+            'mlp.gate_proj': (ff, d), 'mlp.up_proj': (ff, d), 'mlp.down_proj': (d, ff)}
+  for name, shape in shapes.items():
+    tensors[f'model.layers.0.{name}.weight'] = w(*shape)
+  save_file(tensors, os.path.join(directory, 'model.safetensors'))
+  return directory
+
+
+@pytest.fixture(scope='module')
+def tiny_llama(tmp_path_factory):
+  return write_tiny_llama(str(tmp_path_factory.mktemp('tiny_llama')))
+
+
+def test_config_guards():
+  config = _load_config('authors_smollm2', None)
+  assert config.model.pretrained == 'smollm2-135m-instruct'
+  assert not config.data.train_utility_sets and config.data.template == 'chat'
+  assert len(config.reproduce.runs) == 10
+  assert _load_config('authors_smollm2', 'names').unlearn.forget_mask == 'author_names'
+  with pytest.raises(ValueError, match='variant'):
+    _load_config('authors_smollm2', 'big')
+  bad = _load_config('authors_smollm2', 'smoke')
+  bad.data.train_utility_sets = True
+  with pytest.raises(ValueError, match='train_utility_sets'):
+    setup.check(bad)
+  bad = _load_config('authors_smollm2', 'smoke')
+  bad.model.sharding = 'zero3'
+  with pytest.raises(ValueError, match='config.model.sharding'):
+    setup.check(bad)
+
+
+def test_utility_sets_never_in_the_fine_tuning_data():
+  config = _load_config('authors_smollm2', 'smoke')
+  splits = run.load_splits(config.data)
+  sets = run.train_sets(splits, config)
+  utility = {i['question'] for i in splits['real_authors'] + splits['world_facts']}
+  for kind in ('original', 'retrain'):
+    assert not utility & {i['question'] for i in sets[kind]}
+  assert {i['question'] for i in sets['retrain']} == {i['question'] for i in splits['retain']}
+
+
+@pytest.fixture(scope='module')
+def authors_run(tiny_llama, tmp_path_factory):
+  config = _load_config('authors_smollm2', 'smoke')
+  config.model.pretrained = tiny_llama
+  config.model.max_len = 160  # the tiny tokenizer spends a token per byte
+  config.reproduce.runs = ('grogu:T=5,w=0.5', 'npo')
+  workdir = tmp_path_factory.mktemp('smollm2_smoke')
+  return config, workdir, run.run(config, str(workdir))
+
+
+def test_authors_smoke_on_a_pretrained_checkpoint(authors_run, tiny_llama):
+  config, workdir, rows = authors_run
+  assert [(r['method'], r['variant']) for r in rows] == [
+      ('original', ''), ('retrain', ''), ('grogu', 'T=5,w=0.5'), ('npo', 'beta=0.1')]
+  for row in rows:
+    assert 0.0 <= row['mia_min_k'] <= 1.0 and 0.0 <= row['mia_loss'] <= 1.0
+    assert np.isfinite(row['privleak'])
+    assert 0.0 <= row['forget_rouge'] <= 1.0
+  assert rows[1]['privleak'] == 0.0
+  assert 'PrivLeak' in (workdir / 'results.md').read_text()
+  # The fine-tuned model started from the checkpoint: its fingerprint names it.
+  fingerprint = json.loads((workdir / 'checkpoints' / 'original' / 'fingerprint.json').read_text())
+  assert fingerprint['model']['pretrained'] == tiny_llama
+
+
+def test_prompts_use_the_checkpoints_chat_format(authors_run):
+  config = authors_run[0]
+  lm = setup.load_model(config)
+  assert isinstance(lm.tokenizer, HFTokenizer)
+  assert lm.template == '<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n'
+  encoded = run._encode(lm.tokenizer, run.load_splits(config.data)['forget'][:1], config,
+                        lm.template)
+  ids = encoded['tokens'][0]
+  assert ids[0] == lm.tokenizer.special_tokens['<|im_start|>']
+  answer_end = encoded['prompt_lengths'][0] + encoded['answer_lengths'][0] - 1
+  assert ids[answer_end] == lm.tokenizer.eos_id == lm.tokenizer.special_tokens['<|im_end|>']
+
+
+def _tofu_record(i, kind):
+  return {'question': f'What is fact {i} of {kind}?', 'answer': f'Fact {i} of {kind} is {i * 7}.',
+          'paraphrased_answer': f'It is {i * 7}, fact {i} of {kind}.',
+          'perturbed_answer': [f'Fact {i} of {kind} is {i * 7 + j}.' for j in (1, 2, 3)]}
+
+
+def write_tofu(directory):
+  """Fabricated files in the locuslab/TOFU layout (JSON lines): 1% forget, holdout."""
+  os.makedirs(directory, exist_ok=True)
+  files = {'forget01': [_tofu_record(i, 'forget') for i in range(8)],
+           'retain99': [_tofu_record(i, 'retain') for i in range(8)],
+           'holdout01': [_tofu_record(i, 'holdout') for i in range(8)],
+           'real_authors_perturbed': [_tofu_record(i, 'real') for i in range(2)],
+           'world_facts_perturbed': [_tofu_record(i, 'world') for i in range(2)]}
+  files['forget01_perturbed'] = files['forget01']
+  files['retain_perturbed'] = files['retain99'][:4]
+  for name, records in files.items():
+    with open(os.path.join(directory, name + '.json'), 'w') as f:
+      f.write('\n'.join(json.dumps(r) for r in records))
+  return directory
+
+
+def _tofu_config(tiny_llama, data_dir):
+  config = _load_config('tofu', 'smoke')
+  config.model.pretrained = tiny_llama
+  config.data.data_dir = data_dir
+  return config
+
+
+def test_tofu_config_defaults_follow_open_unlearning():
+  config = _load_config('tofu', None)
+  assert (config.unlearn.lr, config.unlearn.epochs, config.unlearn.batch_size) == (1e-5, 10, 32)
+  assert config.unlearn.optimizer == 'adamw' and config.unlearn.grad_accum > 1
+  assert config.finetune.batch_size == 32 and config.finetune.grad_accum > 1
+  assert config.eval.max_new_tokens == 200 and config.data.template == 'chat'
+  with pytest.raises(ValueError, match='config.model.pretrained'):
+    run.run(config, '/nonexistent/never-written')
+
+
+def test_tofu_smoke_fine_tunes_then_unlearns(tiny_llama, tmp_path):
+  config = _tofu_config(tiny_llama, write_tofu(str(tmp_path / 'tofu')))
+  rows = run.run(config, str(tmp_path / 'work'))
+  assert [r['method'] for r in rows] == ['original', 'retrain', 'grogu']
+  assert all(np.isfinite(r['privleak']) for r in rows)
+  assert os.path.isdir(tmp_path / 'work' / 'checkpoints' / 'original')
+
+
+def test_tofu_with_fine_tuned_checkpoints_skips_fine_tuning(tiny_llama, tmp_path):
+  retrain = write_tiny_llama(str(tmp_path / 'retrain'), seed=1)
+  config = _tofu_config(tiny_llama, write_tofu(str(tmp_path / 'tofu')))
+  config.model.pretrained = ''
+  config.model.original, config.model.retrain = tiny_llama, retrain
+  config.model.dtype = 'bfloat16'
+  rows = run.run(config, str(tmp_path / 'work'))
+  assert [r['method'] for r in rows] == ['original', 'retrain', 'grogu']
+  assert not os.path.exists(tmp_path / 'work' / 'checkpoints')
+  # Different weights: the original is not scored like the retrain model.
+  assert rows[0]['forget_prob'] != rows[1]['forget_prob']

@@ -1,0 +1,168 @@
+"""The protocol end to end on a tiny sweep: rows, determinism, resumption, strict outputs."""
+import json
+import math
+import os
+import shutil
+import stat
+
+import numpy as np
+import pytest
+
+from cure_jax import classification, evaluate, protocol, report, tables
+from tests import helpers
+
+TIMING = ('time_s', 'compile_s', 'time_ratio')
+ROW_KEYS = {'scenario', 'model_seed', 'seed', 'method', 'hparams', 'retain_acc', 'forget_acc',
+            'overall_acc', 'mia_efficacy', 'time_s', 'compile_s', 'time_ratio',
+            'model_fingerprint', 'status'}
+
+
+def tiny_config():
+  config = helpers.smoke_config()
+  config.scenarios = '1;3'
+  config.model_seeds = 1
+  config.seeds = 2
+  config.reproduce.methods = ('ghr', 'finetune')
+  return config
+
+
+def _strip(rows):
+  return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+@pytest.fixture(scope='module')
+def first(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('first')
+  rows = classification.run(tiny_config(), str(workdir))
+  return workdir, rows
+
+
+def test_rows_carry_the_protocol_fields(first):
+  workdir, rows = first
+  doc = json.loads((workdir / 'results.json').read_text())
+  assert doc['rows'] == rows
+  assert {'cure_jax', 'jax', 'flax', 'backend', 'device_count', 'config', 'models',
+          'git_commit'} <= set(doc['meta'])
+  runs = [r for r in rows if r['setting'] != 'reference']
+  assert [(r['scenario'], r['method'], r['model_seed'], r['seed']) for r in runs] == [
+      (s, m, 0, i) for m in ('ghr', 'finetune') for s in ('1', '3') for i in (0, 1)]
+  for r in rows:
+    assert ROW_KEYS <= set(r)
+  for r in runs:
+    assert r['status'] == 'ok' and r['hparams']['epochs'] == 1.0 and r['time_s'] > 0
+    assert r['time_ratio'] == pytest.approx(r['time_s'] / next(
+        x['time_s'] for x in rows if x['method'] == 'retrain' and x['scenario'] == r['scenario']))
+    fps = r['model_fingerprint']
+    assert sorted(os.listdir(workdir / 'models')) == sorted(
+        {x['model_fingerprint'].get('original') or x['model_fingerprint']['retrain']
+         for x in rows if x['setting'] == 'reference'})
+    assert fps['original'].startswith('original-') and fps['retrain'].startswith('retrain-')
+    assert 0.0 <= r['mia_efficacy'] <= 1.0
+  # The per-scenario retrain models differ; the original is shared.
+  assert len({r['model_fingerprint']['retrain'] for r in runs}) == 2
+  assert len({r['model_fingerprint']['original'] for r in runs}) == 1
+  assert sum(r['compile_s'] > 0 for r in runs if r['method'] == 'ghr') == 1
+
+
+def test_same_config_gives_identical_metrics(first, tmp_path):
+  workdir, rows = first
+  shutil.copytree(workdir / 'models', tmp_path / 'models')   # the model cache; no log
+  again = classification.run(tiny_config(), str(tmp_path))
+  assert _strip(again) == _strip(rows)
+
+
+def test_killed_sweep_resumes_to_the_uninterrupted_rows(first, tmp_path, monkeypatch):
+  workdir, rows = first
+  shutil.copytree(workdir / 'models', tmp_path / 'models')
+  real, calls = protocol.run_unit, []
+
+  def dies_after_three(*args, **kwargs):
+    if len(calls) == 3:
+      raise KeyboardInterrupt('killed')
+    calls.append(args[1:3])
+    return real(*args, **kwargs)
+  monkeypatch.setattr(protocol, 'run_unit', dies_after_three)
+  with pytest.raises(KeyboardInterrupt):
+    classification.run(tiny_config(), str(tmp_path))
+  assert not (tmp_path / 'results.json').exists()
+  calls.clear()
+  monkeypatch.setattr(protocol, 'run_unit', lambda *a, **k: (calls.append(a[1:3]), real(*a, **k))[1])
+  resumed = classification.run(tiny_config(), str(tmp_path))
+  assert len(calls) == 8 - 3          # only the units the killed sweep had not finished
+  assert _strip(resumed) == _strip(rows)
+  # A changed config starts afresh: the old log is set aside.
+  changed = tiny_config()
+  changed.unlearn.retain_weight = 0.5
+  changed.reproduce.methods = ('ghr',)
+  calls.clear()
+  classification.run(changed, str(tmp_path))
+  assert len(calls) == 4 and (tmp_path / 'runs.jsonl.stale').exists()
+
+
+@pytest.mark.parametrize('umask', [0o022, 0o077])
+def test_reports_are_strict_json_written_with_the_users_umask(tmp_path, umask):
+  rows = [protocol.json_safe({'scenario': '1', 'method': 'ghr', 'setting': 'forget',
+                              'status': 'ok', 'retain_acc': 0.5, 'forget_acc': float('nan'),
+                              'per_class_acc': [np.float32(0.5), float('nan')],
+                              'model_seed': np.int64(0)})]
+  assert rows[0]['forget_acc'] is None and rows[0]['per_class_acc'] == [0.5, None]
+  old = os.umask(umask)
+  try:
+    report.write_atomic(str(tmp_path / 'results.json'), report.to_json({'rows': rows}))
+  finally:
+    os.umask(old)
+  assert stat.S_IMODE(os.stat(tmp_path / 'results.json').st_mode) == 0o666 & ~umask
+  text = (tmp_path / 'results.json').read_text()
+  json.loads(text, parse_constant=lambda c: pytest.fail(f'bare {c} in results.json'))
+  with pytest.raises(ValueError):
+    report.to_json({'x': float('nan')})
+
+
+def test_accuracy_of_a_class_absent_from_the_split_is_undefined_not_zero():
+  logits = np.eye(3)[[0, 1, 1]]
+  m = evaluate.class_metrics(logits, np.array([0, 1, 1]), [2], 3)
+  assert math.isnan(m['forget_acc']) and math.isnan(m['per_class_acc'][2])
+  assert m['retain_acc'] == 1.0
+
+
+def _row(scenario, method, setting, retain, forget, seed=0):
+  return {'scenario': scenario, 'method': method, 'setting': setting, 'status': 'ok',
+          'seed': seed, 'retain_acc': retain, 'forget_acc': forget, 'overall_acc': retain}
+
+
+def test_best_method_per_scenario_follows_the_threshold_rule():
+  rows = [_row('1', 'a', 'forget', 0.99, 0.02), _row('1', 'b', 'forget', 0.90, 0.0),
+          _row('1', 'c', 'forget', 0.95, 0.002), _row('1', 'd', 'retain', 0.97, 0.0),
+          _row('3', 'a', 'forget', 0.93, 0.0), _row('3', 'b', 'forget', 0.91, 0.0),
+          _row('3', 'c', 'forget', 0.99, 0.01), _row('3', 'd', 'retain', 0.5, 0.5),
+          _row('1', 'original', 'reference', 1.0, 1.0), _row('3', 'original', 'reference',
+                                                             1.0, 1.0)]
+  best = tables.best_methods(rows, 0.003)
+  assert best == {('1', 'forget'): 'c', ('1', 'retain'): 'd', ('3', 'forget'): 'a'}
+  assert tables.best_methods(rows, 0.0)[('1', 'forget')] == 'b'
+  text = tables.table1(rows, 0.003)
+  line = next(l for l in text.splitlines() if l.startswith('| c |'))
+  assert line.count('**') == 4      # bold in scenario 1 only
+  assert '| 1: retain | 1: forget | 3: retain | 3: forget |' in text
+
+
+def test_finetune_sits_with_forget_data_only_methods_with_a_note():
+  rows = [_row('1', 'ghr', 'forget', 0.9, 0.0), _row('1', 'finetune', 'forget', 0.99, 1.0),
+          _row('1', 'ghr_descent', 'retain', 0.95, 0.0)]
+  text = tables.table3(rows, '1', 0.0)
+  lines = text.splitlines()
+  forget_at = lines.index(next(l for l in lines if 'Forget data only' in l))
+  retain_at = lines.index(next(l for l in lines if 'With retain data' in l))
+  assert forget_at < next(i for i, l in enumerate(lines) if l.startswith('| finetune')) < retain_at
+  assert tables.FINETUNE_NOTE in text
+
+
+def test_reproduction_check_uses_the_published_band():
+  published = [_row('1', 'a', 'forget', 0.90, 0.0, seed=0), _row('1', 'a', 'forget', 0.94, 0.0,
+                                                                seed=1)]
+  # mean 0.92, std 0.02: band ± 0.05
+  near = [_row('1', 'a', 'forget', 0.965, 0.005)]
+  far = [_row('1', 'a', 'forget', 0.975, 0.02)]
+  assert all(ok for *_, ok in tables.reproduction_check(published, near))
+  check = {k: ok for _, _, k, _, _, _, ok in tables.reproduction_check(published, far)}
+  assert check == {'retain_acc': False, 'forget_acc': False}

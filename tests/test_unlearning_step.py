@@ -1,0 +1,261 @@
+"""cure_jax.make_unlearning_step on models the library does not ship (an MLP, a tiny ViT)."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import cure_jax
+from cure_jax import config_defaults, methods, parallel, scan_unlearn, unlearn
+
+K, FORGET, B = 4, 1, 8
+CURE = ('ghr', 'gsr', 'grogu', 'grogu_t1', 'ghr_descent', 'gsr_descent', 'grogu_descent',
+        'grogu_t1_descent')
+
+
+class MLP(nn.Module):
+  @nn.compact
+  def __call__(self, x_BxHxWxC):
+    h = nn.relu(nn.Dense(16)(x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1)))
+    return nn.Dense(K)(h)
+
+
+class TinyViT(nn.Module):
+  """Patch embedding (Dense on 4x4 patches), LayerNorm, self-attention, MLP head."""
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC):
+    b, h, w, c = x_BxHxWxC.shape
+    p = 4
+    patches_BxNxP = x_BxHxWxC.reshape(b, h // p, p, w // p, p, c).transpose(
+        0, 1, 3, 2, 4, 5).reshape(b, (h // p) * (w // p), p * p * c)
+    x_BxNxD = nn.Dense(8)(patches_BxNxP)
+    x_BxNxD = x_BxNxD + self.param('pos', nn.initializers.normal(0.02), x_BxNxD.shape[1:])
+    x_BxNxD = x_BxNxD + nn.MultiHeadDotProductAttention(num_heads=2)(nn.LayerNorm()(x_BxNxD))
+    y_BxD = x_BxNxD.mean(axis=1)
+    return nn.Dense(K)(nn.gelu(nn.Dense(16)(y_BxD)))
+
+
+def _data(seed, n):
+  """Separable classes: a class-dependent bright quadrant plus noise."""
+  rng = np.random.default_rng(seed)
+  y = np.arange(n) % K
+  x = rng.normal(0, 0.3, (n, 8, 8, 1)).astype(np.float32)
+  for i, c in enumerate(y):
+    x[i, (c // 2) * 4:(c // 2) * 4 + 4, (c % 2) * 4:(c % 2) * 4 + 4] += 1.5
+  return x, y.astype(np.int32)
+
+
+def _pretrained(model):
+  x, y = _data(0, 64)
+  params = model.init(jax.random.key(0), x[:1])['params']
+  tx = optax.adam(0.03)
+
+  @jax.jit
+  def fit(params):
+    def one(carry, _):
+      params, opt = carry
+      g = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
+          model.apply({'params': p}, x), y).mean())(params)
+      upd, opt = tx.update(g, opt, params)
+      return (optax.apply_updates(params, upd), opt), None
+    return jax.lax.scan(one, (params, tx.init(params)), None, length=60)[0][0]
+  return fit(params)
+
+
+@pytest.fixture(scope='module')
+def setups():
+  out = {}
+  for model in (MLP(), TinyViT()):
+    params = _pretrained(model)
+    apply_fn = lambda p, x, model=model: model.apply({'params': p}, x)
+    out[type(model).__name__] = (apply_fn, params)
+  return out
+
+
+def _batches():
+  x, y = _data(0, 64)   # training examples: the forget set is part of what the model learnt
+  forget = {'inputs': x[y == FORGET][:B], 'labels': y[y == FORGET][:B]}
+  retain = {'inputs': x[y != FORGET][:B], 'labels': y[y != FORGET][:B]}
+  return forget, retain
+
+
+def _forget_acc(apply_fn, params, forget):
+  return float(np.mean(np.argmax(apply_fn(params, forget['inputs']), -1) == forget['labels']))
+
+
+def _flat(tree):
+  return np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(tree))])
+
+
+@pytest.mark.parametrize('model', ['MLP', 'TinyViT'])
+@pytest.mark.parametrize('name', sorted(methods.REGISTRY))
+def test_every_method_runs_on_user_models(setups, model, name):
+  apply_fn, params = setups[model]
+  forget, retain = _batches()
+  unl = cure_jax.make_unlearning_step(apply_fn, name, teacher=None, forget_mask=[FORGET],
+                                      hparams={'lr': 0.05, 'salun_fraction': 0.3})
+  state = unl.init(params, forget_data=forget)
+  before = _forget_acc(apply_fn, params, forget)
+  assert before > 0.5   # the pretrained model knows the class: a drop is observable
+  for i in range(3):
+    state, metrics = unl.step(state, forget, retain, jax.random.key(i))
+    assert np.isfinite(metrics['loss']) and bool(metrics['finite'])
+  assert int(state['step']) == 3
+  assert np.all(np.isfinite(_flat(state['params'])))
+  if name != 'finetune':   # the fitted model's retain CE gradient may underflow to exactly 0
+    assert np.any(_flat(state['params']) != _flat(params))
+  if name in CURE:
+    assert _forget_acc(apply_fn, state['params'], forget) <= before
+
+
+def _ghr_reference(logits, teacher, mask):
+  """Mean CE against the teacher's best class outside the mask (written out in numpy)."""
+  logits, teacher = np.asarray(logits, np.float64), np.asarray(teacher, np.float64)
+  labels = np.argmax(np.where(mask, -np.inf, teacher), -1)
+  logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+      - logits.max(-1, keepdims=True)
+  return -np.mean(np.take_along_axis(logp, labels[..., None], -1))
+
+
+def test_teacher_forms_agree_and_match_the_ghr_formula(setups):
+  apply_fn, params = setups['MLP']
+  forget, _ = _batches()
+  teacher_params = jax.tree.map(lambda p: p * 0.9, params)
+  teacher_logits = apply_fn(teacher_params, forget['inputs'])
+  mask = np.arange(K) == FORGET
+  want = _ghr_reference(apply_fn(params, forget['inputs']), teacher_logits, mask)
+  results = []
+  for teacher, fmask, batch in [
+      (teacher_params, [FORGET], forget),
+      (lambda x: apply_fn(teacher_params, x), mask, forget),
+      ('batch', [FORGET], dict(forget, teacher_logits=teacher_logits))]:
+    unl = cure_jax.make_unlearning_step(apply_fn, 'ghr', teacher=teacher, forget_mask=fmask,
+                                        hparams={'lr': 0.1})
+    state, metrics = unl.step(unl.init(params), batch, None, jax.random.key(0))
+    np.testing.assert_allclose(metrics['loss'], want, rtol=1e-5)
+    results.append(_flat(state['params']))
+  np.testing.assert_allclose(results[1], results[0], rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(results[2], results[0], rtol=1e-6, atol=1e-7)
+
+
+class TinyLM(nn.Module):
+  @nn.compact
+  def __call__(self, tokens_BxT):
+    return nn.Dense(11)(nn.Embed(11, 8)(tokens_BxT))   # logits BxTxV
+
+
+def test_per_token_mask_rule_for_lm_logits():
+  model = TinyLM()
+  tokens = np.random.default_rng(0).integers(0, 11, (4, 6)).astype(np.int32)
+  params = model.init(jax.random.key(0), tokens)['params']
+  apply_fn = lambda p, t: model.apply({'params': p}, t)
+  # Forget the next token wherever it is token 3: a per-position mask over the vocabulary.
+  rule = lambda b: (b['labels'] == 3)[..., None] & (jnp.arange(11) == 3)
+  unl = cure_jax.make_unlearning_step(apply_fn, 'ghr', teacher=None, forget_mask=rule,
+                                      hparams={'lr': 0.1})
+  batch = {'inputs': tokens, 'labels': np.roll(tokens, -1, axis=1)}
+  state, metrics = unl.step(unl.init(params), batch, None, jax.random.key(0))
+  logits = apply_fn(params, tokens)
+  mask = (batch['labels'] == 3)[..., None] & (np.arange(11) == 3)
+  np.testing.assert_allclose(metrics['loss'], _ghr_reference(logits, logits, mask), rtol=1e-5)
+  assert np.all(np.isfinite(_flat(state['params'])))
+
+
+# ---- the runner takes the same step ----------------------------------------------------------
+
+class BNMLP(nn.Module):
+  """The runner's model interface (``train`` flag, frozen BatchNorm statistics)."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    h = nn.Dense(16)(x.reshape(x.shape[0], -1))
+    h = nn.relu(nn.BatchNorm(use_running_average=not train)(h))
+    return nn.Dense(K)(h)
+
+
+@pytest.mark.parametrize('name', ['grogu_descent', 'salun'])
+def test_step_equals_the_runners_step(name):
+  model, b, n, m, steps = BNMLP(), 8, 12, 20, 2
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+  rng = np.random.default_rng(0)
+  forget_x = rng.integers(0, 256, (16, 8, 8, 1), dtype=np.uint8)
+  forget_y = np.full(16, FORGET, np.int32)
+  retain_x = rng.integers(0, 256, (1, 24, 8, 8, 1), dtype=np.uint8)
+  retain_y = rng.integers(0, K, (1, 24)).astype(np.int32)
+  mean, std = np.float32(0.5), np.float32(0.3)
+  data = scan_unlearn.RunData(forget_x, forget_y, n, retain_x, retain_y, m,
+                              np.arange(K) == FORGET)
+  hp = unlearn.method_hparams(config_defaults.classification_config().unlearn,
+                              name).as_configdict()
+  hp.update(batch_size=b, epochs=steps * b / n, lr=0.05, momentum=0.9, grogu_impl='fast',
+            salun_fraction=0.3)
+  key = np.asarray(jax.random.key_data(jax.random.key(1)))
+  programs = scan_unlearn.Programs(model, [mean], [std], parallel.make_mesh(jax.devices()[:1]))
+  [want], _, _, _ = scan_unlearn.run_group(programs, name, hp, data, [variables], [key], False)
+
+  norm = lambda x: (x.astype(np.float32) / 255.0 - mean) / std
+  apply_fn = lambda p, x: model.apply({'params': p, 'batch_stats': variables['batch_stats']},
+                                      x, train=False)
+  unl = cure_jax.make_unlearning_step(
+      apply_fn, name, teacher=None, forget_mask=[FORGET],
+      hparams={k: hp[k] for k in ('lr', 'momentum', 'grogu_impl', 'salun_fraction')})
+  state = unl.init(variables['params'],
+                   forget_data={'inputs': norm(forget_x[:n]), 'labels': forget_y[:n]})
+  typed = jax.random.wrap_key_data(key)
+  for i in range(steps):
+    fi = scan_unlearn.cycled_batch(jax.random.fold_in(typed, scan_unlearn._SHUFFLE_STREAM), i,
+                                   n, 16, b)
+    ri = scan_unlearn.cycled_batch(jax.random.fold_in(typed, scan_unlearn._RETAIN_STREAM), i,
+                                   m, 24, b)
+    forget = {'inputs': norm(forget_x[np.asarray(fi)]), 'labels': forget_y[np.asarray(fi)]}
+    retain = {'inputs': norm(retain_x[0][np.asarray(ri)]), 'labels': retain_y[0][np.asarray(ri)]}
+    state, _ = unl.step(state, forget, retain, jax.random.fold_in(typed, i))
+  np.testing.assert_allclose(_flat(state['params']), _flat(want), rtol=1e-6, atol=1e-6)
+
+
+def test_four_device_mesh_equals_one_device(setups):
+  assert len(jax.devices()) >= 4   # tests/conftest.py forces four host devices
+  apply_fn, params = setups['MLP']
+  forget, retain = _batches()
+  mesh = parallel.make_mesh(jax.devices()[:4])
+  out = []
+  for m in (None, mesh):
+    unl = cure_jax.make_unlearning_step(apply_fn, 'ghr_descent', teacher=None,
+                                        forget_mask=[FORGET], hparams={'lr': 0.05,
+                                                                       'momentum': 0.9},
+                                        mesh=m)
+    state = unl.init(params if m is None else parallel.replicate(params, m))
+    f, r = (forget, retain) if m is None else (parallel.shard_batch(forget, m),
+                                               parallel.shard_batch(retain, m))
+    for i in range(3):
+      state, _ = unl.step(state, f, r, jax.random.key(i))
+    if m is not None:
+      assert state['params']['Dense_0']['kernel'].sharding.is_fully_replicated
+    out.append(_flat(state['params']))
+  np.testing.assert_allclose(out[1], out[0], rtol=1e-5, atol=1e-6)
+
+
+# ---- user errors: one clear line ---------------------------------------------------------
+
+def test_user_errors(setups):
+  apply_fn, params = setups['MLP']
+  forget, _ = _batches()
+  make = lambda name, **kw: cure_jax.make_unlearning_step(
+      apply_fn, name, teacher=None, forget_mask=kw.pop('forget_mask', [FORGET]), **kw)
+  with pytest.raises(ValueError, match="Unknown unlearning method 'grgu'"):
+    make('grgu')
+  with pytest.raises(ValueError, match=r"hparams\['lrr'\]: unknown hyperparameter"):
+    make('ghr', hparams={'lrr': 0.1})
+  with pytest.raises(ValueError, match=r"hparams\['lr'\]='fast': must be a finite number"):
+    make('ghr', hparams={'lr': 'fast'})
+  with pytest.raises(ValueError, match=r"hparams\['grogu_impl'\]='slow'"):
+    make('grogu', hparams={'grogu_impl': 'slow'})
+  with pytest.raises(ValueError, match='forget_mask'):
+    make('ghr', forget_mask=[-1])
+  with pytest.raises(ValueError, match='needs the whole forget set'):
+    make('salun').init(params)
+  unl = make('ghr_descent')
+  with pytest.raises(ValueError, match='trains on retain data: pass a retain_batch'):
+    unl.step(unl.init(params), forget, None, jax.random.key(0))
