@@ -23,7 +23,7 @@ def classification_config():
   c.seeds = 5                 # unlearning runs per method and scenario (seeds 0..seeds-1)
   # Run a method's seeds as one vmapped program: True, False, or None = on accelerators only
   # (on the 2-core CPU the vmapped sweep was not faster; docs/benchmarks.md).
-  c.seed_parallel = None
+  c.seed_parallel = ml_collections.config_dict.placeholder(bool)
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'digits'
@@ -86,8 +86,8 @@ def classification_config():
   c.reproduce.methods = ('gradasc', 'randlabel', 'finetune', 'age', 'undial', 'salun', 'delete',
                          'ghr', 'gsr', 'grogu_t1', 'grogu', 'gradasc_descent',
                          'gradrest_descent', 'age_descent', 'undial_descent', 'salun_descent',
-                         'scrub', 'lur', 'ghr_descent', 'gsr_descent', 'grogu_t1_descent',
-                         'grogu_descent')
+                         'scrub', 'lur', 'lur_randlabel', 'ghr_descent', 'gsr_descent',
+                         'grogu_t1_descent', 'grogu_descent')
   c.reproduce.forget_threshold = 0.003  # "best" rule: forget acc under this, then max retain
   c.reproduce.plots = True
 

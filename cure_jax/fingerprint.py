@@ -38,6 +38,28 @@ def model_settings(config, kind, seed, forget_classes):
           'train_code_version': TRAIN_CODE_VERSION}
 
 
+_FINETUNE_COSMETIC = ('log_every', 'checkpoint_every')
+
+
+def lm_model_settings(config, kind, architecture, template, items):
+  """Everything that determines the fine-tuned LM ``kind`` (``task='lm'``).
+
+  ``architecture``: the resolved model config (a pretrained checkpoint's wins over
+  ``config.model``); ``template``: the resolved prompt; ``items``: the fine-tuning QA items
+  (their digest covers the generated or loaded data and, for retrain, the forget split).
+  """
+  data = config.data.to_dict()
+  data.pop('data_dir', None)  # where the files live; the items digest covers what they hold
+  model = {k: v for k, v in config.model.to_dict().items()
+           if k not in ('sharding', 'original', 'retrain')}  # placement, other models
+  finetune = {k: v for k, v in config.finetune.to_dict().items()
+              if k not in _FINETUNE_COSMETIC}
+  settings = {'kind': kind, 'data': data, 'model': model, 'architecture': architecture,
+              'template': template, 'items': digest(items, 32), 'finetune': finetune,
+              'seed': int(config.seed), 'train_code_version': TRAIN_CODE_VERSION}
+  return json.loads(json.dumps(settings, sort_keys=True, default=str))  # as stored on disk
+
+
 def model_fingerprint(settings):
   return f'{settings["kind"]}-{digest(settings)}'
 

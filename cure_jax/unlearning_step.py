@@ -27,6 +27,8 @@ from cure_jax import config_defaults, losses, methods, parallel
 STATIC_HPARAMS = ('momentum', 'grogu_impl')
 DYNAMIC_HPARAMS = methods.DYNAMIC_HPARAMS
 _GROGU_IMPLS = ('fast', 'vmap')
+# Methods that draw labels outside the forget classes (they read a [K] class mask).
+_CLASS_MASK_ONLY = ('randlabel', 'salun', 'salun_descent', 'lur_randlabel')
 
 
 class HParams:
@@ -87,7 +89,9 @@ def resolve_hparams(name, hparams):
   if hp['grogu_impl'] not in _GROGU_IMPLS:
     raise ValueError(f"hparams['grogu_impl']={hp['grogu_impl']!r}: choose one of "
                      f'{_GROGU_IMPLS}.')
-  if not 0.0 <= float(hp['momentum'] or 0.0) < 1.0:
+  momentum = hp['momentum'] or 0.0
+  if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.number)) \
+      or not 0.0 <= momentum < 1.0:
     raise ValueError(f"hparams['momentum']={hp['momentum']!r}: must lie in [0, 1).")
   hp.update(dict(method.defaults))
   return ml_collections.FrozenConfigDict(hp)
@@ -127,7 +131,7 @@ class UnlearningStep:
         raise ValueError(f'forget_mask={forget_mask!r}: give class ids (non-negative ints), '
                          'a bool [K] mask, or a function batch -> mask broadcastable to logits.')
       self._classes = ids
-    elif self.method.needs_target or self.name.startswith(('randlabel', 'salun', 'lur_rand')):
+    elif self.method.needs_target or name in _CLASS_MASK_ONLY:
       raise ValueError(f'method {name!r} relabels to non-forget classes and needs class ids '
                        'as forget_mask, not a per-token rule.')
     self.step = jax.jit(self._step)

@@ -114,8 +114,10 @@ def test_authors_smoke_on_a_pretrained_checkpoint(authors_run, tiny_llama):
   assert rows[1]['privleak'] == 0.0
   assert 'PrivLeak' in (workdir / 'results.md').read_text()
   # The fine-tuned model started from the checkpoint: its fingerprint names it.
-  fingerprint = json.loads((workdir / 'checkpoints' / 'original' / 'fingerprint.json').read_text())
-  assert fingerprint['model']['pretrained'] == tiny_llama
+  [original] = (workdir / 'checkpoints').glob('original-*')
+  settings = json.loads((original / 'settings.json').read_text())
+  assert settings['model']['pretrained'] == tiny_llama
+  assert rows[0]['model_fingerprint']['original'] == original.name
 
 
 def test_prompts_use_the_checkpoints_chat_format(authors_run):
@@ -175,7 +177,7 @@ def test_tofu_smoke_fine_tunes_then_unlearns(tiny_llama, tmp_path):
   rows = run.run(config, str(tmp_path / 'work'))
   assert [r['method'] for r in rows] == ['original', 'retrain', 'grogu']
   assert all(np.isfinite(r['privleak']) for r in rows)
-  assert os.path.isdir(tmp_path / 'work' / 'checkpoints' / 'original')
+  assert len(list((tmp_path / 'work' / 'checkpoints').glob('original-*'))) == 1
 
 
 def test_tofu_with_fine_tuned_checkpoints_skips_fine_tuning(tiny_llama, tmp_path):

@@ -219,7 +219,7 @@ def test_report_layout(tmp_path):
   assert lines[4].startswith('| Method | Variant | Seeds | Forget ES')
   assert lines[6].startswith('| original |') and lines[7].startswith('| retrain |')
   assert '| grogu | T=5,w=10 | 2 | 1.000 ± 0.500 | 0.200 ± 0.000 |' in table
-  assert json.loads((tmp_path / 'results.json').read_text()) == _rows()
+  assert json.loads((tmp_path / 'results.json').read_text()) == {'meta': {}, 'rows': _rows()}
   assert sorted(os.listdir(tmp_path)) == ['generations.json', 'results.json', 'results.md']
 
 
@@ -261,7 +261,7 @@ def smoke_run(tmp_path_factory):
 
 def test_smoke_reproduce_rows_and_files(smoke_run):
   workdir, rows = smoke_run
-  saved = json.loads((workdir / 'results.json').read_text())
+  saved = json.loads((workdir / 'results.json').read_text())['rows']
   assert saved == rows
   assert [(r['method'], r['variant']) for r in rows] == [
       ('original', ''), ('retrain', ''), ('gradasc', ''), ('npo', 'beta=0.1'),
@@ -278,17 +278,15 @@ def test_smoke_reproduce_rows_and_files(smoke_run):
   assert {'question', 'answer', 'original', 'retrain', 'grogu T=5,w=10'} <= set(samples[0])
 
 
-def test_finetuned_checkpoint_is_reused_and_guarded(smoke_run):
+def test_finetuned_checkpoint_is_reused(smoke_run):
   workdir, _ = smoke_run
-  fingerprint = workdir / 'checkpoints' / 'original' / 'fingerprint.json'
-  steps = sorted(os.listdir(workdir / 'checkpoints' / 'original' / 'state'))
-  mtime = os.path.getmtime(fingerprint)
+  [original] = (workdir / 'checkpoints').glob('original-*')
+  steps = sorted(os.listdir(original / 'state'))
+  mtime = os.path.getmtime(original / 'settings.json')
   assert run.run(_smoke(mode='train_original'), str(workdir)) is None
-  assert os.path.getmtime(fingerprint) == mtime
-  assert sorted(os.listdir(workdir / 'checkpoints' / 'original' / 'state')) == steps
-  # Different fine-tuning settings must not silently reuse those checkpoints.
-  with pytest.raises(ValueError, match='different settings'):
-    run.run(_smoke(**{'finetune.lr': 0.5}), str(workdir))
+  assert os.path.getmtime(original / 'settings.json') == mtime
+  assert sorted(os.listdir(original / 'state')) == steps
+  assert len(list((workdir / 'checkpoints').iterdir())) == 2  # original and retrain only
 
 
 def _smoke_model(workdir):
@@ -356,7 +354,7 @@ def test_llm_notebook_runs_on_smoke_settings(smoke_run, tmp_path, monkeypatch):
                           resources={'metadata': {'path': str(tmp_path)}})
   client.execute()
 
-  rows = json.loads((workdir / 'results.json').read_text())
+  rows = json.loads((workdir / 'results.json').read_text())['rows']
   assert [r['method'] for r in rows] == ['original', 'retrain', 'graddiff', 'npo', 'grogu']
   table_output = json.dumps(notebook.cells[-3].outputs)
   assert 'Forget Quality' in table_output and 'T=5,w=10' in table_output

@@ -252,8 +252,12 @@ def test_user_errors(setups):
     make('ghr', hparams={'lr': 'fast'})
   with pytest.raises(ValueError, match=r"hparams\['grogu_impl'\]='slow'"):
     make('grogu', hparams={'grogu_impl': 'slow'})
+  with pytest.raises(ValueError, match=r"hparams\['momentum'\]=1.0: must lie in \[0, 1\)"):
+    make('ghr', hparams={'momentum': 1.0})
   with pytest.raises(ValueError, match='forget_mask'):
     make('ghr', forget_mask=[-1])
+  with pytest.raises(ValueError, match="'randlabel' relabels .* needs class ids"):
+    make('randlabel', forget_mask=lambda b: b['labels'] == FORGET)
   with pytest.raises(ValueError, match='needs the whole forget set'):
     make('salun').init(params)
   unl = make('ghr_descent')

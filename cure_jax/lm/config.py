@@ -3,6 +3,20 @@
 It lives in the library so a notebook or script outside the repository checkout (e.g. on
 Colab after ``pip install``) builds the same config. Every key the LM code reads exists
 here, so ``lock_config=True`` catches typos in command-line overrides.
+
+Hyperparameter precedence of an unlearning run (``reproduce.runs`` entries such as
+``'grogu:T=5,w=10'`` are the LM configs' only per-method settings):
+
+1. ``--config.unlearn.<key>`` given on the command line wins over everything else: with
+   ``--config.unlearn.temperature=8`` every run uses T = 8, a ``T=...`` in a config file's
+   run spec included (a warning names the spec value it replaces; runs that become
+   identical are run once).
+2. A run spec's setting wins over the config file's ``unlearn.<key>``.
+3. ``config.unlearn.<key>`` otherwise.
+
+A ``--config.reproduce.runs=...`` given on the command line is itself a command-line value:
+its specs win over ``--config.unlearn.*``. ``mode=unlearn`` has no spec: ``config.unlearn``
+as given. Each results row stores the effective values (``hparams``).
 """
 import ml_collections
 

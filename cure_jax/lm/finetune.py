@@ -1,12 +1,14 @@
 """Fine-tuning the *original* (full author set) and *retrain* (retain only) causal LMs.
 
-The loss is the token-level mean NLL over answer tokens (TOFU masks the question). The
-loss of an
-effective batch split into ``grad_accum`` micro-batches is the mean of their losses (Hugging
-Face Trainer's gradient accumulation). Training starts from a pretrained model's parameters
-when given, else from a random initialisation. The fine-tuned parameters are checkpointed under ``workdir/checkpoints/<kind>`` with a
-fingerprint of the settings that produced them, so a second run reuses them and a run with
-different settings refuses a stale checkpoint instead of silently reusing it.
+The loss is the token-level mean NLL over answer tokens (TOFU masks the question). The loss
+of an effective batch split into ``grad_accum`` micro-batches is the mean of their losses
+(Hugging Face Trainer's gradient accumulation). Training starts from a pretrained model's
+parameters when given, else from a random initialisation. The fine-tuned parameters are
+checkpointed in a directory named for the fingerprint of the settings that produced them
+(:func:`cure_jax.fingerprint.lm_model_settings`; the caller picks
+``workdir/checkpoints/<kind>-<digest>``), so a second run with the same settings reuses them
+and a run with other settings trains a new model beside them; ``settings.json`` there
+records the settings.
 """
 import functools
 import json
@@ -20,6 +22,7 @@ from absl import logging
 
 from cure_jax import checkpointing, parallel, progress, train_state
 from cure_jax.lm import objectives
+from cure_jax.report import write_atomic
 
 KINDS = ('original', 'retrain')
 
@@ -100,25 +103,23 @@ def batch_width(lengths, multiple=32):
   return -(-int(np.max(lengths)) // multiple) * multiple
 
 
-def _check_fingerprint(directory, fingerprint):
-  path = os.path.join(directory, 'fingerprint.json')
+def _record_settings(directory, settings):
+  """Writes ``settings.json``; refuses a directory that holds a model of other settings."""
+  path = os.path.join(directory, 'settings.json')
   if os.path.exists(path):
-    with open(path) as f:
+    with open(path, encoding='utf-8') as f:
       stored = json.load(f)
-    if stored != fingerprint:
-      changed = sorted(k for k in set(stored) | set(fingerprint)
-                       if stored.get(k) != fingerprint.get(k))
+    if stored != settings:
+      changed = sorted(k for k in set(stored) | set(settings)
+                       if stored.get(k) != settings.get(k))
       raise ValueError(f'{directory} holds a model fine-tuned with different settings '
-                       f'(changed: {changed}); use a new --workdir or delete that directory.')
-  else:
-    os.makedirs(directory, exist_ok=True)
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(fingerprint, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+                       f'(changed: {changed}); delete that directory.')
+    return
+  os.makedirs(directory, exist_ok=True)
+  write_atomic(path, json.dumps(settings, indent=1, sort_keys=True))
 
 
-def finetune(model, encoded, cfg, seed, directory, fingerprint, mesh=None, name='finetune',
+def finetune(model, encoded, cfg, seed, directory, settings, mesh=None, name='finetune',
              init_params=None, place=None):
   """Trains (or loads the finished checkpoint of) an LM on ``encoded`` QA arrays.
 
@@ -128,7 +129,8 @@ def finetune(model, encoded, cfg, seed, directory, fingerprint, mesh=None, name=
     cfg: ``config.finetune`` (lr, epochs, batch_size (effective), grad_accum,
       warmup_fraction, weight_decay, grad_clip, log_every, checkpoint_every).
     seed: initialisation and batch order.
-    directory: checkpoint directory; fingerprint: JSON-able settings that must match.
+    directory: checkpoint directory; settings: the JSON-able settings that determine the
+      model (stored as ``settings.json``; a directory holding other settings is refused).
     init_params: start point (a pretrained model); None: random initialisation.
     place: ``(tree, mesh) -> tree on the mesh`` for the train state (default: replicated;
       an FSDP placement shards parameters and optimizer state).
@@ -146,7 +148,7 @@ def finetune(model, encoded, cfg, seed, directory, fingerprint, mesh=None, name=
                      f'config.finetune.batch_size={cfg.batch_size}.')
   parallel.check_batch_size(cfg.batch_size // grad_accum, mesh,
                             'config.finetune.batch_size / grad_accum')
-  _check_fingerprint(directory, fingerprint)
+  _record_settings(directory, settings)
   encoded = trim(encoded)
   total = cfg.epochs * (num_items // cfg.batch_size)
   tx, step_fn = _optimizer_and_step(model, float(cfg.weight_decay), float(cfg.grad_clip))

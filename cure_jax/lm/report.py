@@ -2,14 +2,14 @@
 
 Rows: ``{'method', 'variant', 'seed', 'forget_es', 'forget_prob', 'forget_rouge',
 'model_utility', 'forget_quality', ...}``; the table shows mean ± std over seeds per
-(method, variant), original and retrain first.
+(method, variant), original and retrain first. ``results.json`` is strict JSON
+``{'meta': ..., 'rows': [...]}``: an undefined metric is null (the row's ``note`` says why).
 """
-import json
 import os
 
 import numpy as np
 
-from cure_jax.report import write_atomic
+from cure_jax.report import to_json, write_atomic
 
 METRICS = (('forget_es', 'Forget ES ↓'), ('forget_prob', 'Forget QA Prob ↓'),
            ('forget_rouge', 'Forget QA ROUGE ↓'), ('model_utility', 'Model Utility ↑'),
@@ -67,8 +67,9 @@ def markdown_table(rows, title):
   return '\n'.join(lines) + '\n'
 
 
-def write_report(rows, workdir, *, title, samples=None):
-  """Writes ``generations.json`` (if samples), ``results.md``, then ``results.json``.
+def write_report(rows, workdir, *, title, samples=None, meta=None):
+  """Writes ``generations.json`` (if samples), ``results.md``, then ``results.json``
+  (``{'meta': meta, 'rows': rows}``; rows must hold no NaN/inf: strict JSON).
 
   Each file is written whole to a temporary name and renamed; results.json goes last, so
   its presence means the report is complete. Returns the markdown table.
@@ -80,7 +81,7 @@ def write_report(rows, workdir, *, title, samples=None):
       raise ValueError(f'Result row {row.get("method")!r} lacks keys {missing}.')
   table = markdown_table(rows, title)
   if samples is not None:
-    write_atomic(os.path.join(workdir, 'generations.json'), json.dumps(samples, indent=1))
+    write_atomic(os.path.join(workdir, 'generations.json'), to_json(samples))
   write_atomic(os.path.join(workdir, 'results.md'), table)
-  write_atomic(os.path.join(workdir, 'results.json'), json.dumps(rows, indent=1))
+  write_atomic(os.path.join(workdir, 'results.json'), to_json({'meta': meta or {}, 'rows': rows}))
   return table
