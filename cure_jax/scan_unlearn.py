@@ -197,7 +197,9 @@ class Programs:
 
     ``fused``: one program ``run(*args)``; else the ``(start, step)`` pair of
     :meth:`stepwise_fns` behind one callable with the same signature."""
-    shapes = jax.tree.map(lambda x: (np.shape(x), np.result_type(x).str), args)
+    shapes = jax.tree.map(
+        lambda x: (np.shape(x), (x.dtype if hasattr(x, 'dtype') else np.asarray(x).dtype).str),
+        args)
     key = (name, tuple(sorted(static.items())), batch_size, vmapped, fused, str(shapes))
     if key in self.cache:
       return self.cache[key], 0.0

@@ -65,8 +65,6 @@ BAD_CLASSIFICATION = [
      "config.reproduce.methods (entry 'forgetit'): Unknown unlearning method 'forgetit'"),
     ('reproduce.methods', (), 'config.reproduce.methods=() is not allowed: list at least one'),
     ('seeds', 0, 'config.seeds=0 is not allowed: use a whole number >= 1'),
-    ('seed_parallel', 'yes', "config.seed_parallel='yes' is not allowed: choose one of [True, "
-                             'False, None]'),
     ('task', 'vision', "config.task='vision'"),
     ('unlearn.overrides', {'ghr': {'foo': 1.0}},
      "config.unlearn.overrides.ghr.foo: unknown hyperparameter 'foo'; choose from"),
@@ -330,3 +328,15 @@ def test_cli_seed_parallel_with_a_placeholder_default(tmp_path, value, fragment)
   assert result.returncode == 1
   assert result.stderr.strip().startswith('error: ') and fragment in result.stderr
   assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_seed_parallel_default_is_a_typed_placeholder():
+  """config.seed_parallel is True, False or None; ml_collections itself refuses the rest."""
+  from cure_jax import config_defaults
+  config = config_defaults.classification_config()
+  assert config.seed_parallel is None
+  for value in (True, False, None):
+    config.seed_parallel = value
+    assert config.seed_parallel is value
+  with pytest.raises(TypeError, match='seed_parallel'):
+    config.seed_parallel = 'yes'
