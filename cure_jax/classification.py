@@ -74,9 +74,14 @@ def _trials(config, name, base):
     yield trial, hp
 
 
-def select(scored, threshold):
+def select(scored, threshold, min_retain_acc=0.0):
   """The earliest trial with the best mean retain acc among those whose worst scenario's
-  mean forget acc ≤ threshold; else the trial with the lowest forget acc."""
+  mean forget acc ≤ threshold; else the trial with the lowest forget acc. Trials with a
+  run whose retain acc is below ``min_retain_acc`` (collapsed) are not eligible unless every
+  trial collapsed."""
+  kept = [t for t in scored if t[1].get('min_retain_acc', 1.0) >= min_retain_acc]
+  if kept:
+    scored = kept
   ok = [i for i, (_, s) in enumerate(scored) if s['forget_acc'] <= threshold + 1e-12]
   if ok:
     return scored[max(ok, key=lambda i: (scored[i][1]['retain_acc'], -i))][0]
@@ -104,14 +109,19 @@ def tune(config, workdir, cli_keys=frozenset()):
       per = {sc.label: [r for r in ok if r['scenario'] == sc.label] for sc in study.scenarios}
       score = {'retain_acc': float(np.mean([r['retain_acc'] for r in ok])),
                'forget_acc': max(float(np.mean([r['forget_acc'] for r in v]))
-                                 for v in per.values())}
+                                 for v in per.values()),
+               'min_retain_acc': float(min(r['retain_acc'] for r in ok))}
       scored.append((trial, score))
       records.append({'method': name, **trial, **score, 'status': 'ok'})
-      logging.info('tune %s %s: val retain %.3f worst-scenario forget %.3f', name, trial,
-                   score['retain_acc'], score['forget_acc'])
+      logging.info('tune %s %s: val retain %.3f (worst run %.3f) worst-scenario forget %.3f',
+                   name, trial, score['retain_acc'], score['min_retain_acc'],
+                   score['forget_acc'])
     if not scored:
       raise FloatingPointError(f'tune: every trial of {name} diverged; lower config.tune.lrs.')
-    choices[name] = select(scored, threshold)
+    choices[name] = select(scored, threshold, config.tune.min_retain_acc)
+    if all(s['min_retain_acc'] < config.tune.min_retain_acc for _, s in scored):
+      logging.warning('tune %s: every trial collapsed (a run below val retain %.2f); chose '
+                      'among all of them.', name, config.tune.min_retain_acc)
   report.write_atomic(os.path.join(workdir, 'tune.json'),
                       report.to_json({'choices': choices, 'trials': records}))
   print(json.dumps(choices, indent=1))

@@ -97,4 +97,9 @@ def classification_config():
   c.tune.epochs = (5, 10)
   c.tune.temperatures = (2.0, 4.0, 8.0)
   c.tune.seeds = 2
+  # A trial with any run's val retain acc below this has destroyed the model (GradAsc's
+  # collapse onto one or two classes) and is not eligible, as diverged trials are not: which
+  # classes a collapsed model keeps is chaotic in floating point (not reproducible across
+  # CPUs). 0 gives the paper's plain rule.
+  c.tune.min_retain_acc = 0.3
   return c

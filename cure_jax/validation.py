@@ -61,7 +61,12 @@ def fraction_closed_open(value):
   return _is_number(value) and 0 <= value < 1
 
 
+def fraction_closed(value):
+  return _is_number(value) and 0 <= value <= 1
+
+
 RULES[fraction_open_closed] = 'use a fraction in (0, 1]'
+RULES[fraction_closed] = 'use a fraction in [0, 1]'
 RULES[fraction_closed_open] = 'use a fraction in [0, 1)'
 
 
@@ -246,6 +251,7 @@ def validate_classification(config, num_devices):
       if not values or not all(positive(v) for v in values):
         _fail(f'config.tune.{key}', values, 'give a non-empty list of numbers > 0')
     _check('config.tune.seeds', config.tune.seeds, positive_int)
+    _check('config.tune.min_retain_acc', config.tune.min_retain_acc, fraction_closed)
 
 
 def validate_lm(config, num_devices):

@@ -166,3 +166,19 @@ def test_reproduction_check_uses_the_published_band():
   assert all(ok for *_, ok in tables.reproduction_check(published, near))
   check = {k: ok for _, _, k, _, _, _, ok in tables.reproduction_check(published, far)}
   assert check == {'retain_acc': False, 'forget_acc': False}
+
+
+@pytest.mark.parametrize('min_retain, expected', [(0.0, 'collapse'), (0.3, 'gentle')])
+def test_tune_rule_skips_collapsed_trials(min_retain, expected):
+  """The paper's rule picks the forget-0 trial; with a collapse floor a trial whose worst run
+  destroyed the model is not eligible and the lowest forget acc among the rest wins."""
+  scored = [('collapse', {'retain_acc': 0.17, 'forget_acc': 0.0, 'min_retain_acc': 0.11}),
+            ('gentle', {'retain_acc': 0.86, 'forget_acc': 0.67, 'min_retain_acc': 0.61}),
+            ('gentler', {'retain_acc': 0.95, 'forget_acc': 0.83, 'min_retain_acc': 0.93})]
+  assert classification.select(scored, 0.0, min_retain) == expected
+
+
+def test_tune_rule_falls_back_when_every_trial_collapsed():
+  scored = [('a', {'retain_acc': 0.15, 'forget_acc': 0.0, 'min_retain_acc': 0.11}),
+            ('b', {'retain_acc': 0.20, 'forget_acc': 0.0, 'min_retain_acc': 0.12})]
+  assert classification.select(scored, 0.0, 0.3) == 'b'

@@ -15,7 +15,7 @@ from cure_jax import validation
 from cure_jax.data import tofu
 from cure_jax.lm import config as lm_config
 import configs.digits as digits_config
-from experiments import main as cli
+from cure_jax import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = 4
@@ -86,6 +86,7 @@ BAD_TUNE = [
     ('tune.lrs', (0.01, -0.1), 'config.tune.lrs=(0.01, -0.1) is not allowed: give a non-empty'),
     ('tune.temperatures', (), 'config.tune.temperatures=()'),
     ('tune.seeds', 0, 'config.tune.seeds=0'),
+    ('tune.min_retain_acc', 1.5, 'config.tune.min_retain_acc=1.5 is not allowed: use a fraction'),
 ]
 BAD_LM = [
     ('finetune.batch_size', 0, 'config.finetune.batch_size=0'),
@@ -218,7 +219,7 @@ def test_writable_workdir_is_created(tmp_path):
                                         ('3', 3), ('0.5', 0.5), ("('a', 'b')", ('a', 'b')),
                                         ('ghr', 'ghr')])
 def test_cli_literal_values(text, value):
-  assert cli._literal(text) == value and type(cli._literal(text)) is type(value)
+  assert cli.literal(text) == value and type(cli.literal(text)) is type(value)
 
 
 # ---- through the real command line -------------------------------------------------------

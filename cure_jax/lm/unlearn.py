@@ -4,7 +4,9 @@ A method is one :data:`METHODS` entry: how to turn a forget batch into an update
 (the gradient of a per-example loss, or GROGU's restricted orthogonal combination) and
 whether the retain term ``α · NLL_r`` on a paired retain batch is added (SPEC §4). The
 step computes the frozen original model's logits (teacher / reference), the direction,
-the retain gradient, and applies the optimiser.
+the retain gradient, and applies the optimiser through
+:func:`cure_jax.unlearning_step.build_update`, the step builder the classification runner
+and :func:`cure_jax.make_unlearning_step` use.
 
 Optimiser: AdamW as in open-unlearning's TOFU recipe (``unlearn.optimizer='sgd'`` gives the
 CURE paper's image-classification choice). Adam's per-parameter normalisation makes one
@@ -21,7 +23,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from cure_jax import grogu, parallel, progress, train_state
+from cure_jax import grogu, parallel, progress, train_state, unlearning_step
 from cure_jax.lm import objectives
 
 
@@ -164,23 +166,32 @@ def make_unlearn_step(apply_fn, method_name, hp, tx, grogu_impl='vmap', grad_acc
     metrics['loss'] = loss
     return direction, metrics
 
-  def step(state, ref_params, forget, retain):
-    params = state.params
+  def lm_direction(inputs):
+    """The update direction for the one step builder; ``inputs.aux`` is the reference
+    (original) model's parameters."""
+    params, ref_params = inputs.params, inputs.aux
     if grad_accum == 1:
-      direction, metrics = micro_direction(params, ref_params, forget, retain)
+      direction, metrics = micro_direction(params, ref_params, inputs.forget, inputs.retain)
     else:
       def body(carry, micro):
         out = micro_direction(params, ref_params, *micro)
         return jax.tree.map(jnp.add, carry, out), None
       zeros = jax.eval_shape(micro_direction, params, ref_params,
-                             *jax.tree.map(lambda x: x[0], (forget, retain)))
+                             *jax.tree.map(lambda x: x[0], (inputs.forget, inputs.retain)))
       zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), zeros)
-      total, _ = jax.lax.scan(body, zeros, (forget, retain))
+      total, _ = jax.lax.scan(body, zeros, (inputs.forget, inputs.retain))
       direction, metrics = jax.tree.map(lambda x: x / grad_accum, total)
-    updates, opt_state = tx.update(direction, state.opt_state, params)
-    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(params, updates),
-                              opt_state=opt_state)
-    return new_state, metrics
+    return metrics, direction
+
+  # The classification runner's and make_unlearning_step's builder: direction, then the
+  # optimiser's update (AdamW or SGD with its own schedule, applied as it is).
+  _, update = unlearning_step.build_update(types.SimpleNamespace(direction=lm_direction),
+                                           {'momentum': None}, optimizer=tx)
+
+  def step(state, ref_params, forget, retain):
+    params, opt_state, metrics = update(apply_fn, state.params, state.opt_state, forget,
+                                        retain, None, hp, None, state.step, ref_params)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return jax.jit(step, donate_argnums=0)
 

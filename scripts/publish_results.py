@@ -1,0 +1,71 @@
+r"""Copies a main-job workdir's generated results into the docs and the README.
+
+  .venv/bin/python -m experiments.main --config=configs/digits.py --workdir=runs/digits
+  .venv/bin/python scripts/publish_results.py runs/digits
+
+- ``docs/results.json`` <- ``WORKDIR/results.json`` (the raw rows behind every table);
+- ``docs/<dataset>_*.png`` <- the workdir's per-scenario plots;
+- ``docs/results.md``: the generated part (from ``## <dataset>: scenarios`` to
+  ``## Notes on these numbers``) <- ``WORKDIR/results.md``; the hand-written notes, the
+  benchmark and the cross-configuration sections stay as they are (update them by hand);
+- ``README.md``: the Table 1 block and its "Finetune sees ..." note <- the workdir's.
+Refuses a workdir whose results.json is missing or holds a row that is neither ok nor
+diverged.
+"""
+import glob
+import json
+import os
+import shutil
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTES = '## Notes on these numbers'
+
+
+def _table1(md):
+  start = md.index('| Method | Runs')
+  return md[start:md.index('\n\n', start)]
+
+
+def publish(workdir, root=ROOT):
+  rows_path = os.path.join(workdir, 'results.json')
+  if not os.path.exists(rows_path):
+    sys.exit(f'error: {rows_path} does not exist: run the main job into {workdir} first.')
+  data = json.load(open(rows_path))
+  dataset = data['meta']['config']['data']['name']
+  # A diverged run is an outcome (the tables count it); anything else is not a finished row.
+  bad = [r for r in data['rows'] if r.get('status') not in ('ok', 'diverged')]
+  if bad:
+    sys.exit(f'error: {len(bad)} rows of {rows_path} are not ok (first: {bad[0]["method"]}, '
+             f'status {bad[0].get("status")}); not publishing.')
+  generated = open(os.path.join(workdir, 'results.md')).read().strip()
+  plots = sorted(glob.glob(os.path.join(workdir, '*.png')))
+  names = {os.path.basename(p): f'{dataset}_{os.path.basename(p)}' for p in plots}
+  for name, target in names.items():
+    generated = generated.replace(f']({name})', f']({target})')
+    shutil.copyfile(os.path.join(workdir, name), os.path.join(root, 'docs', target))
+  shutil.copyfile(rows_path, os.path.join(root, 'docs', 'results.json'))
+  if names:
+    generated += '\n\nPlots of the same run: ' + ', '.join(
+        f'[{name[:-4]}]({target})' for name, target in names.items()) + '.'
+
+  doc_path = os.path.join(root, 'docs', 'results.md')
+  doc = open(doc_path).read()
+  start = doc.index(f'## {dataset}: scenarios')
+  doc = doc[:start] + generated + '\n\n' + doc[doc.index(NOTES):]
+  open(doc_path, 'w').write(doc)
+
+  readme_path = os.path.join(root, 'README.md')
+  readme = open(readme_path).read()
+  readme = readme.replace(_table1(readme), _table1(generated))
+  note = next(l for l in generated.splitlines() if l.startswith('Finetune sees'))
+  old_note = next(l for l in readme.splitlines() if 'Finetune sees' in l)
+  readme = readme.replace(old_note, old_note[:old_note.index('Finetune sees')] + note)
+  open(readme_path, 'w').write(readme)
+  print(f'published {len(data["rows"])} rows and {len(plots)} plots from {workdir}')
+
+
+if __name__ == '__main__':
+  if len(sys.argv) != 2:
+    sys.exit('usage: scripts/publish_results.py WORKDIR')
+  publish(sys.argv[1])

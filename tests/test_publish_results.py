@@ -1,0 +1,64 @@
+"""scripts/publish_results.py: the docs' generated parts come from a workdir, the rest stays."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'scripts',
+                      'publish_results.py')
+GENERATED = """## toy: scenarios 1, K = 1 model seeds, 1 runs per method
+
+Finetune sees no forget data (NEW note).
+
+| Method | Runs | 1: retain | 1: forget |
+|---|---|---|---|
+| ghr | 1 | 0.900 ± 0.000 | 0.000 ± 0.000 |
+
+Rest of the generated report.
+"""
+
+
+def _tree(tmp_path, status='ok'):
+  root, work = tmp_path / 'root', tmp_path / 'work'
+  (root / 'docs').mkdir(parents=True)
+  (root / 'scripts').mkdir()
+  work.mkdir()
+  (root / 'README.md').write_text(
+      'Intro.\n\nTest split. Finetune sees OLD note.\n\n| Method | Runs | old |\n|---|---|---|\n'
+      '| ghr | 1 | 0.1 |\n\nAfter the table.\n')
+  (root / 'docs' / 'results.md').write_text(
+      '# Results\n\nHand-written head.\n\n## toy: scenarios OLD\n\nold tables\n\n'
+      '## Notes on these numbers\n\nHand-written notes.\n')
+  (work / 'results.md').write_text(GENERATED)
+  (work / 'per_class_change_1.png').write_bytes(b'png')
+  rows = [{'method': 'ghr', 'status': status}]
+  (work / 'results.json').write_text(json.dumps(
+      {'meta': {'config': {'data': {'name': 'toy'}}}, 'rows': rows}))
+  script = root / 'scripts' / 'publish_results.py'
+  script.write_text(open(SCRIPT).read())
+  return root, work, script
+
+
+def test_publish_replaces_generated_parts_only(tmp_path):
+  root, work, script = _tree(tmp_path)
+  subprocess.run([sys.executable, str(script), str(work)], check=True, capture_output=True)
+  readme = (root / 'README.md').read_text()
+  assert '| ghr | 1 | 0.900 ± 0.000 | 0.000 ± 0.000 |' in readme and '| old |' not in readme
+  assert 'Test split. Finetune sees no forget data (NEW note).' in readme
+  assert readme.startswith('Intro.') and readme.endswith('After the table.\n')
+  doc = (root / 'docs' / 'results.md').read_text()
+  assert 'Hand-written head.' in doc and 'Hand-written notes.' in doc and 'old tables' not in doc
+  assert '[per_class_change_1](toy_per_class_change_1.png)' in doc
+  assert (root / 'docs' / 'toy_per_class_change_1.png').read_bytes() == b'png'
+  assert json.loads((root / 'docs' / 'results.json').read_text())['rows'][0]['method'] == 'ghr'
+
+
+@pytest.mark.parametrize('status', [None, 'failed'])
+def test_publish_refuses_rows_that_are_not_ok(tmp_path, status):
+  root, work, script = _tree(tmp_path, status)
+  result = subprocess.run([sys.executable, str(script), str(work)], capture_output=True,
+                          text=True)
+  assert result.returncode == 1 and 'not publishing' in result.stderr
+  assert '| old |' in (root / 'README.md').read_text()
