@@ -1,7 +1,9 @@
 """A jitted unlearning step for the user's own Flax model: :func:`make_unlearning_step`.
 
 The classification runner (:mod:`cure_jax.scan_unlearn`) builds its per-step update with
-:func:`build_update` too, so a step taken here and one taken there are the same computation.
+:func:`build_update` too, so a step taken here and one taken there are the same computation;
+the LM runner (:mod:`cure_jax.lm.unlearn`) passes its per-token direction (TOFU objectives,
+micro-batch accumulation, reference model as ``aux``) and its AdamW to the same builder.
 
 Example (any ``apply_fn(params, inputs) -> logits``; classes 3 and 7 to forget)::
 

@@ -336,7 +336,8 @@ def run(config, workdir, cli_keys=frozenset()):
           sample[label] = generation
 
   title = (f'LLM concept unlearning ({config.data.source}, '
-           f'{config.model.pretrained or "byte-level LM"}, forget {config.data.forget_pct}%, '
+           f'{config.model.pretrained or "byte-level LM"}, split forget{config.data.forget_pct:02d} '
+           f'({len(set(i["author"] for i in splits["forget"]))} forget authors), '
            f'forget mask {config.unlearn.forget_mask})')
   table = report.write_report(rows, workdir, samples=samples, title=title,
                               meta=_meta(config, infos, cli_keys))
