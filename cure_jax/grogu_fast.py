@@ -259,4 +259,10 @@ def cotangents_of_calls(apply_fn, params, inputs, loss_h, loss_s, *, w_h, w_s, p
 def _per_example_value_and_grad(loss, logits):
   """Per-example losses and ``∂ Σ_j ℓ_j / ∂ logits`` (row j only touches example j)."""
   values, pull = jax.vjp(loss, logits)
+  if values.shape != logits.shape[:1]:
+    # A (B, T) per-token loss would be summed over T here, silently weighting examples by
+    # their length and giving another per-example gradient than GROGU's.
+    raise ValueError(f'GROGU needs one loss per example, shape ({logits.shape[0]},); the loss '
+                     f'function returned shape {values.shape} (average per-token losses over '
+                     'their positions first).')
   return values, pull(jnp.ones_like(values))[0]

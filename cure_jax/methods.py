@@ -103,6 +103,13 @@ def loss_direction(forget_loss, with_retain):
   return direction
 
 
+def _per_example(loss):
+  """``[B]`` per-example losses: a per-token loss (``BxT`` from ``BxTxV`` logits, the
+  public step's per-token rule) is averaged over its positions, so GROGU's projections act
+  on whole sequences (as the LM runner's sequence means do)."""
+  return loss if loss.ndim == 1 else jnp.mean(loss.reshape(loss.shape[0], -1), axis=1)
+
+
 def _grogu_vmap(inputs):
   forget = inputs.forget
   if inputs.mesh is not None and inputs.mesh.devices.size > 1:
@@ -115,7 +122,7 @@ def _grogu_vmap(inputs):
     def per_example(params, ex):
       logits = inputs.apply(params, ex.image[None])
       ex1 = jax.tree.map(lambda x: x[None], ex)
-      return loss_fn(logits, ex1, inputs.rng, inputs.hp)[0]
+      return _per_example(loss_fn(logits, ex1, inputs.rng, inputs.hp))[0]
     return per_example
 
   direction = grogu.grogu_direction(
@@ -131,8 +138,8 @@ def _grogu_fast(inputs):
   b = inputs.forget
   direction, aux = grogu_fast.grogu_direction_fast(
       inputs.apply, inputs.params, b.image,
-      lambda logits: _ghr(logits, b, inputs.rng, inputs.hp),
-      lambda logits: _gsr(logits, b, inputs.rng, inputs.hp),
+      lambda logits: _per_example(_ghr(logits, b, inputs.rng, inputs.hp)),
+      lambda logits: _per_example(_gsr(logits, b, inputs.rng, inputs.hp)),
       eps=inputs.hp.eps, w_h=inputs.hp.w_h, w_s=inputs.hp.w_s)
   # The reported loss comes from the forward the fast path already ran.
   return jnp.mean(inputs.hp.w_h * aux['loss_h']), direction

@@ -266,7 +266,9 @@ def make_unlearning_step(apply_fn: Callable, method: str, *, teacher: Any, forge
       ``'teacher_logits'``.
     forget_mask: class ids (``[3, 7]``) or a bool ``[K]`` mask for a classifier; or a
       function ``batch -> bool mask`` broadcastable to the logits (per-token rule for
-      ``BxTxV`` logits; ``batch`` is the forget batch dict).
+      ``BxTxV`` logits; ``batch`` is the forget batch dict). With ``BxTxV`` logits the
+      losses are means over every position, and GROGU projects per-sequence gradients
+      (each sequence's per-token losses averaged).
     hparams: dict or ConfigDict overriding ``config.unlearn`` (cure_jax/config_defaults.py);
       numeric values live in ``state['hparams']`` (changing them does not recompile),
       ``momentum`` and ``grogu_impl`` are compiled in.
