@@ -11,8 +11,8 @@ without SmolLM2's default system turn, which would add 21 tokens to every row).
 Command:
   python -m experiments.main --config=configs/authors_smollm2.py --workdir=DIR
 Variants: ``:names`` (the paper's forget mask: the forget author's name tokens at every
-answer position, instead of each answer token's own id; to reuse the full job's fine-tuned
-models: ``mkdir DIR2 && cp -r DIR/checkpoints DIR2/`` then ``--config=...:names
+answer position, instead of each answer token's own id; on the full job's fine-tuned
+models: ``--config=configs/authors_smollm2.py:names --config.model_cache=DIR/checkpoints
 --workdir=DIR2``); ``:smoke`` (4 questions per author,
 1 step per model, GROGU only). On the real SmolLM2 the smoke run took 5 min 42 s at load 14
 (compiling the GROGU-fast step alone: ~2 min), so tests/test_lm_pretrained_run.py runs it on a

@@ -12,6 +12,9 @@ def classification_config():
   # train_original | train_retrain | unlearn | reproduce | tune
   c.mode = 'reproduce'
   c.seed = 0                  # seed of the original/retrain training runs
+  # Directory of trained models shared between workdirs ('' = WORKDIR/models); a model's
+  # subdirectory is named by the fingerprint of every setting that determines it.
+  c.model_cache = ''
   c.forget_classes = '1'      # comma-separated class indices, e.g. '1' or '1,3'
   # Forget scenarios of one sweep, ';'-separated, each a class or a comma list ('1;3;8');
   # empty = the single scenario forget_classes.

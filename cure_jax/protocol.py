@@ -296,7 +296,8 @@ def sweep_key(config, extra=()):
   for path in (('train', 'log_every'), ('train', 'checkpoint_every'),
                ('unlearn', 'log_every'), ('reproduce', 'plots'), ('reproduce', 'methods'),
                ('reproduce', 'forget_threshold'), ('unlearn', 'method'), ('mode',),
-               ('seeds',), ('scenarios',), ('forget_classes',), ('model_seeds',)):
+               ('seeds',), ('scenarios',), ('forget_classes',), ('model_seeds',),
+               ('model_cache',)):
     d = cfg
     for p in path[:-1]:
       d = d.get(p, {})

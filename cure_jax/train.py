@@ -89,7 +89,8 @@ def checkpoint_dir(workdir, config, kind, forget_classes=(), seed=None):
   """The cache directory of the model these settings train (its name is the fingerprint)."""
   seed = config.seed if seed is None else seed
   settings = fingerprint.model_settings(config, kind, seed, forget_classes)
-  return os.path.join(workdir, 'models', fingerprint.model_fingerprint(settings))
+  return os.path.join(fingerprint.cache_root(config, workdir, 'models'),
+                      fingerprint.model_fingerprint(settings))
 
 
 def model_info(directory):

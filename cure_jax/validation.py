@@ -151,13 +151,13 @@ def _check_seed_list(field, value):
     _fail(field, value, 'give distinct whole numbers >= 0, e.g. "0,1,2"')
 
 
-def check_workdir(workdir):
+def check_workdir(workdir, field='--workdir'):
   """The workdir exists as (or can be made into) a directory this process can write."""
-  if not workdir:
-    _fail('--workdir', workdir, 'give a directory for checkpoints and results')
+  if not workdir or not isinstance(workdir, str):
+    _fail(field, workdir, 'give a directory for checkpoints and results')
   path = os.path.abspath(workdir)
   if os.path.exists(path) and not os.path.isdir(path):
-    _fail('--workdir', workdir, 'it is a file; give a directory (new or existing)')
+    _fail(field, workdir, 'it is a file; give a directory (new or existing)')
   try:
     os.makedirs(path, exist_ok=True)
     probe = os.path.join(path, f'.write-test-{os.getpid()}')
@@ -165,8 +165,8 @@ def check_workdir(workdir):
       pass
     os.remove(probe)
   except OSError as e:
-    _fail('--workdir', workdir, f'it cannot be written ({e.strerror or e}); give a writable '
-                                'directory')
+    _fail(field, workdir, f'it cannot be written ({e.strerror or e}); give a writable '
+                          'directory')
 
 
 _UNLEARN_RULES = {
@@ -334,5 +334,7 @@ def validate(config, workdir=None, num_devices=None):
     validate_lm(config, num_devices)
   else:
     validate_classification(config, num_devices)
+  if config.get('model_cache'):
+    check_workdir(config.model_cache, 'config.model_cache')
   if workdir is not None:
     check_workdir(workdir)

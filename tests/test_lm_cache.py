@@ -179,3 +179,17 @@ def test_undefined_metric_is_null_with_a_note(tmp_path):
   table = report.write_report([row], str(tmp_path), title='t', meta={'k': 1})
   assert '| npo | beta=0.1 | 1 | 0.500 | 0.200 | 0.300 | – | – |' in table
   assert _strict((tmp_path / 'results.json').read_text()) == {'meta': {'k': 1}, 'rows': [row]}
+
+
+def test_model_cache_shared_with_another_workdir(first, tmp_path, monkeypatch):
+  """A second workdir (e.g. the author-names forget mask) reuses the fine-tuned models
+  through config.model_cache; its sweep starts afresh, the models do not."""
+  _no_fine_tuning(monkeypatch)
+  shared = tmp_path / 'cache'
+  shutil.copytree(first[0] / 'checkpoints', shared)
+  other = tmp_path / 'names'
+  rows = run.run(_smoke(**{'model_cache': str(shared), 'unlearn.forget_mask': 'author_names',
+                           'reproduce.runs': ('ghr',)}), str(other))
+  assert [r['method'] for r in rows] == ['original', 'retrain', 'ghr']
+  assert rows[0]['model_fingerprint'] == first[1][0]['model_fingerprint']
+  assert not (other / 'checkpoints').exists()

@@ -143,3 +143,16 @@ def test_changed_settings_train_a_new_model_beside_the_cached_one(tmp_path, data
                                  on_step=lambda step: pytest.fail('retrained a cached model'))
   np.testing.assert_array_equal(_flat(a), _flat(again))
   assert len(os.listdir(tmp_path / 'models')) == 2
+
+
+def test_model_cache_is_shared_between_workdirs(tmp_path, data):
+  """config.model_cache: a second workdir finds the model the first trained there."""
+  model, mesh = models.get_model('resnet8', 10), parallel.make_mesh()
+  config = helpers.smoke_config()
+  config.model_cache = str(tmp_path / 'shared')
+  a = train.train_classifier(config, str(tmp_path / 'w1'), 'original', data, model, mesh, ())
+  again = train.train_classifier(config, str(tmp_path / 'w2'), 'original', data, model, mesh,
+                                 (), on_step=lambda step: pytest.fail('retrained'))
+  np.testing.assert_array_equal(_flat(a), _flat(again))
+  assert [p.split('-')[0] for p in os.listdir(tmp_path / 'shared')] == ['original']
+  assert not os.path.exists(tmp_path / 'w1' / 'models')

@@ -341,3 +341,14 @@ def test_seed_parallel_default_is_a_typed_placeholder():
     assert config.seed_parallel is value
   with pytest.raises(TypeError, match='seed_parallel'):
     config.seed_parallel = 'yes'
+
+
+@pytest.mark.parametrize('get_config', [lambda: digits_config.get_config('smoke'),
+                                        lambda: lm_config.get_config('smoke')])
+def test_model_cache_that_is_a_file_is_rejected(tmp_path, get_config):
+  config = get_config()
+  config.model_cache = str(tmp_path / 'file')
+  (tmp_path / 'file').write_text('x')
+  with pytest.raises(validation.ConfigError,
+                     match="config.model_cache=.* is not allowed: it is a file"):
+    validation.validate(config)

@@ -31,6 +31,9 @@ def get_config(arg=None):
   c.task = 'lm'
   c.mode = 'reproduce'        # train_original | train_retrain | unlearn | reproduce
   c.seed = 0                  # fine-tuning seed of the original / retrain models
+  # Directory of fine-tuned models shared between workdirs ('' = WORKDIR/checkpoints), e.g.
+  # for a second forget-mask variant on the same fine-tuned models; named by fingerprint.
+  c.model_cache = ''
   c.seeds = 2                 # unlearning seeds per run (0..seeds-1)
 
   c.model = ml_collections.ConfigDict()   # LMConfig fields (vocab_size from the tokenizer)

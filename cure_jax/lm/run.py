@@ -147,7 +147,7 @@ def model_info(config, workdir, kind, lm, splits):
                                            train_sets(splits, config)[kind])
   fp = fingerprint.model_fingerprint(settings)
   return {'fingerprint': fp, 'settings': settings,
-          'directory': os.path.join(workdir, 'checkpoints', fp)}
+          'directory': os.path.join(fingerprint.cache_root(config, workdir, 'checkpoints'), fp)}
 
 
 def finetuned(config, workdir, kind, model, tokenizer, splits, lm=None):
@@ -230,7 +230,7 @@ def sweep_key(config, fingerprints):
   cfg = config.to_dict()
   for section, key in (('finetune', 'log_every'), ('finetune', 'checkpoint_every'),
                        ('unlearn', 'log_every'), ('unlearn', 'method'), ('reproduce', 'runs'),
-                       (None, 'mode'), (None, 'seeds')):
+                       (None, 'mode'), (None, 'seeds'), (None, 'model_cache')):
     (cfg[section] if section else cfg).pop(key, None)
   cfg['data'].pop('data_dir', None)
   return fingerprint.digest({'config': cfg, 'models': fingerprints,
