@@ -74,14 +74,17 @@ def _trials(config, name, base):
     yield trial, hp
 
 
-def select(scored, threshold, min_retain_acc=0.0):
+def select(scored, threshold, min_retain_acc=0.0, name=''):
   """The earliest trial with the best mean retain acc among those whose worst scenario's
   mean forget acc ≤ threshold; else the trial with the lowest forget acc. Trials with a
   run whose retain acc is below ``min_retain_acc`` (collapsed) are not eligible unless every
-  trial collapsed."""
+  trial collapsed (then a warning names ``name``)."""
   kept = [t for t in scored if t[1].get('min_retain_acc', 1.0) >= min_retain_acc]
   if kept:
     scored = kept
+  else:
+    logging.warning('tune %s: every trial collapsed (a run below val retain %.2f); chose '
+                    'among all of them.', name, min_retain_acc)
   ok = [i for i, (_, s) in enumerate(scored) if s['forget_acc'] <= threshold + 1e-12]
   if ok:
     return scored[max(ok, key=lambda i: (scored[i][1]['retain_acc'], -i))][0]
@@ -118,10 +121,7 @@ def tune(config, workdir, cli_keys=frozenset()):
                    score['forget_acc'])
     if not scored:
       raise FloatingPointError(f'tune: every trial of {name} diverged; lower config.tune.lrs.')
-    choices[name] = select(scored, threshold, config.tune.min_retain_acc)
-    if all(s['min_retain_acc'] < config.tune.min_retain_acc for _, s in scored):
-      logging.warning('tune %s: every trial collapsed (a run below val retain %.2f); chose '
-                      'among all of them.', name, config.tune.min_retain_acc)
+    choices[name] = select(scored, threshold, config.tune.min_retain_acc, name)
   report.write_atomic(os.path.join(workdir, 'tune.json'),
                       report.to_json({'choices': choices, 'trials': records}))
   print(json.dumps(choices, indent=1))

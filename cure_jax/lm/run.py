@@ -335,9 +335,10 @@ def run(config, workdir, cli_keys=frozenset()):
         for sample, generation in zip(samples, done['generations']):
           sample[label] = generation
 
+  forget_authors = len({item['author'] for item in splits['forget']})
   title = (f'LLM concept unlearning ({config.data.source}, '
-           f'{config.model.pretrained or "byte-level LM"}, split forget{config.data.forget_pct:02d} '
-           f'({len(set(i["author"] for i in splits["forget"]))} forget authors), '
+           f'{config.model.pretrained or "byte-level LM"}, '
+           f'split forget{config.data.forget_pct:02d} ({forget_authors} forget authors), '
            f'forget mask {config.unlearn.forget_mask})')
   table = report.write_report(rows, workdir, samples=samples, title=title,
                               meta=_meta(config, infos, cli_keys))
