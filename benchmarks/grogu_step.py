@@ -74,7 +74,7 @@ def _build(model_name, batch):
   """``(apply_fn, params, inputs, per_example_loss(kind, logits), example_loss)``."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from cure_jax import losses  # pylint: disable=g-import-not-at-top
+  from cure_jax.unlearning import losses  # pylint: disable=g-import-not-at-top
   temperature = TEMPERATURE.get(model_name, DEFAULT_TEMPERATURE)
   key_params, key_inputs, key_teacher = jax.random.split(jax.random.key(0), 3)
   if model_name in LM_SHAPES:
@@ -125,7 +125,7 @@ def _build(model_name, batch):
 def _make_step(method, apply_fn, inputs, batch_loss, example_loss, examples, lr=1e-4):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from cure_jax import grogu, grogu_fast  # pylint: disable=g-import-not-at-top
+  from cure_jax.unlearning import grogu, grogu_fast  # pylint: disable=g-import-not-at-top
   weights = dict(eps=1e-8, w_h=0.5, w_s=0.5)
   if method == 'ghr':
     def direction(p):
@@ -154,7 +154,7 @@ def _phase_prefixes(method, apply_fn, inputs, batch_loss):
   """Jitted prefixes of a step, ``[(phase name, fn(params))]``, each ending one phase later."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from cure_jax import grogu_fast  # pylint: disable=g-import-not-at-top
+  from cure_jax.unlearning import grogu_fast  # pylint: disable=g-import-not-at-top
   forward = lambda p: jnp.sum(apply_fn(p, inputs))
   if method != 'fast':
     return [('forward', jax.jit(forward))]

@@ -23,7 +23,7 @@ flags.mark_flags_as_required(['workdir'])
 
 
 def check_table(published, rows):
-  from cure_jax import tables
+  from cure_jax.classification import tables
   results = tables.reproduction_check(published, rows)
   bad = [r for r in results if not r[-1]]
   lines = [f'reproduction check against the reference: {len(results) - len(bad)} of '
@@ -59,7 +59,7 @@ def method_table(rows):
 
 def main(argv):
   del argv
-  from cure_jax import classification, protocol
+  from cure_jax.classification import experiment, protocol
   captured = {}
   real = protocol.make_study
 
@@ -69,7 +69,7 @@ def main(argv):
   protocol.make_study = keep
   load_before = os.getloadavg()
   start, cpu0 = time.perf_counter(), os.times()
-  rows = classification.run(_CONFIG.value, _WORKDIR.value)
+  rows = experiment.run(_CONFIG.value, _WORKDIR.value)
   wall = time.perf_counter() - start
   cpu1 = os.times()
   cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)

@@ -19,18 +19,20 @@ def measure(name, batch, repeats):
   import jax
   import numpy as np
   import ml_collections
-  from cure_jax import models, parallel, train, train_state
+  from cure_jax import models
+  from cure_jax.classification import train
+  from cure_jax.infra import sharding, train_state
   shape = CASES[name]
   model = models.get_model(name, 1000 if name == 'resnet50' else 10)
   cfg = ml_collections.ConfigDict(dict(lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
                                        warmup_fraction=0.0))
   tx = train.make_optimizer(cfg)
-  mesh = parallel.make_mesh(jax.devices()[:1])
-  state = parallel.replicate(train_state.create(
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  state = sharding.replicate(train_state.create(
       train_state.init_variables(model, jax.random.key(0), shape), tx), mesh)
   step = train.make_train_step(model, cfg, mesh)
   rng = np.random.default_rng(0)
-  batch = parallel.shard_batch({'image': rng.normal(size=(batch, *shape)).astype(np.float32),
+  batch = sharding.shard_batch({'image': rng.normal(size=(batch, *shape)).astype(np.float32),
                                 'label': rng.integers(0, 10, batch).astype(np.int32)}, mesh)
   times = []
   for i in range(repeats + 1):

@@ -4,28 +4,29 @@ Command (data: the official python tarball `cifar-10-python.tar.gz` in DATA, or 
 tfds `cifar10` directory):
   python -m experiments.main --config=configs/cifar10.py --config.data.data_dir=DATA \
       --workdir=runs/cifar10
-Protocol (SPEC §5): K = 30 original models, 30 retrain models per scenario, 30 runs per
-method and scenario (run i starts from original i mod 30). Fewer for a quick look:
---config.model_seeds=3 --config.seeds=3; other scenarios: --config.scenarios='1;3;8' (or
-'1,3' for several classes in one scenario).
-Runtime: a GPU job. ResNet-18 trains at ~2.9 s per batch-128 step on the 2-core CPU (~19 min
-per epoch), so the 200-epoch original/retrain models need an accelerator; unlearning is
-10–30 epochs over the 5,000 forget images (~40 steps per epoch).
-Expected result (paper, test retain/forget acc, 30 seeds): original .926/.961, retrain
+Protocol: K = 30 original models, 30 retrain models per scenario, 30 runs per method and
+scenario (run i starts from original i mod 30 and is compared with retrain model i mod 30).
+Fewer for a quick look: --config.model_seeds=3 --config.seeds=3; other scenarios:
+--config.scenarios='1;3;8' (or '1,3' for several classes in one scenario).
+Runtime: a GPU job (200-epoch ResNet-18 original and retrain models; far too slow on a CPU).
+Results: results.json, results.md and the per-scenario plots in the workdir.
+Expected result (the paper, test retain/forget acc, 30 seeds): original .926/.961, retrain
 .929/0, GHR .862/.000, GSR .854/.000, UNDIAL .817/.000, GROGU .893/.000.
 
-Hyperparameters are the paper's (SPEC §6: SGD, lr in [1e-5, 1e-4] tuned on validation by the
-authors, 10 epochs for baselines, 30 for GROGU, T=12, w_S=0.5, 34 % retain subset). They were
-not re-tuned here (no GPU); re-tune on the validation split with --config.mode=tune.
+Hyperparameters: the paper's (SGD, lr in [1e-5, 1e-4], 10 epochs for baselines and 30 for
+GROGU, T=12, w_S=0.5, 34 % retain subset), not re-tuned here; re-tune on the validation split
+with --config.mode=tune.
+
+Tuning history and run logs: docs/tuning.md.
 """
 import ml_collections
 
-from cure_jax import config_defaults
+from cure_jax.classification import defaults
 
 
 def cifar_config(name, scenarios, retain_fraction, forget_threshold):
   """The paper's CIFAR settings shared by CIFAR-10 and CIFAR-100."""
-  config = config_defaults.classification_config()
+  config = defaults.classification_config()
   config.data.name = name
   config.data.augment = 'cifar'
   config.data.pad = 4

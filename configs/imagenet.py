@@ -4,20 +4,22 @@ Command (DATA holds `data/train-*.parquet` and `data/validation-*.parquet` of th
 Face dataset benjamin-paine/imagenet-1k-128x128):
   python -m experiments.main --config=configs/imagenet.py --config.data.data_dir=DATA \
       --workdir=runs/imagenet
-Runtime: a multi-accelerator job (90-epoch ResNet-50 training; run with
---config.distributed=True on multi-host TPU/GPU). Unlearning covers ~1,300 forget images.
-Expected result (paper): original .708/.792, retrain .703/0, GHR .589/.000, GSR .619/.000,
+Runtime: a multi-accelerator job (90-epoch ResNet-50; multi-host: --config.distributed=True).
+Results: results.json, results.md and the per-scenario plots in the workdir.
+Expected result (the paper): original .708/.792, retrain .703/0, GHR .589/.000, GSR .619/.000,
 UNDIAL .603/.000, GROGU .623/.000.
 Hyperparameters: the paper's (GSR T=70, GROGU T=15 with w_S=0.99, 20 GROGU epochs, 0.55 %
-retain subset, threshold 0.001); not re-tuned here.
+retain subset, threshold 0.001); not re-tuned here. Unlearning covers ~1,300 forget images.
+
+Tuning history and run logs: docs/tuning.md.
 """
 import ml_collections
 
-from cure_jax import config_defaults
+from cure_jax.classification import defaults
 
 
 def get_config(arg=None):
-  config = config_defaults.classification_config()
+  config = defaults.classification_config()
   config.data.name = 'imagenet'
   config.data.image_size = 224
   config.data.augment = 'flip'

@@ -22,9 +22,11 @@ frozen reference copy; ``--config.model.sharding=fsdp`` splits parameters and op
 state over all devices (a 7B model on 8 accelerators). Other forget sizes:
 ``--config.data.forget_pct=1`` or ``5``. One method: ``--config.mode=unlearn
 --config.unlearn.method=npo``.
-
-This config is not sized for the 2-core CPU machine (TOFU's 4,000 items at up to 512 tokens);
+Runtime: a GPU job (TOFU's 4,000 items at up to 512 tokens); not sized for a 2-core CPU.
 ``:smoke`` is the tiny variant its test runs on fabricated files and a tiny checkpoint.
+Results: DIR/results.md, DIR/results.json and DIR/generations.json.
+
+Tuning history and run logs: docs/tuning.md.
 """
 from cure_jax.lm import config as lm_config
 
@@ -88,5 +90,5 @@ def get_config(arg=None):
     c.eval.retain_items = 2
     c.eval.max_new_tokens = 4
     c.eval.num_samples = 1
-    c.reproduce.runs = ('grogu:T=5,w=0.5',)
+    c.reproduce.runs = ('grogu_descent:T=5,w=0.5',)
   return c

@@ -1,10 +1,20 @@
-"""Shared tiny set-ups for the classification tests."""
-import jax
+"""Shared tiny set-ups for the classification tests and the committed-fixture check."""
+import json
+import os
 
-from cure_jax import models, parallel, train
+import jax
+import numpy as np
+
+from cure_jax import models
+from cure_jax.classification import train
+from cure_jax.infra import plan, sharding
 from cure_jax.data.digits import load_digits
 
 import configs.digits as digits_config
+
+
+# *_descent twins that only add the retain term, whose code path other methods already run.
+SAME_PATH_TWINS = ('randlabel_descent', 'delete_descent', 'npo_descent', 'simnpo_descent')
 
 
 def smoke_config(**train_overrides):
@@ -19,11 +29,51 @@ def trained(tmp_dir, kinds=('original', 'retrain'), forget_classes=(1,), devices
   config = smoke_config()
   data = load_digits()
   model = models.get_model('resnet8', 10)
-  mesh = parallel.make_mesh(devices)
+  mesh = sharding.make_mesh(devices)
   out = {kind: train.train_classifier(config, str(tmp_dir), kind, data, model, mesh,
                                       forget_classes) for kind in kinds}
   return config, data, model, mesh, out
 
 
+def run_of(config, name, cli_keys=frozenset(), **hparams):
+  """The planned run of method ``name`` under ``config``, with ``hparams`` replaced."""
+  run = plan.runs(config, cli_keys, entries=[name])[0]
+  if not hparams:
+    return run
+  hp = run.hparams.as_configdict()
+  hp.update(hparams)
+  return plan.Run(run.name, run.method, type(run.hparams)(hp))
+
+
 def single_device():
   return jax.devices()[:1]
+
+
+FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
+
+
+def summary(before, after):
+  """What a fixture keeps of a parameter update: sums and the first and largest changes."""
+  delta = np.asarray(after, np.float64) - np.asarray(before, np.float64)
+  return [float(np.sum(after, dtype=np.float64)), float(np.sum(np.abs(delta))),
+          float(delta[0]), float(delta[np.argmax(np.abs(delta))])]
+
+
+def check_fixture(name, key, values, rtol=1e-5, atol=1e-7):
+  """``values`` against ``tests/fixtures/<name>.json[key]``, committed from a run of the code
+  before a refactor; ``CURE_JAX_WRITE_FIXTURES=1`` records them instead (then commit the file
+  and say why the numbers changed)."""
+  path = os.path.join(FIXTURES, f'{name}.json')
+  if os.environ.get('CURE_JAX_WRITE_FIXTURES') == '1':
+    stored = {}
+    if os.path.exists(path):   # one test file per fixture: xdist keeps it on one worker
+      with open(path) as f:
+        stored = json.load(f)
+    stored[key] = values
+    with open(path, 'w') as f:
+      json.dump(dict(sorted(stored.items())), f, indent=1)
+      f.write('\n')
+    return
+  with open(path) as f:
+    want = json.load(f)[key]
+  np.testing.assert_allclose(values, want, rtol=rtol, atol=atol, err_msg=f'{name}: {key}')

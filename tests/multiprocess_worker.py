@@ -28,7 +28,8 @@ def main(process_id, num_processes, port, out):
                              initialization_timeout=60, heartbeat_timeout_seconds=30,
                              shutdown_timeout_seconds=30)
   _log('distributed initialised')
-  from cure_jax import parallel, sharding  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from cure_jax.infra import sharding  # pylint: disable=g-import-not-at-top
   from tests import sharded_steps  # pylint: disable=g-import-not-at-top
   assert jax.device_count() == 2 * num_processes, jax.devices()
 
@@ -37,11 +38,12 @@ def main(process_id, num_processes, port, out):
   _log('LM steps done')
   kernel = params['layers_0']['mlp']['up_proj']['kernel']
   assert not kernel.is_fully_addressable and kernel.sharding.spec[1] == 'fsdp'
-  state, metrics = sharded_steps.run_classifier(parallel.make_mesh())
+  state, metrics = sharded_steps.run_classifier(sharding.make_mesh())
   _log('classifier steps done')
-  result = sharding.gather({'lm_params': params, 'lm_mu': opt_state[0].mu, 'lm_losses': losses,
-                            'cls_params': state.params, 'cls_batch_stats': state.batch_stats,
-                            'cls_loss': metrics['loss']})
+  result = multihost_utils.process_allgather(
+      {'lm_params': params, 'lm_mu': opt_state[0].mu, 'lm_losses': losses,
+       'cls_params': state.params, 'cls_batch_stats': state.batch_stats,
+       'cls_loss': metrics['loss']}, tiled=True)
   if process_id == 0:
     leaves, _ = jax.tree_util.tree_flatten_with_path(result)
     np.savez(out, **{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves})

@@ -1,7 +1,7 @@
 """Tiny sharded steps shared by the sharding tests and the multi-process worker.
 
 An AdamW next-token fine-tuning step of a tiny CausalLM and a classification SGD step
-(``cure_jax.train.make_train_step``), run on a mesh with given parameter shardings or on one
+(``cure_jax.classification.train.make_train_step``), run on a mesh with given parameter shardings or on one
 device; the tests check both give the same numbers.
 """
 import types
@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cure_jax import parallel, sharding, train, train_state
+from cure_jax.classification import train
+from cure_jax.infra import sharding, train_state
 from cure_jax.models.causal_lm import CausalLM, LMConfig
 
 LM = LMConfig(vocab_size=64, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, d_ff=64,
@@ -74,11 +75,11 @@ def run_lm(mesh, mode):
   tx, step = lm_train_step()
   params = lm_params()
   opt_state = jax.eval_shape(tx.init, params)
-  p_sh = sharding.param_shardings(params, mesh, mode, min_size=MIN_SIZE)
-  o_sh = sharding.opt_state_shardings(opt_state, mesh, mode, min_size=MIN_SIZE)
+  p_sh = sharding.shardings(params, mesh, mode, min_size=MIN_SIZE)
+  o_sh = sharding.shardings(opt_state, mesh, mode, min_size=MIN_SIZE)
   params = sharding.put(params, p_sh)
   opt_state = jax.jit(tx.init, out_shardings=o_sh)(params)
-  jitted = jax.jit(step, in_shardings=(p_sh, o_sh, sharding.batch_sharding(mesh)),
+  jitted = jax.jit(step, in_shardings=(p_sh, o_sh, sharding.batch_sharded(mesh)),
                    out_shardings=(p_sh, o_sh, None), donate_argnums=(0, 1),
                    compiler_options=FAST_COMPILE)
   losses = []
@@ -105,7 +106,7 @@ def run_classifier(mesh):
   state = sharding.put(state, sharding.shardings(state, mesh, 'replicated'))
   step = train.make_train_step(model, cfg, mesh)
   for batch in classifier_batches():
-    state, metrics = step(state, parallel.shard_batch(batch, mesh), 10)
+    state, metrics = step(state, sharding.shard_batch(batch, mesh), 10)
   return state, metrics
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cure_jax import checkpointing
+from cure_jax.infra import checkpointing
 
 STEP = 7
 

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from cure_jax import classification
+from cure_jax.classification import experiment
+from cure_jax.infra import validation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,7 +25,7 @@ def test_every_config_loads_and_validates(name, arg):
   module = importlib.import_module(f'configs.{name}')
   assert module.__doc__ and 'python -m experiments.main' in module.__doc__
   config = module.get_config(arg)
-  classification.validate(config)
+  validation.validate(config)
   assert config.forget_classes
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 from absl import logging
 
-from cure_jax import console, progress
+from cure_jax.infra import console, progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ('--config.model_seeds=1', "--config.scenarios=1", '--config.seeds=1',
@@ -72,7 +72,7 @@ class _Stream(io.StringIO):
     return self.tty
 
 
-def _record(msg, level=std_logging.INFO, console_kind=None, pathname='/x/cure_jax/train.py'):
+def _record(msg, level=std_logging.INFO, console_kind=None, pathname='/x/cure_jax/classification/train.py'):
   record = std_logging.LogRecord('absl', level, pathname, 1, msg, (), None)
   if console_kind is not None:
     record.console = console_kind
@@ -114,7 +114,7 @@ def test_non_tty_shows_an_update_after_a_quiet_minute(monkeypatch):
 @pytest.mark.parametrize('pathname,level,kept', [
     ('/site-packages/orbax/checkpoint/checkpoint_manager.py', std_logging.INFO, False),
     ('/site-packages/orbax/checkpoint/checkpoint_manager.py', std_logging.WARNING, True),
-    ('/work/cure_jax/progress.py', std_logging.INFO, True),
+    ('/work/cure_jax/infra/progress.py', std_logging.INFO, True),
 ])
 def test_third_party_filter_drops_orbax_info_only(pathname, level, kept):
   record = _record('m', level, pathname=pathname)

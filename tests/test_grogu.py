@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cure_jax import grogu, losses, models
+from cure_jax import models
+from cure_jax.unlearning import grogu, losses
 
 
 def _tree(seed):

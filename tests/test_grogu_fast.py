@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cure_jax import ghost
-from cure_jax import grogu
-from cure_jax import grogu_fast
-from cure_jax import losses
+from cure_jax.unlearning import ghost
+from cure_jax.unlearning import grogu
+from cure_jax.unlearning import grogu_fast
+from cure_jax.unlearning import losses
 from cure_jax.models import get_model
 from cure_jax.models.causal_lm import CausalLM, LMConfig
 
@@ -324,7 +324,7 @@ def test_unsupported_models_fall_back_to_vmap(module, shape, reason, monkeypatch
   assert not check and reason in check.reason
   logged = []
   monkeypatch.setattr(logging, 'warning', lambda msg, *args: logged.append(msg % args))
-  assert grogu_fast.resolve_grogu_impl('fast', apply_fn, variables['params'], x) == 'vmap'
+  assert grogu_fast.choose_impl('fast', apply_fn, variables['params'], x) == 'vmap'
   assert len(logged) == 1 and reason in logged[0]
 
 
@@ -346,7 +346,7 @@ def test_the_fallback_reasons_are_real():
 
 def test_resolve_impl():
   apply_fn, params, inputs, _ = _lm_case(batch=2)
-  assert grogu_fast.resolve_grogu_impl('fast', apply_fn, params, inputs) == 'fast'
-  assert grogu_fast.resolve_grogu_impl('vmap', apply_fn, params, inputs) == 'vmap'
+  assert grogu_fast.choose_impl('fast', apply_fn, params, inputs) == 'fast'
+  assert grogu_fast.choose_impl('vmap', apply_fn, params, inputs) == 'vmap'
   with pytest.raises(ValueError, match='grogu_impl'):
-    grogu_fast.resolve_grogu_impl('fastest', apply_fn, params, inputs)
+    grogu_fast.choose_impl('fastest', apply_fn, params, inputs)

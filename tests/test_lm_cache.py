@@ -7,9 +7,10 @@ import shutil
 import pytest
 
 from cure_jax.lm import config as lm_config
+from cure_jax.infra import plan
 from cure_jax.lm import finetune, report, run
 
-RUNS = ('gradasc', 'grogu:T=5,w=10')
+RUNS = ('gradasc', 'grogu_descent:T=5,w=10')
 
 
 def _smoke(**overrides):
@@ -83,8 +84,9 @@ def test_rows_record_models_and_hparams_in_strict_json(first):
   assert rows[0]['hparams']['lr'] == config.finetune.lr
   grogu = rows[-1]['hparams']
   assert (rows[-1]['method'], grogu['temperature'], grogu['w_h'], grogu['w_s']) == (
-      'grogu', 5.0, 10.0, 10.0)
-  assert grogu['lr'] == config.unlearn.lr and grogu['alpha'] == config.unlearn.alpha
+      'grogu_descent', 5.0, 10.0, 10.0)
+  assert grogu['lr'] == config.unlearn.lr
+  assert grogu['retain_weight'] == config.unlearn.retain_weight
   assert rows[-2]['hparams']['temperature'] == config.unlearn.temperature
 
 
@@ -96,7 +98,7 @@ def test_same_settings_reuse_models_and_finished_runs(first, copy, monkeypatch, 
   assert rows == [first[1][0] | {'seconds': rows[0]['seconds']},
                   first[1][1] | {'seconds': rows[1]['seconds']}] + first[1][2:]
   out = capsys.readouterr().out
-  assert '| Method | Variant | Seeds |' in out and '| grogu | T=5,w=10 | 1 |' in out
+  assert '| Method | Variant | Seeds |' in out and '| grogu_descent | T=5,w=10 | 1 |' in out
   assert 'results.md' in out
 
 
@@ -110,11 +112,11 @@ def test_killed_sweep_resumes_to_the_same_rows(first, copy, monkeypatch, cut):
   _no_fine_tuning(monkeypatch)
   calls = _unlearning_calls(monkeypatch)
   rows = run.run(_smoke(), str(copy))
-  assert calls == ['grogu']
+  assert calls == ['grogu_descent']
   assert _timeless(rows) == _timeless(first[1])
   assert _timeless(_strict((copy / 'results.json').read_text())['rows']) == _timeless(first[1])
   assert [json.loads(line) for line in path.read_text().splitlines()][1:][-1]['unit'].startswith(
-      'grogu|T=5,w=10|')
+      'grogu_descent|T=5,w=10|')
 
 
 def test_changed_config_starts_the_sweep_afresh_with_the_same_models(copy, monkeypatch):
@@ -150,24 +152,24 @@ def test_changed_lr_trains_a_new_model_beside_the_old(first, copy):
 @pytest.mark.parametrize('mode, cli_keys, expected', [
     # A spec beats config.unlearn (w_h=3, temperature=8 from the config file).
     ('reproduce', (), [('grogu', 'T=1,w=0.5', 1.0), ('grogu', 'T=5,w=0.5', 5.0),
-                       ('npo', 'beta=0.1', 8.0)]),
+                       ('npo_descent', 'beta=0.1', 8.0)]),
     # --config.unlearn.temperature beats the file's specs; identical runs are run once.
     ('reproduce', ('unlearn.temperature',), [('grogu', 'T=8,w=0.5', 8.0),
-                                             ('npo', 'beta=0.1', 8.0)]),
+                                             ('npo_descent', 'beta=0.1', 8.0)]),
     # --config.reproduce.runs is a command-line value too: its specs win.
     ('reproduce', ('unlearn.temperature', 'reproduce.runs'),
-     [('grogu', 'T=1,w=0.5', 1.0), ('grogu', 'T=5,w=0.5', 5.0), ('npo', 'beta=0.1', 8.0)]),
+     [('grogu', 'T=1,w=0.5', 1.0), ('grogu', 'T=5,w=0.5', 5.0),
+      ('npo_descent', 'beta=0.1', 8.0)]),
     ('unlearn', ('unlearn.temperature',), [('grogu', 'T=8,w_h=3,w_s=0.5', 8.0)]),
 ])
 def test_hyperparameter_precedence(mode, cli_keys, expected):
   config = _smoke(**{'mode': mode, 'unlearn.method': 'grogu', 'unlearn.temperature': 8.0,
                      'unlearn.w_h': 3.0})
-  config.reproduce.runs = ('grogu:T=1,w=0.5', 'grogu:T=5,w=0.5', 'npo')
-  runs = run.effective_runs(config, frozenset(cli_keys))
-  assert [(m, v, record['temperature']) for m, v, _, record in runs] == expected
-  for _, _, hp, record in runs:
-    assert all(record[k] == v for k, v in hp.items())
-    assert record['lr'] == config.unlearn.lr
+  config.reproduce.runs = ('grogu:T=1,w=0.5', 'grogu:T=5,w=0.5', 'npo_descent')
+  runs = plan.runs(config, frozenset(cli_keys))
+  assert [(r.name, r.variant, r.record['temperature']) for r in runs] == expected
+  for r in runs:
+    assert r.record['lr'] == config.unlearn.lr
 
 
 def test_undefined_metric_is_null_with_a_note(tmp_path):
@@ -189,7 +191,7 @@ def test_model_cache_shared_with_another_workdir(first, tmp_path, monkeypatch):
   shutil.copytree(first[0] / 'checkpoints', shared)
   other = tmp_path / 'names'
   rows = run.run(_smoke(**{'model_cache': str(shared), 'unlearn.forget_mask': 'author_names',
-                           'reproduce.runs': ('ghr',)}), str(other))
-  assert [r['method'] for r in rows] == ['original', 'retrain', 'ghr']
+                           'reproduce.runs': ('ghr_descent',)}), str(other))
+  assert [r['method'] for r in rows] == ['original', 'retrain', 'ghr_descent']
   assert rows[0]['model_fingerprint'] == first[1][0]['model_fingerprint']
   assert not (other / 'checkpoints').exists()

@@ -1,14 +1,18 @@
 """LM run options: the author-names forget mask, gradient accumulation and the evaluator's
 generation length / EOS stop."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from cure_jax import train_state
+from cure_jax.infra import train_state
 from cure_jax.lm import config as lm_config
-from cure_jax.lm import evaluate, finetune, objectives, run, unlearn
+from cure_jax.infra import plan, validation
+from cure_jax.lm import evaluate, finetune, setup, study, unlearn
+from cure_jax.unlearning import hparams, losses, objectives
 from cure_jax.models.causal_lm import CausalLM, LMConfig
 from cure_jax.text.tokenizer import ByteTokenizer
 
@@ -23,11 +27,11 @@ def _batch():
 
 def test_name_mask_is_the_same_ids_at_every_position():
   targets = jnp.array([[1, 2], [3, 4]])
-  mask = np.asarray(objectives.token_forget_mask(targets, V, (2, 5)))
+  mask = np.asarray(losses.token_forget_mask(targets, V, (2, 5)))
   expected = np.zeros((2, 2, V), bool)
   expected[..., [2, 5]] = True
   np.testing.assert_array_equal(mask, expected)
-  np.testing.assert_array_equal(objectives.token_forget_mask(targets, V),
+  np.testing.assert_array_equal(losses.token_forget_mask(targets, V),
                                 np.eye(V, dtype=bool)[np.asarray(targets)])
 
 
@@ -36,7 +40,12 @@ def test_ghr_with_name_mask_relabels_to_the_best_token_outside_the_names():
   teacher = np.asarray(jax.random.normal(jax.random.key(1), (2, 5, V)))
   logits = jax.random.normal(jax.random.key(2), (2, 5, V))
   names = (0, 3)
-  hp = {'forget_ids': names}
+  hp = hparams.HParams(hparams.DEFAULTS, {})
+
+  def ghr(forget_ids):
+    mask = losses.token_forget_mask(batch['tokens'][:, 1:], V, forget_ids)
+    core = dataclasses.replace(unlearn.lm_batch(batch), teacher_logits=teacher, forget_mask=mask)
+    return objectives.ghr(logits, core, None, hp)
   # Independent: labels = argmax of the teacher with the name ids removed, then mean CE.
   allowed = teacher.copy()
   allowed[..., list(names)] = -np.inf
@@ -47,26 +56,26 @@ def test_ghr_with_name_mask_relabels_to_the_best_token_outside_the_names():
   ce = -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
   mask = batch['loss_mask'][:, :-1]
   expected = (ce * mask).sum(1) / mask.sum(1)
-  np.testing.assert_allclose(objectives.ghr_loss(logits, teacher, batch, hp), expected, rtol=1e-5)
+  np.testing.assert_allclose(ghr(names), expected, rtol=1e-5)
   # The answer-token mask differs (the true next token is the forget class there).
-  assert not np.allclose(objectives.ghr_loss(logits, teacher, batch, {}), expected)
+  assert not np.allclose(ghr(None), expected)
 
 
 def test_forget_ids_are_the_forget_authors_name_tokens():
   config = lm_config.get_config('smoke')
-  splits = run.load_splits(config.data)
-  assert run.forget_ids(config, ByteTokenizer(), splits) is None
+  splits = study.load_splits(config.data)
+  assert study.forget_ids(config, ByteTokenizer(), splits) is None
   config.unlearn.forget_mask = 'author_names'
-  ids = run.forget_ids(config, ByteTokenizer(), splits)
+  ids = study.forget_ids(config, ByteTokenizer(), splits)
   names = {item['author'] for item in splits['forget']}
   assert set(ids) == set(''.join(names).replace(' ', '').encode())  # bytes, no space
   config.unlearn.forget_mask = 'names'
   with pytest.raises(ValueError, match='config.unlearn.forget_mask'):
-    run.forget_ids(config, ByteTokenizer(), splits)
+    validation.validate(config)
   config.unlearn.forget_mask = 'author_names'
-  config.data.source = 'tofu'
+  config.data.update(source='tofu', data_dir='/tofu')
   with pytest.raises(ValueError, match='author_names'):
-    run.forget_ids(config, ByteTokenizer(), splits)
+    validation.validate(config)
 
 
 def _tiny_lm():
@@ -79,7 +88,8 @@ def _tiny_lm():
 def test_accumulated_is_the_mean_over_micro_batches():
   apply_fn, params = _tiny_lm()
   batch = _batch()
-  loss_fn = lambda p, b: jnp.mean(objectives.answer_nll(apply_fn(p, b['tokens']), b))
+  loss_fn = lambda p, b: jnp.mean(losses.answer_nll(apply_fn(p, b['tokens']), b['tokens'],
+                                                    b['loss_mask']))
   loss, grads = jax.jit(lambda p, b: finetune.accumulated(loss_fn, p, b))(
       params, finetune.micro_batches(batch, 2))
   parts = [jax.value_and_grad(loss_fn)(params, {k: v[i:i + 1] for k, v in batch.items()})
@@ -90,18 +100,19 @@ def test_accumulated_is_the_mean_over_micro_batches():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize('method', ['npo', 'grogu'])
+@pytest.mark.parametrize('method', ['npo_descent', 'grogu_descent'])
 def test_unlearn_step_with_accumulation_averages_the_micro_directions(method):
   apply_fn, params = _tiny_lm()
-  hp = {'npo_beta': 0.1, 'temperature': 2.0, 'w_h': 0.5, 'w_s': 0.5, 'alpha': 0.5, 'eps': 1e-12}
+  hp = dict(hparams.DEFAULTS, npo_beta=0.1, temperature=2.0, w_h=0.5, w_s=0.5, retain_weight=0.5,
+            eps=1e-12, grogu_impl='vmap')
   batch = _batch()
   retain = {k: v[::-1] for k, v in batch.items()}
   tx = optax.sgd(0.1)
 
   def run_step(grad_accum, forget, retain_batch):
     state = train_state.create({'params': jax.tree.map(jnp.copy, params), 'batch_stats': {}}, tx)
-    step = unlearn.make_unlearn_step(apply_fn, method, hp, tx, 'vmap', grad_accum)
-    return step(state, params, forget, retain_batch)[0].params
+    step = unlearn.make_unlearn_step(apply_fn, method, hp, tx, grad_accum)
+    return step(state, params, forget, retain_batch, jax.random.key(0))[0].params
 
   split = lambda b: {k: v.reshape((2, 1) + v.shape[1:]) for k, v in b.items()}
   accumulated = run_step(2, split(batch), split(retain))
@@ -166,19 +177,19 @@ def test_fsdp_placement_fine_tunes_and_unlearns_like_replicated(tmp_path):
   config.finetune.update(epochs=1, batch_size=4, log_every=100)
   config.unlearn.update(epochs=1, batch_size=4, warmup_fraction=0.0)
   tok = ByteTokenizer()
-  model = run.make_model(config, tok)
+  model = setup.make_model(config, tok)
   encoded = finetune.trim(tofu.encode_qa(tok, authors.generate_authors(2, 4, 0), 160,
                                          config.data.template))
   apply_fn = lambda p, t: model.apply({'params': p}, t)
-  hp = run._hparams(config.unlearn, {})
+  hp = plan.runs(config, entries=['npo_descent'])[0].hparams
   results = {}
   for mode in ('replicated', 'fsdp'):
     config.model.sharding = mode
     place = setup.placement(config)
     tuned = finetune.finetune(model, encoded, config.finetune, 0, str(tmp_path / mode), {},
                               place=place)
-    results[mode] = (tuned, unlearn.unlearn(apply_fn, tuned, encoded, encoded, config.unlearn,
-                                            'npo', hp, 0, place=place))
+    results[mode] = (tuned, unlearn.unlearn(apply_fn, tuned, encoded, encoded, hp,
+                                            'npo_descent', 0, place=place))
   placed = setup.placement(config)(results['fsdp'][0], jax.sharding.Mesh(jax.devices(), ('data',)))
   assert any(leaf.sharding.spec != jax.sharding.PartitionSpec()
              for leaf in jax.tree.leaves(placed))  # something really is sharded

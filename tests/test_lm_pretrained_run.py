@@ -11,7 +11,8 @@ import pytest
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from cure_jax.lm import run, setup
+from cure_jax.infra import validation
+from cure_jax.lm import run, setup, study
 from cure_jax.text.tokenizer import HFTokenizer
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
@@ -76,17 +77,17 @@ def test_config_guards():
   bad = _load_config('authors_smollm2', 'smoke')
   bad.data.train_utility_sets = True
   with pytest.raises(ValueError, match='train_utility_sets'):
-    setup.check(bad)
+    validation.validate(bad)
   bad = _load_config('authors_smollm2', 'smoke')
   bad.model.sharding = 'zero3'
   with pytest.raises(ValueError, match='config.model.sharding'):
-    setup.check(bad)
+    validation.validate(bad)
 
 
 def test_utility_sets_never_in_the_fine_tuning_data():
   config = _load_config('authors_smollm2', 'smoke')
-  splits = run.load_splits(config.data)
-  sets = run.train_sets(splits, config)
+  splits = study.load_splits(config.data)
+  sets = study.train_sets(splits, config)
   utility = {i['question'] for i in splits['real_authors'] + splits['world_facts']}
   for kind in ('original', 'retrain'):
     assert not utility & {i['question'] for i in sets[kind]}
@@ -98,7 +99,7 @@ def authors_run(tiny_llama, tmp_path_factory):
   config = _load_config('authors_smollm2', 'smoke')
   config.model.pretrained = tiny_llama
   config.model.max_len = 160  # the tiny tokenizer spends a token per byte
-  config.reproduce.runs = ('grogu:T=5,w=0.5', 'npo')
+  config.reproduce.runs = ('grogu_descent:T=5,w=0.5', 'npo_descent')
   workdir = tmp_path_factory.mktemp('smollm2_smoke')
   return config, workdir, run.run(config, str(workdir))
 
@@ -106,7 +107,8 @@ def authors_run(tiny_llama, tmp_path_factory):
 def test_authors_smoke_on_a_pretrained_checkpoint(authors_run, tiny_llama):
   config, workdir, rows = authors_run
   assert [(r['method'], r['variant']) for r in rows] == [
-      ('original', ''), ('retrain', ''), ('grogu', 'T=5,w=0.5'), ('npo', 'beta=0.1')]
+      ('original', ''), ('retrain', ''), ('grogu_descent', 'T=5,w=0.5'),
+      ('npo_descent', 'beta=0.1')]
   for row in rows:
     assert 0.0 <= row['mia_min_k'] <= 1.0 and 0.0 <= row['mia_loss'] <= 1.0
     assert np.isfinite(row['privleak'])
@@ -125,7 +127,7 @@ def test_prompts_use_the_checkpoints_chat_format(authors_run):
   lm = setup.load_model(config)
   assert isinstance(lm.tokenizer, HFTokenizer)
   assert lm.template == '<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n'
-  encoded = run._encode(lm.tokenizer, run.load_splits(config.data)['forget'][:1], config,
+  encoded = study.encode(lm.tokenizer, study.load_splits(config.data)['forget'][:1], config,
                         lm.template)
   ids = encoded['tokens'][0]
   assert ids[0] == lm.tokenizer.special_tokens['<|im_start|>']
@@ -175,7 +177,7 @@ def test_tofu_config_defaults_follow_open_unlearning():
 def test_tofu_smoke_fine_tunes_then_unlearns(tiny_llama, tmp_path):
   config = _tofu_config(tiny_llama, write_tofu(str(tmp_path / 'tofu')))
   rows = run.run(config, str(tmp_path / 'work'))
-  assert [r['method'] for r in rows] == ['original', 'retrain', 'grogu']
+  assert [r['method'] for r in rows] == ['original', 'retrain', 'grogu_descent']
   assert all(np.isfinite(r['privleak']) for r in rows)
   assert len(list((tmp_path / 'work' / 'checkpoints').glob('original-*'))) == 1
 
@@ -187,7 +189,7 @@ def test_tofu_with_fine_tuned_checkpoints_skips_fine_tuning(tiny_llama, tmp_path
   config.model.original, config.model.retrain = tiny_llama, retrain
   config.model.dtype = 'bfloat16'
   rows = run.run(config, str(tmp_path / 'work'))
-  assert [r['method'] for r in rows] == ['original', 'retrain', 'grogu']
+  assert [r['method'] for r in rows] == ['original', 'retrain', 'grogu_descent']
   assert not os.path.exists(tmp_path / 'work' / 'checkpoints')
   # Different weights: the original is not scored like the retrain model.
   assert rows[0]['forget_prob'] != rows[1]['forget_prob']

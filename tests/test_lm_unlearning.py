@@ -1,20 +1,25 @@
 """LLM unlearning objectives, the shared step, the evaluator, the runner, its report and the
 Colab notebook (tiny LM; one smoke run shared by the runner, evaluator and notebook tests)."""
+import dataclasses
 import json
 import os
 import shutil
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 
-from cure_jax import train_state
+from cure_jax.infra import train_state
 from cure_jax.lm import config as lm_config
-from cure_jax.lm import evaluate, finetune, objectives, report, run, unlearn
+from cure_jax.infra import plan, sharding
+from cure_jax.lm import evaluate, finetune, report, run, setup, study, unlearn
+from cure_jax.unlearning import hparams, losses, objectives
 from cure_jax.models.causal_lm import CausalLM, LMConfig
 from cure_jax.text.tokenizer import ByteTokenizer
+from tests import helpers
 
 V = 7
 
@@ -42,7 +47,21 @@ def _manual_nll(logits, batch):
 
 
 HP = {'npo_beta': 0.1, 'simnpo_beta': 4.5, 'simnpo_delta': 0.3, 'simnpo_gamma': 0.125,
-      'undial_beta': 10.0, 'temperature': 2.0}
+      'undial_strength': 10.0, 'temperature': 2.0}
+
+
+def _hp(hp=None):
+  return hparams.HParams(dict(hparams.DEFAULTS, **(hp or HP)), {})
+
+
+def _core(batch, ref):
+  """The core's batch of encoded QA pairs, with the teacher and the answer-token mask."""
+  mask = losses.token_forget_mask(batch['tokens'][:, 1:], V)
+  return dataclasses.replace(unlearn.lm_batch(batch), teacher_logits=ref, forget_mask=mask)
+
+
+def _loss(fn, logits, ref, batch, hp=None):
+  return fn(logits, _core(batch, ref), None, _hp(hp))
 
 
 def test_forget_losses_match_hand_formulas():
@@ -50,18 +69,18 @@ def test_forget_losses_match_hand_formulas():
   nll, mask = _manual_nll(logits, batch)
   ref_nll, _ = _manual_nll(ref, batch)
   seq_sum, seq_mean = (nll * mask).sum(1), (nll * mask).sum(1) / mask.sum(1)
-  np.testing.assert_allclose(objectives.gradasc_loss(logits, ref, batch, HP), -seq_mean,
+  np.testing.assert_allclose(_loss(objectives.gradasc, logits, ref, batch), -seq_mean,
                              rtol=1e-5)
   log_ratio = (ref_nll * mask).sum(1) - seq_sum  # Σ log π_θ − Σ log π_ref
   npo = -(2 / 0.1) * np.log(1 / (1 + np.exp(0.1 * log_ratio)))
-  np.testing.assert_allclose(objectives.npo_loss(logits, ref, batch, HP), npo, rtol=1e-5)
+  np.testing.assert_allclose(_loss(objectives.npo, logits, ref, batch), npo, rtol=1e-5)
   simnpo = 0.125 * -(2 / 4.5) * np.log(1 / (1 + np.exp(-4.5 * (seq_mean - 0.3))))
-  np.testing.assert_allclose(objectives.simnpo_loss(logits, ref, batch, HP), simnpo, rtol=1e-5)
+  np.testing.assert_allclose(_loss(objectives.simnpo, logits, ref, batch), simnpo, rtol=1e-5)
 
 
 def test_npo_at_reference_is_2_log2_over_beta():
   batch, logits = _batch(), _logits(0)
-  np.testing.assert_allclose(objectives.npo_loss(logits, logits, batch, HP),
+  np.testing.assert_allclose(_loss(objectives.npo, logits, logits, batch),
                              [2 / 0.1 * np.log(2)] * 2, rtol=1e-5)
 
 
@@ -77,17 +96,17 @@ def test_ghr_forgets_the_ground_truth_next_token():
       row = np.asarray(logits[b, t], np.float64)
       terms.append(np.log(np.exp(row).sum()) - row[np.argmax(teacher)])
     expected[b] = np.mean(terms)
-  np.testing.assert_allclose(objectives.ghr_loss(logits, ref, batch, HP), expected, rtol=1e-5)
+  np.testing.assert_allclose(_loss(objectives.ghr, logits, ref, batch), expected, rtol=1e-5)
 
 
 def test_gsr_target_has_no_mass_on_the_true_token_and_vanishes_at_its_optimum():
   batch, ref = _batch(), _logits(1)
-  _, targets, mask = objectives.next_token_view(ref, batch)
-  masked = jnp.where(objectives.token_forget_mask(targets, V), -1e9, ref[:, :-1])
+  _, targets, mask = losses.next_token_view(ref, batch['tokens'], batch['loss_mask'])
+  masked = jnp.where(losses.token_forget_mask(targets, V), -1e9, ref[:, :-1])
   # A student equal to the masked teacher at T has zero KL (up to the -1e9 stand-in).
   student = jnp.concatenate([masked, ref[:, -1:]], axis=1)
-  np.testing.assert_allclose(objectives.gsr_loss(student, ref, batch, HP), 0.0, atol=1e-4)
-  assert float(objectives.gsr_loss(ref, ref, batch, HP).min()) > 0.0
+  np.testing.assert_allclose(_loss(objectives.gsr, student, ref, batch), 0.0, atol=1e-4)
+  assert float(_loss(objectives.gsr, ref, ref, batch).min()) > 0.0
 
 
 def _tiny_lm():
@@ -102,24 +121,28 @@ def _one_step(method, hp, impl='vmap', lr=1e-2):
   tx = optax.sgd(lr)
   # The step donates its state: give it its own copy of the reference parameters.
   state = train_state.create({'params': jax.tree.map(jnp.copy, params), 'batch_stats': {}}, tx)
-  step = unlearn.make_unlearn_step(apply_fn, method, dict(hp, alpha=0.5, eps=1e-12), tx, impl)
+  hp = dict(hparams.DEFAULTS, **hp, retain_weight=0.5, eps=1e-12, grogu_impl=impl)
+  step = unlearn.make_unlearn_step(apply_fn, method, hp, tx)
   batch = _batch()
   retain = {'tokens': batch['tokens'][::-1], 'loss_mask': batch['loss_mask'][::-1]}
-  new_state, metrics = step(state, params, batch, retain)
+  new_state, metrics = step(state, params, batch, retain, jax.random.key(0))
   return apply_fn, params, new_state.params, metrics
 
 
-@pytest.mark.parametrize('method', ['gradasc', 'npo', 'gsr'])
-def test_step_descends_the_methods_objective(method):
+@pytest.mark.parametrize('method, loss', [('gradasc', objectives.gradasc),
+                                          ('npo_descent', objectives.npo),
+                                          ('gsr_descent', objectives.gsr)])
+def test_step_descends_the_methods_objective(method, loss):
   apply_fn, params, new_params, metrics = _one_step(method, HP)
   batch = _batch()
   retain = {'tokens': batch['tokens'][::-1], 'loss_mask': batch['loss_mask'][::-1]}
 
   def objective(p):  # the method's forget loss plus, where it has one, 0.5 * retain NLL
-    value = jnp.mean(unlearn.METHODS[method].forget_loss(
-        apply_fn(p, batch['tokens']), apply_fn(params, batch['tokens']), batch, HP))
-    if unlearn.METHODS[method].retain:
-      value += 0.5 * jnp.mean(objectives.answer_nll(apply_fn(p, retain['tokens']), retain))
+    value = jnp.mean(_loss(loss, apply_fn(p, batch['tokens']), apply_fn(params, batch['tokens']),
+                           batch))
+    if method.endswith('_descent'):
+      value += 0.5 * jnp.mean(losses.answer_nll(apply_fn(p, retain['tokens']),
+                                                retain['tokens'], retain['loss_mask']))
     return float(value)
 
   assert float(metrics['loss']) == pytest.approx(objective(params), rel=1e-5)
@@ -129,8 +152,8 @@ def test_step_descends_the_methods_objective(method):
 def test_grogu_step_fast_equals_vmap():
   hp = dict(HP, temperature=5.0, w_h=10.0, w_s=10.0)
   with jax.default_matmul_precision('highest'):
-    _, params, vmap_params, _ = _one_step('grogu', hp, 'vmap')
-    _, _, fast_params, _ = _one_step('grogu', hp, 'fast')
+    _, params, vmap_params, _ = _one_step('grogu_descent', hp, 'vmap')
+    _, _, fast_params, _ = _one_step('grogu_descent', hp, 'fast')
   delta = lambda new: np.concatenate([np.ravel(a - b) for a, b in zip(
       jax.tree.leaves(new), jax.tree.leaves(params))])
   dv, df = delta(vmap_params), delta(fast_params)
@@ -139,22 +162,28 @@ def test_grogu_step_fast_equals_vmap():
 
 
 @pytest.mark.parametrize('spec, method, overrides, variant', [
-    ('grogu:T=5,w=10', 'grogu', {'temperature': 5.0, 'w_h': 10.0, 'w_s': 10.0}, 'T=5,w=10'),
+    ('grogu_descent:T=5,w=10', 'grogu_descent', {'temperature': 5.0, 'w_h': 10.0, 'w_s': 10.0},
+     'T=5,w=10'),
     ('grogu:T=1,w=0.5', 'grogu', {'temperature': 1.0, 'w_h': 0.5, 'w_s': 0.5}, 'T=1,w=0.5'),
-    ('npo', 'npo', {}, 'beta=0.1'),
+    ('npo_descent', 'npo_descent', {}, 'beta=0.1'),
     ('gradasc', 'gradasc', {}, ''),
 ])
 def test_parse_run_and_variant_names(spec, method, overrides, variant):
-  assert run.parse_run(spec) == (method, overrides)
-  hp = run._hparams(lm_config.get_config().unlearn, overrides)
-  assert unlearn.variant_name(method, hp) == variant
+  assert plan.parse_spec(spec) == (method, overrides)
+  [planned] = plan.runs(lm_config.get_config(), entries=[spec])
+  assert planned.name == method and planned.variant == variant
 
 
 @pytest.mark.parametrize('spec, match', [('sgd', 'Unknown unlearning method'),
-                                         ('grogu:T5', 'key=value'), ('npo:gamma=1', 'Unknown hyper')])
+                                         ('grogu:T5', 'key=value'), ('npo:gamma=1', 'Unknown hyper'),
+                                         ('graddiff', "now 'gradasc_descent'"),
+                                         ('salun', 'classifiers only')])
 def test_parse_run_rejects_bad_specs(spec, match):
   with pytest.raises(ValueError, match=match):
-    run.parse_run(spec)
+    if spec == 'salun':
+      unlearn.get_method(spec)
+    else:
+      plan.parse_spec(spec)
 
 
 def test_paired_batches_cycle_forget_and_draw_retain():
@@ -179,9 +208,8 @@ def test_cutting_right_padding_keeps_the_answer_nll():
   apply_fn, params = _tiny_lm()
   batch = _batch()
   wide = {k: np.pad(v, [(0, 0), (0, 3)]) for k, v in batch.items()}
-  np.testing.assert_allclose(objectives.answer_nll(apply_fn(params, wide['tokens']), wide),
-                             objectives.answer_nll(apply_fn(params, batch['tokens']), batch),
-                             rtol=1e-5)
+  nll = lambda b: losses.answer_nll(apply_fn(params, b['tokens']), b['tokens'], b['loss_mask'])
+  np.testing.assert_allclose(nll(wide), nll(batch), rtol=1e-5)
 
 
 def test_unlearn_rejects_an_empty_forget_split():
@@ -189,7 +217,7 @@ def test_unlearn_rejects_an_empty_forget_split():
   empty = {'tokens': np.zeros((0, 5), np.int32), 'loss_mask': np.zeros((0, 5), np.float32)}
   with pytest.raises(ValueError, match='forget split is empty'):
     unlearn.unlearn(apply_fn, params, empty, _batch(), lm_config.get_config('smoke').unlearn,
-                    'npo', {}, seed=0)
+                    'npo_descent', seed=0)
 
 
 def test_evaluator_rejects_unencodable_answers():
@@ -264,8 +292,8 @@ def test_smoke_reproduce_rows_and_files(smoke_run):
   saved = json.loads((workdir / 'results.json').read_text())['rows']
   assert saved == rows
   assert [(r['method'], r['variant']) for r in rows] == [
-      ('original', ''), ('retrain', ''), ('gradasc', ''), ('npo', 'beta=0.1'),
-      ('grogu', 'T=5,w=10')]
+      ('original', ''), ('retrain', ''), ('gradasc', ''), ('npo_descent', 'beta=0.1'),
+      ('grogu_descent', 'T=5,w=10')]
   for row in rows:
     for key in ('forget_es', 'forget_prob', 'forget_rouge', 'model_utility', 'forget_quality'):
       assert 0.0 <= row[key] <= 1.0, (row['method'], key, row[key])
@@ -275,7 +303,7 @@ def test_smoke_reproduce_rows_and_files(smoke_run):
     assert np.isfinite(row['privleak'])
   assert rows[1]['privleak'] == 0.0
   samples = json.loads((workdir / 'generations.json').read_text())
-  assert {'question', 'answer', 'original', 'retrain', 'grogu T=5,w=10'} <= set(samples[0])
+  assert {'question', 'answer', 'original', 'retrain', 'grogu_descent T=5,w=10'} <= set(samples[0])
 
 
 def test_finetuned_checkpoint_is_reused(smoke_run):
@@ -293,9 +321,9 @@ def _smoke_model(workdir):
   """The smoke run's original model (reloaded from its checkpoint), splits and config."""
   config = _smoke()
   tokenizer = ByteTokenizer()
-  splits = run.load_splits(config.data)
-  model = run.make_model(config, tokenizer)
-  params = run.finetuned(config, str(workdir), 'original', model, tokenizer, splits)
+  splits = study.load_splits(config.data)
+  model = setup.make_model(config, tokenizer)
+  params = study.finetuned(config, str(workdir), 'original', model, tokenizer, splits)
   return config, tokenizer, splits, model, params
 
 
@@ -303,7 +331,7 @@ def _smoke_model(workdir):
 def test_evaluator_chunking_matches_one_split_at_a_time(smoke_run, batch_size):
   """Stacked splits in chunks of any size score like one item at a time."""
   config, tokenizer, splits, model, params = _smoke_model(smoke_run[0])
-  eval_splits = run.eval_splits(splits, config)
+  eval_splits = study.eval_splits(splits, config)
   stacked = evaluate.Evaluator(model, tokenizer, eval_splits, config.data.template, batch_size)
   result = stacked.evaluate(params, np.ones(len(eval_splits['forget'])))
   for name in ('forget', 'world_facts'):
@@ -327,8 +355,9 @@ def test_evaluator_scores_match_the_training_loss(smoke_run):
   evaluator = evaluate.Evaluator(model, tokenizer, {'forget': splits['forget']},
                                  config.data.template, config.eval.batch_size)
   nll, _, _, _ = evaluator.teacher_forced(params)
-  encoded = run._encode(tokenizer, splits['forget'], config)
-  expected = objectives.answer_nll(model.apply({'params': params}, encoded['tokens']), encoded)
+  encoded = study.encode(tokenizer, splits['forget'], config)
+  expected = losses.answer_nll(model.apply({'params': params}, encoded['tokens']),
+                               encoded['tokens'], encoded['loss_mask'])
   np.testing.assert_allclose(nll[evaluator.rows['forget', 'answer']], expected, rtol=1e-4)
 
 
@@ -355,11 +384,53 @@ def test_llm_notebook_runs_on_smoke_settings(smoke_run, tmp_path, monkeypatch):
   client.execute()
 
   rows = json.loads((workdir / 'results.json').read_text())['rows']
-  assert [r['method'] for r in rows] == ['original', 'retrain', 'graddiff', 'npo', 'grogu']
+  assert [r['method'] for r in rows] == ['original', 'retrain', 'gradasc_descent', 'npo_descent',
+                                            'grogu_descent']
   table_output = json.dumps(notebook.cells[-3].outputs)
   assert 'Forget Quality' in table_output and 'T=5,w=10' in table_output
   generations_output = json.dumps(notebook.cells[-1].outputs)
-  assert 'True answer' in generations_output and 'grogu T=5,w=10' in generations_output
+  assert 'True answer' in generations_output and 'grogu_descent T=5,w=10' in generations_output
   errors = [o for cell in notebook.cells if cell.cell_type == 'code' for o in cell.outputs
             if o.get('output_type') == 'error']
   assert not errors
+
+
+# ---- the committed fixture: every LM method's update, from the code before the one registry
+
+FIXTURE_RUNS = [(m, 1, 'fast', None) for m in (
+    'gradasc', 'gradasc_descent', 'npo_descent', 'simnpo_descent', 'undial_descent',
+    'ghr_descent', 'gsr_descent', 'grogu_descent')] + [
+        ('grogu_descent', 1, 'vmap', None), ('ghr_descent', 1, 'fast', (2, 5)),
+        ('npo_descent', 2, 'fast', None), ('grogu_descent', 2, 'fast', None)]
+
+
+@pytest.fixture(scope='module')
+def fixture_lm():
+  vocab = 11
+  model = CausalLM(LMConfig(vocab_size=vocab, num_layers=1, d_model=16, num_heads=2,
+                            num_kv_heads=1, d_ff=32, max_len=12))
+  params = model.init(jax.random.key(0), jnp.zeros((1, 10), jnp.int32))['params']
+  rng = np.random.default_rng(0)
+
+  def data(n):
+    return {'tokens': rng.integers(0, vocab, (n, 10)).astype(np.int32),
+            'loss_mask': (rng.random((n, 10)) < 0.6).astype(np.float32)}
+  forget, retain = data(8), data(16)
+  return (lambda p, t: model.apply({'params': p}, t)), params, forget, retain
+
+
+@pytest.mark.parametrize('method, accum, impl, forget_ids', FIXTURE_RUNS)
+def test_unlearning_matches_the_committed_fixture(fixture_lm, method, accum, impl, forget_ids):
+  """Four AdamW steps (two epochs of batch 4) of each method; the fixture was recorded by the
+  LM runner before the registries merged (the retain term now joins the forget loss in one
+  objective, which moves the parameters by ~1e-7 relative: within the tolerance)."""
+  apply_fn, params, forget, retain = fixture_lm
+  hp = ml_collections.FrozenConfigDict(dict(
+      hparams.DEFAULTS, lr=1e-2, epochs=2, batch_size=4, grad_accum=accum, optimizer='adamw',
+      warmup_fraction=0.1, weight_decay=0.0, grogu_impl=impl, log_every=100, temperature=5.0,
+      retain_weight=0.7))
+  new = unlearn.unlearn(apply_fn, params, forget, retain, hp, method, seed=3,
+                        mesh=sharding.make_mesh(jax.devices()[:1]), forget_ids=forget_ids)
+  flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+  helpers.check_fixture('lm_unlearning', f'{method}|{accum}|{impl}|{forget_ids}',
+                        helpers.summary(flat(params), flat(new)))

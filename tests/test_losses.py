@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.special import log_softmax, softmax
 
-from cure_jax import losses
+from cure_jax.unlearning import losses
 
 K = 7
 

@@ -9,7 +9,7 @@ import time
 import jax
 import numpy as np
 
-from cure_jax import parallel, sharding
+from cure_jax.infra import sharding
 
 from tests import sharded_steps
 
@@ -73,7 +73,7 @@ def test_two_processes_equal_one(tmp_path):
   workers = _start_workers(tmp_path)
   one = jax.devices()[:1]  # the single-process reference, computed while the workers run
   params, opt_state, losses = sharded_steps.run_lm(sharding.make_mesh(devices=one), 'fsdp')
-  state, metrics = sharded_steps.run_classifier(parallel.make_mesh(one))
+  state, metrics = sharded_steps.run_classifier(sharding.make_mesh(one))
   want = _flat({'lm_params': params, 'lm_mu': opt_state[0].mu, 'lm_losses': losses,
                 'cls_params': state.params, 'cls_batch_stats': state.batch_stats,
                 'cls_loss': metrics['loss']})

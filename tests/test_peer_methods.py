@@ -9,7 +9,10 @@ import numpy as np
 import optax
 import pytest
 
-from cure_jax import config_defaults, methods, saliency
+from cure_jax.classification import defaults
+from cure_jax.unlearning import hparams, methods, peers, saliency
+from cure_jax.unlearning.batch import Batch, StepInputs
+from tests import helpers
 
 K, D, B = 5, 6, 7
 FORGET = 2
@@ -22,8 +25,8 @@ class MLP(nn.Module):
 
 
 def _hp(**kw):
-  c = config_defaults.classification_config().unlearn
-  values = {k: c[k] for k in methods.DYNAMIC_HPARAMS}
+  c = defaults.classification_config().unlearn
+  values = {k: c[k] for k in hparams.DYNAMIC}
   values.update(momentum=0.9, grogu_impl='vmap', temperature=1.0)
   values.update(kw)
   return types.SimpleNamespace(**values)
@@ -40,17 +43,16 @@ def env():
   def batch(n, label=None, teacher=True):
     x = rng.normal(size=(n, D)).astype(np.float32)
     y = np.full(n, label) if label is not None else rng.integers(0, K, n)
-    return methods.Batch(jnp.asarray(x), jnp.asarray(y),
-                         teacher_logits=apply(params, x) if teacher else None,
-                         forget_mask=jnp.broadcast_to(mask_K, (n, K)))
+    return Batch(jnp.asarray(x), jnp.asarray(y),
+                 teacher_logits=apply(params, x) if teacher else None,
+                 forget_mask=jnp.broadcast_to(mask_K, (n, K)))
   forget, retain = batch(B, FORGET), batch(B, teacher=False)
   return apply, params, forget, retain
 
 
 def _inputs(env, hp, step=0, aux=None):
   apply, params, forget, retain = env
-  return methods.StepInputs(apply, params, forget, retain, jax.random.key(3), hp, step=step,
-                            aux=aux)
+  return StepInputs(apply, params, forget, retain, jax.random.key(3), hp, step=step, aux=aux)
 
 
 def _flat(tree):
@@ -64,8 +66,8 @@ def _log_softmax(z):
 # ---- registry and config --------------------------------------------------------------------
 
 def test_dynamic_hparams_exist_in_the_config_and_registry_flags():
-  unlearn = config_defaults.classification_config().unlearn
-  assert [k for k in methods.DYNAMIC_HPARAMS if k not in unlearn] == []
+  unlearn = defaults.classification_config().unlearn
+  assert [k for k in hparams.DYNAMIC if k not in unlearn] == []
   get = methods.get
   assert get('finetune').setting == 'forget' and get('finetune').uses_retain
   assert get('grogu_t1_descent').setting == 'retain'
@@ -87,7 +89,7 @@ def test_delete_direction_is_the_gradient_of_kl_to_the_label_masked_teacher(env)
     z[np.arange(B), np.asarray(forget.label)] = -1e10
     target = np.exp(z - z.max(-1, keepdims=True))
     target /= target.sum(-1, keepdims=True)
-    log_q = _log_softmax(apply(p, forget.image))
+    log_q = _log_softmax(apply(p, forget.inputs))
     safe = np.where(target > 0, target, 1.0)
     return jnp.mean(jnp.sum(target * (np.log(safe) - log_q), -1))
 
@@ -104,7 +106,7 @@ def test_grogu_t1_descent_adds_the_retain_gradient_to_grogu(env):
   hp = _hp(temperature=1.0, retain_weight=0.7)
   _, g = methods.get('grogu_t1_descent').direction(_inputs(env, hp))
   _, g_forget = methods.get('grogu_t1').direction(_inputs(env, hp))
-  ce = lambda p: jnp.mean(-_log_softmax(apply(p, retain.image))[jnp.arange(B), retain.label])
+  ce = lambda p: jnp.mean(-_log_softmax(apply(p, retain.inputs))[jnp.arange(B), retain.label])
   g_retain = jax.grad(ce)(params)
   np.testing.assert_allclose(_flat(g), _flat(g_forget) + 0.7 * _flat(g_retain), rtol=1e-4,
                              atol=1e-7)
@@ -114,7 +116,7 @@ def test_grogu_t1_descent_adds_the_retain_gradient_to_grogu(env):
 
 def test_scrub_schedule():
   hp = _hp(scrub_max_steps=3.0)
-  flags = [bool(methods.scrub_is_max_step(jnp.int32(s), hp)) for s in range(10)]
+  flags = [bool(peers.scrub_is_max_step(jnp.int32(s), hp)) for s in range(10)]
   assert flags == [True, False, True, False, True, False, False, False, False, False]
 
 
@@ -131,17 +133,17 @@ def test_scrub_direction_sign_per_step(env, step, kind):
   moved = jax.tree.map(lambda x: x + 0.3, params)   # the student has left the teacher
   aux = methods.get('scrub').prepare(apply, params, forget, None, hp)
   inputs = _inputs(env, hp, step=jnp.int32(step), aux=aux)
-  inputs = methods.StepInputs(apply, moved, forget, retain, inputs.rng, hp, step=inputs.step,
+  inputs = StepInputs(apply, moved, forget, retain, inputs.rng, hp, step=inputs.step,
                               aux=aux)
-  value, g = methods.scrub_direction(inputs)
+  value, g = peers.scrub_direction(inputs)
 
   def max_ref(p):   # ascend the forget KL: minimise its negative
-    return -jnp.mean(_kl_t(apply(p, forget.image), forget.teacher_logits, 2.0))
+    return -jnp.mean(_kl_t(apply(p, forget.inputs), forget.teacher_logits, 2.0))
 
   def min_ref(p):
-    logits = apply(p, retain.image)
+    logits = apply(p, retain.inputs)
     ce = -_log_softmax(logits)[jnp.arange(B), retain.label]
-    return jnp.mean(0.9 * ce + 0.3 * _kl_t(logits, apply(params, retain.image), 2.0))
+    return jnp.mean(0.9 * ce + 0.3 * _kl_t(logits, apply(params, retain.inputs), 2.0))
   ref_value, ref_g = jax.value_and_grad(max_ref if kind == 'max' else min_ref)(moved)
   np.testing.assert_allclose(value, ref_value, rtol=1e-4, atol=1e-7)
   np.testing.assert_allclose(_flat(g), _flat(ref_g), rtol=1e-4, atol=1e-7)
@@ -163,8 +165,8 @@ def test_top_fraction_mask_selects_exactly_the_largest(fraction):
 
 def test_saliency_gradient_matches_the_full_batch_gradient(env):
   apply, params, forget, _ = env
-  chunked = saliency.forget_gradient(apply, params, forget.image, forget.label, chunk=3)
-  ce = lambda p: jnp.mean(-_log_softmax(apply(p, forget.image))[jnp.arange(B), forget.label])
+  chunked = saliency.forget_gradient(apply, params, forget.inputs, forget.label, chunk=3)
+  ce = lambda p: jnp.mean(-_log_softmax(apply(p, forget.inputs))[jnp.arange(B), forget.label])
   np.testing.assert_allclose(_flat(chunked), _flat(jax.grad(ce)(params)), rtol=1e-5,
                              atol=1e-8)
 
@@ -177,7 +179,7 @@ def _run_salun(env, name, steps, hp):
   tx = optax.sgd(1.0, momentum=hp.momentum)
   opt_state, p = tx.init(params), params
   for step in range(steps):
-    inputs = methods.StepInputs(apply, p, forget, env[3], jax.random.key(step), hp,
+    inputs = StepInputs(apply, p, forget, env[3], jax.random.key(step), hp,
                                 step=jnp.int32(step), aux=aux)
     _, direction = method.direction(inputs)
     updates, opt_state = tx.update(direction, opt_state, p)
@@ -199,21 +201,21 @@ def test_salun_frozen_weights_stay_bit_identical_under_momentum(env, name):
 def test_salun_direction_is_masked_randlabel_gradient_plus_weight_decay(env):
   apply, params, forget, _ = env
   hp = _hp(salun_fraction=0.5, salun_weight_decay=0.01)
-  mask = methods.salun_prepare(apply, params, forget, None, hp)
+  mask = peers.salun_prepare(apply, params, forget, None, hp)
   inputs = _inputs(env, hp, aux=mask)
   _, g = methods.get('salun').direction(inputs)
   # Reference: the same random labels (uniform outside the forget class), by hand.
   allowed = np.arange(K) != FORGET
   logits = jnp.broadcast_to(jnp.where(allowed, 0.0, -1e9), (B, K))
   labels = jax.random.categorical(inputs.rng, logits, axis=-1)
-  ce = lambda p: jnp.mean(-_log_softmax(apply(p, forget.image))[jnp.arange(B), labels])
+  ce = lambda p: jnp.mean(-_log_softmax(apply(p, forget.inputs))[jnp.arange(B), labels])
   ref = _flat(jax.grad(ce)(params)) + 0.01 * _flat(params)
   m = _flat(mask)
   np.testing.assert_allclose(_flat(g)[m], ref[m], rtol=1e-4, atol=1e-7)
   assert np.all(_flat(g)[~m] == 0.0)
   # The mask: the largest half of |∇ CE_forget(true labels)|.
   score = np.abs(_flat(jax.grad(lambda p: jnp.mean(
-      -_log_softmax(apply(p, forget.image))[jnp.arange(B), forget.label]))(params)))
+      -_log_softmax(apply(p, forget.inputs))[jnp.arange(B), forget.label]))(params)))
   assert score[m].min() >= score[~m].max()
 
 
@@ -232,18 +234,18 @@ def test_lur_is_the_look_ahead_objective_by_hand(env, name):
     return jnp.mean(-_log_softmax(apply(p, x))[jnp.arange(B), y])
 
   def objective(p):
-    g_r = jax.grad(ce)(p, retain.image, retain.label)
+    g_r = jax.grad(ce)(p, retain.inputs, retain.label)
     ahead = jax.tree.map(lambda a, g: a - 0.2 * g, p, g_r)
-    l_u = (-ce(ahead, forget.image, forget.label) if name == 'lur'
-           else ce(ahead, forget.image, labels))
-    return 0.7 * ce(p, retain.image, retain.label) + 1.3 * l_u
+    l_u = (-ce(ahead, forget.inputs, forget.label) if name == 'lur'
+           else ce(ahead, forget.inputs, labels))
+    return 0.7 * ce(p, retain.inputs, retain.label) + 1.3 * l_u
   value, g = methods.get(name).direction(inputs)
   ref_value, ref_g = jax.value_and_grad(objective)(params)
   np.testing.assert_allclose(value, ref_value, rtol=1e-5)
   np.testing.assert_allclose(_flat(g), _flat(ref_g), rtol=1e-4, atol=1e-7)
 
 
-# ---- end to end through the compiled runner (cure_jax.scan_unlearn) --------------------------
+# ---- end to end through the compiled runner (cure_jax.classification.compiled_runs) --------------------------
 
 class TinyConvNet(nn.Module):
   """Conv + BatchNorm + Dense: the runner's model interface at a fraction of the compile time."""
@@ -257,7 +259,8 @@ class TinyConvNet(nn.Module):
 
 @pytest.fixture(scope='module')
 def runner():
-  from cure_jax import parallel, scan_unlearn, unlearn
+  from cure_jax.classification import compiled_runs
+  from cure_jax.infra import sharding
   model = TinyConvNet()
   variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False)
   rng = np.random.default_rng(0)
@@ -265,17 +268,16 @@ def runner():
   mask = np.arange(K) == FORGET
   forget_x = rng.integers(0, 256, (16, 8, 8, 1), dtype=np.uint8)
   retain_x = rng.integers(0, 256, (1, 24, 8, 8, 1), dtype=np.uint8)
-  data = scan_unlearn.RunData(forget_x, np.full(16, FORGET, np.int32), n, retain_x,
+  data = compiled_runs.RunData(forget_x, np.full(16, FORGET, np.int32), n, retain_x,
                               rng.integers(0, K, (1, 24)).astype(np.int32), m, mask)
-  programs = scan_unlearn.Programs(model, [0.5], [0.3], parallel.make_mesh(jax.devices()[:1]))
-  cfg = config_defaults.classification_config().unlearn
+  programs = compiled_runs.Programs(model, [0.5], [0.3], sharding.make_mesh(jax.devices()[:1]))
+  config = defaults.classification_config()
 
   def run(name, **overrides):
-    hp = unlearn.method_hparams(cfg, name).as_configdict()
-    hp.update(batch_size=b, epochs=4 * b / n, lr=0.05, momentum=0.9, grogu_impl='vmap',
-              **overrides)
+    kw = dict(batch_size=b, epochs=4 * b / n, lr=0.05, momentum=0.9, grogu_impl='vmap')
+    planned = helpers.run_of(config, name, **dict(kw, **overrides))
     key = np.asarray(jax.random.key_data(jax.random.key(1)))
-    params, bad, _, _ = scan_unlearn.run_group(programs, name, hp, data, [variables], [key],
+    params, bad, _, _ = compiled_runs.run_group(programs, planned, data, [variables], [key],
                                                vmapped=False)
     assert bad == [-1]
     return params[0]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cure_jax import plots
+from cure_jax.classification import plots
 
 METHODS = ['original', 'gradasc', 'ghr', 'gsr', 'grogu', 'salun', 'scrub', 'delete',
            'grogu_descent', 'lur']

@@ -277,7 +277,7 @@ def test_unknown_source(tmp_path):
 
 @pytest.mark.skipif(len(jax.devices()) < 4, reason='needs 4 (host) devices')
 def test_load_straight_into_fsdp_shardings(tmp_path):
-  from cure_jax import sharding
+  from cure_jax.infra import sharding
   cfg, w, _ = write_hf(tmp_path / 'm', 'untied_gqa', sharded=True)
   mesh = sharding.make_mesh(fsdp=2, devices=jax.devices()[:4])
   lm = pretrained.load(tmp_path / 'm', mesh=mesh, sharding_mode='fsdp', min_shard_size=256)

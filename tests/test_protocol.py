@@ -8,7 +8,8 @@ import stat
 import numpy as np
 import pytest
 
-from cure_jax import classification, evaluate, protocol, report, tables
+from cure_jax.classification import evaluate, experiment, protocol, report, tables
+from cure_jax.infra import files
 from tests import helpers
 
 TIMING = ('time_s', 'compile_s', 'time_ratio')
@@ -33,7 +34,7 @@ def _strip(rows):
 @pytest.fixture(scope='module')
 def first(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('first')
-  rows = classification.run(tiny_config(), str(workdir))
+  rows = experiment.run(tiny_config(), str(workdir))
   return workdir, rows
 
 
@@ -67,7 +68,7 @@ def test_rows_carry_the_protocol_fields(first):
 def test_same_config_gives_identical_metrics(first, tmp_path):
   workdir, rows = first
   shutil.copytree(workdir / 'models', tmp_path / 'models')   # the model cache; no log
-  again = classification.run(tiny_config(), str(tmp_path))
+  again = experiment.run(tiny_config(), str(tmp_path))
   assert _strip(again) == _strip(rows)
 
 
@@ -83,11 +84,11 @@ def test_killed_sweep_resumes_to_the_uninterrupted_rows(first, tmp_path, monkeyp
     return real(*args, **kwargs)
   monkeypatch.setattr(protocol, 'run_unit', dies_after_three)
   with pytest.raises(KeyboardInterrupt):
-    classification.run(tiny_config(), str(tmp_path))
+    experiment.run(tiny_config(), str(tmp_path))
   assert not (tmp_path / 'results.json').exists()
   calls.clear()
   monkeypatch.setattr(protocol, 'run_unit', lambda *a, **k: (calls.append(a[1:3]), real(*a, **k))[1])
-  resumed = classification.run(tiny_config(), str(tmp_path))
+  resumed = experiment.run(tiny_config(), str(tmp_path))
   assert len(calls) == 8 - 3          # only the units the killed sweep had not finished
   assert _strip(resumed) == _strip(rows)
   # A changed config starts afresh: the old log is set aside.
@@ -95,7 +96,7 @@ def test_killed_sweep_resumes_to_the_uninterrupted_rows(first, tmp_path, monkeyp
   changed.unlearn.retain_weight = 0.5
   changed.reproduce.methods = ('ghr',)
   calls.clear()
-  classification.run(changed, str(tmp_path))
+  experiment.run(changed, str(tmp_path))
   assert len(calls) == 4 and (tmp_path / 'runs.jsonl.stale').exists()
 
 
@@ -108,14 +109,14 @@ def test_reports_are_strict_json_written_with_the_users_umask(tmp_path, umask):
   assert rows[0]['forget_acc'] is None and rows[0]['per_class_acc'] == [0.5, None]
   old = os.umask(umask)
   try:
-    report.write_atomic(str(tmp_path / 'results.json'), report.to_json({'rows': rows}))
+    files.write_atomic(str(tmp_path / 'results.json'), files.to_json({'rows': rows}))
   finally:
     os.umask(old)
   assert stat.S_IMODE(os.stat(tmp_path / 'results.json').st_mode) == 0o666 & ~umask
   text = (tmp_path / 'results.json').read_text()
   json.loads(text, parse_constant=lambda c: pytest.fail(f'bare {c} in results.json'))
   with pytest.raises(ValueError):
-    report.to_json({'x': float('nan')})
+    files.to_json({'x': float('nan')})
 
 
 def test_accuracy_of_a_class_absent_from_the_split_is_undefined_not_zero():
@@ -175,10 +176,10 @@ def test_tune_rule_skips_collapsed_trials(min_retain, expected):
   scored = [('collapse', {'retain_acc': 0.17, 'forget_acc': 0.0, 'min_retain_acc': 0.11}),
             ('gentle', {'retain_acc': 0.86, 'forget_acc': 0.67, 'min_retain_acc': 0.61}),
             ('gentler', {'retain_acc': 0.95, 'forget_acc': 0.83, 'min_retain_acc': 0.93})]
-  assert classification.select(scored, 0.0, min_retain) == expected
+  assert experiment.select(scored, 0.0, min_retain) == expected
 
 
 def test_tune_rule_falls_back_when_every_trial_collapsed():
   scored = [('a', {'retain_acc': 0.15, 'forget_acc': 0.0, 'min_retain_acc': 0.11}),
             ('b', {'retain_acc': 0.20, 'forget_acc': 0.0, 'min_retain_acc': 0.12})]
-  assert classification.select(scored, 0.0, 0.3) == 'b'
+  assert experiment.select(scored, 0.0, 0.3) == 'b'

@@ -7,7 +7,8 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from cure_jax import grogu_fast, losses, sharding
+from cure_jax.infra import sharding
+from cure_jax.unlearning import grogu_fast, losses
 from cure_jax.models.causal_lm import CausalLM
 
 from tests import sharded_steps
@@ -54,8 +55,8 @@ def test_optimizer_state_follows_parameters():
   mesh = sharding.make_mesh(fsdp=4, devices=jax.devices()[:4])
   params = sharded_steps.lm_params()
   opt_state = jax.eval_shape(optax.adamw(1e-3).init, params)
-  p_sh = sharding.param_shardings(params, mesh, 'fsdp', min_size=256)
-  o_sh = sharding.opt_state_shardings(opt_state, mesh, 'fsdp', min_size=256)
+  p_sh = sharding.shardings(params, mesh, 'fsdp', min_size=256)
+  o_sh = sharding.shardings(opt_state, mesh, 'fsdp', min_size=256)
   adam = o_sh[0]
   assert adam.mu == p_sh and adam.nu == p_sh
   assert adam.count.spec == P()
@@ -63,7 +64,7 @@ def test_optimizer_state_follows_parameters():
   assert p_sh['layers_0']['self_attn']['k_proj']['kernel'].spec == P('fsdp')    # 32 x 16
   assert p_sh['embed_tokens']['embedding'].spec == P('fsdp')                    # 64 x 32
   assert p_sh['norm']['scale'].spec == P()
-  replicated = sharding.param_shardings(params, mesh, 'replicated')
+  replicated = sharding.shardings(params, mesh, 'replicated')
   assert all(s.spec == P() for s in jax.tree.leaves(replicated))
 
 
@@ -121,8 +122,8 @@ def test_sharded_grogu_fast_direction_equals_single_device(fsdp):
   want = jax.jit(fn, compiler_options=fast)(jax.device_put(params, jax.devices()[0]), batch)
 
   mesh = sharding.make_mesh(fsdp=fsdp, devices=jax.devices()[:4])
-  p_sh = sharding.param_shardings(params, mesh, 'fsdp', min_size=sharded_steps.MIN_SIZE)
-  got = jax.jit(fn, in_shardings=(p_sh, sharding.batch_sharding(mesh)),
+  p_sh = sharding.shardings(params, mesh, 'fsdp', min_size=sharded_steps.MIN_SIZE)
+  got = jax.jit(fn, in_shardings=(p_sh, sharding.batch_sharded(mesh)),
                 out_shardings=(p_sh, None), compiler_options=fast)(sharding.put(params, p_sh),
                                             sharding.shard_batch(batch, mesh))
   assert got[0]['layers_0']['mlp']['gate_proj']['kernel'].sharding.spec == P(

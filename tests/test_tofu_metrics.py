@@ -1,4 +1,4 @@
-"""TOFU metrics pinned on hand-computed examples (SPEC §4)."""
+"""TOFU metrics (open-unlearning's definitions) pinned on hand-computed examples."""
 import math
 
 import numpy as np

@@ -4,7 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from cure_jax import checkpointing, models, parallel, progress, train, train_state
+from cure_jax import models
+from cure_jax.classification import train
+from cure_jax.infra import checkpointing, progress, sharding, train_state
 from cure_jax.data import pipeline
 from cure_jax.data.digits import load_digits
 from tests import helpers
@@ -30,11 +32,11 @@ def test_data_parallel_step_on_4_devices_equals_single_device(data):
   batch = next(pipeline.batches(data.train, 16, mean=data.mean, std=data.std, seed=0))
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
-    mesh = parallel.make_mesh(devices)
-    state = parallel.replicate(train_state.create(variables, tx), mesh)
+    mesh = sharding.make_mesh(devices)
+    state = sharding.replicate(train_state.create(variables, tx), mesh)
     step = train.make_train_step(model, config.train, mesh)
     for _ in range(2):
-      state, metrics = step(state, parallel.shard_batch(batch, mesh), np.int32(10))
+      state, metrics = step(state, sharding.shard_batch(batch, mesh), np.int32(10))
     results.append((state, metrics))
   (s1, m1), (s4, m4) = results
   assert s4.params['head']['kernel'].sharding.mesh.devices.size == 4
@@ -50,7 +52,7 @@ class Crash(Exception):
 def test_resumed_training_reaches_the_uninterrupted_parameters(tmp_path, data):
   config = helpers.smoke_config(checkpoint_every=5)
   model = models.get_model('resnet8', 10)
-  mesh = parallel.make_mesh()
+  mesh = sharding.make_mesh()
   run = lambda d, **kw: train.train_classifier(config, str(tmp_path / d), 'original', data,
                                                model, mesh, (1,), **kw)
   straight = run('a')
@@ -74,7 +76,7 @@ def test_nan_loss_stops_with_the_step_and_writes_no_checkpoint(tmp_path, data):
   model = models.get_model('resnet8', 10)
   with pytest.raises(progress.NonFiniteLossError, match=r'at step \d+; no checkpoint'):
     train.train_classifier(config, str(tmp_path), 'original', data, model,
-                           parallel.make_mesh(), (1,))
+                           sharding.make_mesh(), (1,))
   assert checkpointing.manager(
       train.checkpoint_dir(str(tmp_path), config, 'original')).latest_step() is None
 
@@ -101,7 +103,7 @@ def test_batch_size_that_does_not_divide_over_devices_is_rejected(tmp_path, data
   config = helpers.smoke_config(batch_size=6)
   with pytest.raises(ValueError, match='batch_size=6 does not divide over the 4 devices'):
     train.train_classifier(config, str(tmp_path), 'original', data,
-                           models.get_model('resnet8', 10), parallel.make_mesh(), (1,))
+                           models.get_model('resnet8', 10), sharding.make_mesh(), (1,))
 
 
 @pytest.mark.parametrize('total,warmup_fraction', [(100, 0.05), (37, 0.2), (10, 0.0)])
@@ -131,7 +133,7 @@ def test_model_cache_key_changes_exactly_with_what_changes_the_model(tmp_path):
 
 
 def test_changed_settings_train_a_new_model_beside_the_cached_one(tmp_path, data):
-  model, mesh = models.get_model('resnet8', 10), parallel.make_mesh()
+  model, mesh = models.get_model('resnet8', 10), sharding.make_mesh()
   first = helpers.smoke_config()
   a = train.train_classifier(first, str(tmp_path), 'original', data, model, mesh, ())
   info = train.model_info(train.checkpoint_dir(str(tmp_path), first, 'original'))
@@ -147,7 +149,7 @@ def test_changed_settings_train_a_new_model_beside_the_cached_one(tmp_path, data
 
 def test_model_cache_is_shared_between_workdirs(tmp_path, data):
   """config.model_cache: a second workdir finds the model the first trained there."""
-  model, mesh = models.get_model('resnet8', 10), parallel.make_mesh()
+  model, mesh = models.get_model('resnet8', 10), sharding.make_mesh()
   config = helpers.smoke_config()
   config.model_cache = str(tmp_path / 'shared')
   a = train.train_classifier(config, str(tmp_path / 'w1'), 'original', data, model, mesh, ())

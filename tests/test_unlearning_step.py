@@ -7,8 +7,10 @@ import optax
 import pytest
 
 import cure_jax
-from cure_jax import (config_defaults, losses, methods, parallel, scan_unlearn, unlearn,
-                      unlearning_step)
+from cure_jax.classification import compiled_runs, defaults
+from cure_jax.infra import sharding
+from cure_jax.unlearning import losses, methods, user_step
+from tests import helpers
 
 K, FORGET, B = 4, 1, 8
 CURE = ('ghr', 'gsr', 'grogu', 'grogu_t1', 'ghr_descent', 'gsr_descent', 'grogu_descent',
@@ -91,7 +93,7 @@ def _flat(tree):
 
 
 @pytest.mark.parametrize('model', ['MLP', 'TinyViT'])
-@pytest.mark.parametrize('name', sorted(methods.REGISTRY))
+@pytest.mark.parametrize('name', sorted(set(methods.REGISTRY) - set(helpers.SAME_PATH_TWINS)))
 def test_every_method_runs_on_user_models(setups, model, name):
   apply_fn, params = setups[model]
   forget, retain = _batches()
@@ -105,7 +107,9 @@ def test_every_method_runs_on_user_models(setups, model, name):
     assert np.isfinite(metrics['loss']) and bool(metrics['finite'])
   assert int(state['step']) == 3
   assert np.all(np.isfinite(_flat(state['params'])))
-  if name != 'finetune':   # the fitted model's retain CE gradient may underflow to exactly 0
+  # The fitted model's CE gradient is tiny: finetune's (retain) and simnpo's (x 0.125) updates
+  # round away in float32 within three steps.
+  if name not in ('finetune', 'simnpo'):
     assert np.any(_flat(state['params']) != _flat(params))
   if name in CURE:
     assert _forget_acc(apply_fn, state['params'], forget) <= before
@@ -186,15 +190,15 @@ def test_step_equals_the_runners_step(name):
   retain_x = rng.integers(0, 256, (1, 24, 8, 8, 1), dtype=np.uint8)
   retain_y = rng.integers(0, K, (1, 24)).astype(np.int32)
   mean, std = np.float32(0.5), np.float32(0.3)
-  data = scan_unlearn.RunData(forget_x, forget_y, n, retain_x, retain_y, m,
+  data = compiled_runs.RunData(forget_x, forget_y, n, retain_x, retain_y, m,
                               np.arange(K) == FORGET)
-  hp = unlearn.method_hparams(config_defaults.classification_config().unlearn,
-                              name).as_configdict()
-  hp.update(batch_size=b, epochs=steps * b / n, lr=0.05, momentum=0.9, grogu_impl='fast',
-            salun_fraction=0.3)
+  run = helpers.run_of(defaults.classification_config(), name, batch_size=b,
+                       epochs=steps * b / n, lr=0.05, momentum=0.9, grogu_impl='fast',
+                       salun_fraction=0.3)
+  hp = run.hparams
   key = np.asarray(jax.random.key_data(jax.random.key(1)))
-  programs = scan_unlearn.Programs(model, [mean], [std], parallel.make_mesh(jax.devices()[:1]))
-  [want], _, _, _ = scan_unlearn.run_group(programs, name, hp, data, [variables], [key], False)
+  programs = compiled_runs.Programs(model, [mean], [std], sharding.make_mesh(jax.devices()[:1]))
+  [want], _, _, _ = compiled_runs.run_group(programs, run, data, [variables], [key], False)
 
   norm = lambda x: (x.astype(np.float32) / 255.0 - mean) / std
   apply_fn = lambda p, x: model.apply({'params': p, 'batch_stats': variables['batch_stats']},
@@ -206,9 +210,9 @@ def test_step_equals_the_runners_step(name):
                    forget_data={'inputs': norm(forget_x[:n]), 'labels': forget_y[:n]})
   typed = jax.random.wrap_key_data(key)
   for i in range(steps):
-    fi = scan_unlearn.cycled_batch(jax.random.fold_in(typed, scan_unlearn._SHUFFLE_STREAM), i,
+    fi = compiled_runs.cycled_batch(jax.random.fold_in(typed, compiled_runs._SHUFFLE_STREAM), i,
                                    n, 16, b)
-    ri = scan_unlearn.cycled_batch(jax.random.fold_in(typed, scan_unlearn._RETAIN_STREAM), i,
+    ri = compiled_runs.cycled_batch(jax.random.fold_in(typed, compiled_runs._RETAIN_STREAM), i,
                                    m, 24, b)
     forget = {'inputs': norm(forget_x[np.asarray(fi)]), 'labels': forget_y[np.asarray(fi)]}
     retain = {'inputs': norm(retain_x[0][np.asarray(ri)]), 'labels': retain_y[0][np.asarray(ri)]}
@@ -220,16 +224,16 @@ def test_four_device_mesh_equals_one_device(setups):
   assert len(jax.devices()) >= 4   # tests/conftest.py forces four host devices
   apply_fn, params = setups['MLP']
   forget, retain = _batches()
-  mesh = parallel.make_mesh(jax.devices()[:4])
+  mesh = sharding.make_mesh(jax.devices()[:4])
   out = []
   for m in (None, mesh):
     unl = cure_jax.make_unlearning_step(apply_fn, 'ghr_descent', teacher=None,
                                         forget_mask=[FORGET], hparams={'lr': 0.05,
                                                                        'momentum': 0.9},
                                         mesh=m)
-    state = unl.init(params if m is None else parallel.replicate(params, m))
-    f, r = (forget, retain) if m is None else (parallel.shard_batch(forget, m),
-                                               parallel.shard_batch(retain, m))
+    state = unl.init(params if m is None else sharding.replicate(params, m))
+    f, r = (forget, retain) if m is None else (sharding.shard_batch(forget, m),
+                                               sharding.shard_batch(retain, m))
     for i in range(3):
       state, _ = unl.step(state, f, r, jax.random.key(i))
     if m is not None:
@@ -249,11 +253,12 @@ def test_user_errors(setups):
     make('grgu')
   with pytest.raises(ValueError, match=r"hparams\['lrr'\]: unknown hyperparameter"):
     make('ghr', hparams={'lrr': 0.1})
-  with pytest.raises(ValueError, match=r"hparams\['lr'\]='fast': must be a finite number"):
-    make('ghr', hparams={'lr': 'fast'})
+  for bad in ({'lr': 'fast'}, {'lr': -0.1}, {'temperature': 0}, {'eps': -1}):
+    with pytest.raises(ValueError, match=r"hparams\['\w+'\]=.* is not allowed: use a number"):
+      make('gsr', hparams=bad)
   with pytest.raises(ValueError, match=r"hparams\['grogu_impl'\]='slow'"):
     make('grogu', hparams={'grogu_impl': 'slow'})
-  with pytest.raises(ValueError, match=r"hparams\['momentum'\]=1.0: must lie in \[0, 1\)"):
+  with pytest.raises(ValueError, match=r"hparams\['momentum'\]=1.0 is not allowed: use a fraction"):
     make('ghr', hparams={'momentum': 1.0})
   with pytest.raises(ValueError, match='forget_mask'):
     make('ghr', forget_mask=[-1])
@@ -287,7 +292,7 @@ def test_grogu_per_token_rule_fast_equals_vmap_and_sequence_reference(name):
   if name == 'grogu':   # reference: per-sequence GHR / GSR gradients projected by hand
     mask = (batch['labels'] == 3)[..., None] & (np.arange(11) == 3)
     teacher = apply_fn(params, tokens)
-    hp = unlearning_step.resolve_hparams(name, {'lr': 1.0})
+    hp = user_step.resolve_hparams(name, {'lr': 1.0})
 
     def seq_grad(loss_fn, j):
       def f(p):

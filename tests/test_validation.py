@@ -1,6 +1,6 @@
 """Every bad input stops at start-up with one line naming the field, the value, what is allowed.
 
-All cases go through ``cure_jax.validation`` directly; a sample also through the real CLI in
+All cases go through ``cure_jax.infra.validation`` directly; a sample also through the real CLI in
 a subprocess (exit code 1, one line on stderr, no traceback, nothing written).
 """
 import json
@@ -11,11 +11,11 @@ import sys
 import ml_collections
 import pytest
 
-from cure_jax import validation
+from cure_jax.infra import validation
 from cure_jax.data import tofu
 from cure_jax.lm import config as lm_config
 import configs.digits as digits_config
-from cure_jax import cli
+from cure_jax.infra import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = 4
@@ -99,7 +99,7 @@ BAD_LM = [
     ('unlearn.temperature', -1.0, 'config.unlearn.temperature=-1.0'),
     ('unlearn.eps', -1.0, 'config.unlearn.eps=-1.0'),
     ('unlearn.w_h', -1.0, 'config.unlearn.w_h=-1.0'),
-    ('unlearn.alpha', -1.0, 'config.unlearn.alpha=-1.0'),
+    ('unlearn.retain_weight', -1.0, 'config.unlearn.retain_weight=-1.0'),
     ('unlearn.method', 'forgetit', "Unknown unlearning method 'forgetit'"),
     ('unlearn.optimizer', 'lion', "config.unlearn.optimizer='lion'"),
     ('reproduce.runs', ('gradasc', 'nope'), "config.reproduce.runs entry 'nope'"),
@@ -333,8 +333,8 @@ def test_cli_seed_parallel_with_a_placeholder_default(tmp_path, value, fragment)
 
 def test_seed_parallel_default_is_a_typed_placeholder():
   """config.seed_parallel is True, False or None; ml_collections itself refuses the rest."""
-  from cure_jax import config_defaults
-  config = config_defaults.classification_config()
+  from cure_jax.classification import defaults
+  config = defaults.classification_config()
   assert config.seed_parallel is None
   for value in (True, False, None):
     config.seed_parallel = value

@@ -242,7 +242,7 @@ def _how_to_prepare(name, layout, data_dir, tfds_error):
 
 
 def load_cifar(name: str, data_dir: str | None, split_seed: int = 0) -> DatasetSplits:
-  """CIFAR-10/100: official train split, official test split halved into val/test (SPEC §5).
+  """CIFAR-10/100: official train split, official test split halved (seeded) into val/test.
 
   Args:
     name: 'cifar10' or 'cifar100'.

@@ -168,7 +168,7 @@ def _check_labels(source, split):
 
 
 def load_imagenet(data_dir: str, split_seed: int = 0, image_size: int = 224) -> DatasetSplits:
-  """ImageNet-1k: train shards; validation shards halved into val/test (SPEC §5, §6).
+  """ImageNet-1k: train shards; validation shards halved (seeded) into val/test.
 
   Args:
     data_dir: local copy of ``benjamin-paine/imagenet-1k-128x128`` (with ``data/``).

@@ -60,7 +60,7 @@ class SubsetSource:
 
 
 def split_in_half(source, seed):
-  """Seeded half/half split of a held-out set into (validation, test) (SPEC §5)."""
+  """Seeded half/half split of a held-out set into (validation, test)."""
   order = np.random.default_rng(seed).permutation(len(source))
   half = len(source) // 2
   return SubsetSource(source, np.sort(order[:half])), SubsetSource(source, np.sort(order[half:]))
@@ -82,7 +82,7 @@ class DatasetSplits:
 
 def loaded(splits, where=''):
   """Writes the 'loading' phase's console line; returns ``splits`` (loaders end with it)."""
-  from cure_jax import console
+  from cure_jax.infra import console
   console.phase('loaded %s%s: %d train / %d val / %d test examples, %d classes, %s images',
                 splits.name, f' from {where}' if where else '', len(splits.train),
                 len(splits.val), len(splits.test), splits.num_classes,

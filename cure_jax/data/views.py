@@ -1,4 +1,4 @@
-"""Per-class forget / retain views of a labelled source (SPEC §1)."""
+"""Per-class forget / retain views of a labelled source (forget set = the forget classes)."""
 import numpy as np
 
 from cure_jax.data.sources import SubsetSource

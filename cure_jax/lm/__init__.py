@@ -1,4 +1,4 @@
-"""LLM concept unlearning (TOFU protocol): objectives, fine-tuning, unlearning, evaluation.
+"""LLM concept unlearning (TOFU protocol): the LM task: fine-tuning, unlearning loop, evaluation.
 
 Entry point: :func:`cure_jax.lm.run.run` (``config.task == 'lm'``), configured by
 :func:`cure_jax.lm.config.get_config`: ``configs/authors.py`` (a byte-level LM from scratch),

@@ -5,7 +5,7 @@ Colab after ``pip install``) builds the same config. Every key the LM code reads
 here, so ``lock_config=True`` catches typos in command-line overrides.
 
 Hyperparameter precedence of an unlearning run (``reproduce.runs`` entries such as
-``'grogu:T=5,w=10'`` are the LM configs' only per-method settings):
+``'grogu_descent:T=5,w=10'`` are the LM configs' only per-method settings):
 
 1. ``--config.unlearn.<key>`` given on the command line wins over everything else: with
    ``--config.unlearn.temperature=8`` every run uses T = 8, a ``T=...`` in a config file's
@@ -20,9 +20,13 @@ as given. Each results row stores the effective values (``hparams``).
 """
 import ml_collections
 
+from cure_jax.unlearning import hparams
+
 # The paper's LLM settings: every baseline once, GROGU at (T=1,w=0.5), (T=5,w=0.5), (T=5,w=10).
-RUNS = ('gradasc', 'graddiff', 'npo', 'simnpo', 'undial', 'ghr', 'gsr',
-        'grogu:T=1,w=0.5', 'grogu:T=5,w=0.5', 'grogu:T=5,w=10')
+# Every method but gradient ascent carries the retain term (GradDiff is gradasc_descent).
+RUNS = ('gradasc', 'gradasc_descent', 'npo_descent', 'simnpo_descent', 'undial_descent',
+        'ghr_descent', 'gsr_descent', 'grogu_descent:T=1,w=0.5', 'grogu_descent:T=5,w=0.5',
+        'grogu_descent:T=5,w=10')
 
 
 def get_config(arg=None):
@@ -87,15 +91,12 @@ def get_config(arg=None):
   c.finetune.checkpoint_every = 200
 
   c.unlearn = ml_collections.ConfigDict()
-  c.unlearn.method = 'grogu'  # mode=unlearn
-  c.unlearn.optimizer = 'adamw'
-  # Set on the validation side, never on the reported metrics: GROGU (T=5,w=0.5), seed 0, from
-  # the original model, scored on retain items outside the evaluated subset and on the
-  # never-trained holdout authors. lr 2e-4 / 5e-4 / 1e-3 leave retain-validation answer NLL
-  # 0.256 / 0.241 / 0.374 (original 0.034) and raise the forget NLL from 0.03 to 1.2 / 1.6 /
-  # 2.2 (holdout authors: 2.8). 5e-4 keeps the retain side best while forgetting most of
-  # the way; GHR at 5e-4 / 1e-3 gives retain NLL 0.45 / 0.54, so 1e-3 is not taken either.
-  c.unlearn.lr = 5e-4
+  c.unlearn.method = 'grogu_descent'  # mode=unlearn
+  # Every method hyperparameter at the core's defaults (cure_jax/unlearning/hparams.py);
+  # the LM's own values follow.
+  c.unlearn.update(hparams.DEFAULTS)
+  c.unlearn.optimizer = 'adamw'      # adamw | sgd (with config.unlearn.momentum)
+  c.unlearn.lr = 5e-4               # chosen on validation data: docs/tuning.md
   c.unlearn.epochs = 5
   c.unlearn.batch_size = 16
   c.unlearn.grad_accum = 1
@@ -104,17 +105,7 @@ def get_config(arg=None):
   c.unlearn.forget_mask = 'answer_token'
   c.unlearn.warmup_fraction = 0.1
   c.unlearn.weight_decay = 0.0
-  c.unlearn.alpha = 1.0       # retain weight of graddiff/npo/simnpo/undial/ghr/gsr/grogu
-  c.unlearn.temperature = 5.0  # GSR / GROGU
-  c.unlearn.w_h = 0.5         # GROGU objective weights
-  c.unlearn.w_s = 0.5
-  c.unlearn.eps = 1e-12
-  c.unlearn.grogu_impl = 'fast'  # fast | vmap
-  c.unlearn.npo_beta = 0.1
-  c.unlearn.simnpo_beta = 4.5
-  c.unlearn.simnpo_delta = 0.0
-  c.unlearn.simnpo_gamma = 0.125
-  c.unlearn.undial_beta = 10.0
+  c.unlearn.temperature = 5.0        # GSR / GROGU (the core's default is 4)
   c.unlearn.log_every = 10
 
   c.reproduce = ml_collections.ConfigDict()
@@ -148,7 +139,7 @@ def get_config(arg=None):
     c.eval.retain_items = 6
     c.eval.utility_items = 6
     c.eval.num_samples = 2
-    c.reproduce.runs = ('gradasc', 'npo', 'grogu:T=5,w=10')
+    c.reproduce.runs = ('gradasc', 'npo_descent', 'grogu_descent:T=5,w=10')
   elif arg not in (None, ''):
     raise ValueError(f'Unknown authors config variant {arg!r}; use "" or "smoke".')
   return c

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cure_jax.data import tofu as tofu_data
-from cure_jax.lm import objectives
+from cure_jax.unlearning import losses
 from cure_jax.metrics import privacy, tofu
 from cure_jax.models import causal_lm
 
@@ -51,11 +51,10 @@ def _used_width(loss_mask, multiple=16):
 @functools.partial(jax.jit, static_argnums=0)
 def _score(model, params, tokens_BxL, loss_mask_BxL):
   """Per-example mean answer NLL, greedy predictions, targets and per-token NLLs."""
-  logits, targets, mask = objectives.next_token_view(
-      model.apply({'params': params}, tokens_BxL),
-      {'tokens': tokens_BxL, 'loss_mask': loss_mask_BxL})
-  nll_BxT = objectives.token_nll(logits, targets)
-  return objectives.sequence_mean(nll_BxT, mask), jnp.argmax(logits, -1), targets, nll_BxT
+  logits, targets, mask = losses.next_token_view(
+      model.apply({'params': params}, tokens_BxL), tokens_BxL, loss_mask_BxL)
+  nll_BxT = losses.cross_entropy(logits, targets)
+  return losses.sequence_mean(nll_BxT, mask), jnp.argmax(logits, -1), targets, nll_BxT
 
 
 class Evaluator:

@@ -5,7 +5,7 @@ of an effective batch split into ``grad_accum`` micro-batches is the mean of the
 (Hugging Face Trainer's gradient accumulation). Training starts from a pretrained model's
 parameters when given, else from a random initialisation. The fine-tuned parameters are
 checkpointed in a directory named for the fingerprint of the settings that produced them
-(:func:`cure_jax.fingerprint.lm_model_settings`; the caller picks
+(:func:`cure_jax.infra.fingerprint.lm_model_settings`; the caller picks
 ``workdir/checkpoints/<kind>-<digest>``), so a second run with the same settings reuses them
 and a run with other settings trains a new model beside them; ``settings.json`` there
 records the settings.
@@ -20,9 +20,9 @@ import numpy as np
 import optax
 from absl import logging
 
-from cure_jax import checkpointing, parallel, progress, train_state
-from cure_jax.lm import objectives
-from cure_jax.report import write_atomic
+from cure_jax.infra import checkpointing, progress, sharding, train_state
+from cure_jax.unlearning import losses
+from cure_jax.infra.files import write_atomic
 
 KINDS = ('original', 'retrain')
 
@@ -72,9 +72,9 @@ def _optimizer_and_step(model, weight_decay, grad_clip):
 
   def step(state, batch_AxB, lr):
     def loss_fn(params, batch):
-      logits, targets, mask = objectives.next_token_view(
-          model.apply({'params': params}, batch['tokens']), batch)
-      nll = objectives.token_nll(logits, targets)
+      logits, targets, mask = losses.next_token_view(
+          model.apply({'params': params}, batch['tokens']), batch['tokens'], batch['loss_mask'])
+      nll = losses.cross_entropy(logits, targets)
       return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
     loss, grads = accumulated(loss_fn, state.params, batch_AxB)
     opt_state = state.opt_state
@@ -141,12 +141,12 @@ def finetune(model, encoded, cfg, seed, directory, settings, mesh=None, name='fi
   if num_items < cfg.batch_size:
     raise ValueError(f'{name}: {num_items} training items are fewer than '
                      f'config.finetune.batch_size={cfg.batch_size}.')
-  mesh = parallel.make_mesh() if mesh is None else mesh
+  mesh = sharding.make_mesh() if mesh is None else mesh
   grad_accum = int(cfg.get('grad_accum', 1))
   if grad_accum < 1 or cfg.batch_size % grad_accum:
     raise ValueError(f'config.finetune.grad_accum={grad_accum} must be >= 1 and divide '
                      f'config.finetune.batch_size={cfg.batch_size}.')
-  parallel.check_batch_size(cfg.batch_size // grad_accum, mesh,
+  sharding.check_batch_size(cfg.batch_size // grad_accum, mesh,
                             'config.finetune.batch_size / grad_accum')
   _record_settings(directory, settings)
   encoded = trim(encoded)
@@ -155,7 +155,7 @@ def finetune(model, encoded, cfg, seed, directory, settings, mesh=None, name='fi
   schedule = lr_schedule(cfg, total)
   if init_params is None:
     init_params = model.init(jax.random.key(seed), jnp.zeros((1, 8), jnp.int32))['params']
-  place = place or parallel.replicate
+  place = place or sharding.replicate
   # The step donates its state: never hand it the caller's (e.g. pretrained) arrays.
   init_params = jax.tree.map(lambda x: jnp.array(x, copy=True), init_params)
   state = place(train_state.create({'params': init_params, 'batch_stats': {}}, tx), mesh)
@@ -179,7 +179,7 @@ def finetune(model, encoded, cfg, seed, directory, settings, mesh=None, name='fi
     cut = min(width, batch_width(lengths[idx]))
     batch = micro_batches({k: encoded[k][idx, :cut] for k in ('tokens', 'loss_mask')},
                           grad_accum)
-    state, metrics = step_fn(state, parallel.shard_batch(batch, mesh, batch_axis=1),
+    state, metrics = step_fn(state, sharding.shard_batch(batch, mesh, batch_axis=1),
                              np.float32(schedule(step)))
     prog.add(step, metrics)
     if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:

@@ -13,7 +13,7 @@ cached under ``$CURE_JAX_CACHE`` (default ``~/.cache/cure_jax``) so later loads 
 dequantisation and tokenizer rebuild.
 
 With ``mesh`` the parameters are placed straight into their shardings
-(:func:`cure_jax.sharding.param_shardings`), one tensor at a time on the host.
+(:func:`cure_jax.infra.sharding.shardings`), one tensor at a time on the host.
 """
 import dataclasses
 import hashlib
@@ -27,7 +27,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from cure_jax import sharding as sharding_lib
+from cure_jax.infra import sharding as sharding_lib
 from cure_jax.lm import chat, gguf_import, hf_import, llama_layout
 from cure_jax.models.causal_lm import CausalLM, LMConfig
 from cure_jax.text.tokenizer import HFTokenizer
@@ -90,7 +90,7 @@ def _materialize(tensors, mesh, mode, min_size):
     return llama_layout.unflatten({p: jax.numpy.asarray(t.read()) for p, t in tensors.items()})
   shapes = llama_layout.unflatten({p: jax.ShapeDtypeStruct(t.shape, np.float32)
                                    for p, t in tensors.items()})
-  shardings = sharding_lib.param_shardings(shapes, mesh, mode, min_size)
+  shardings = sharding_lib.shardings(shapes, mesh, mode, min_size)
   flat_shardings = dict(_flatten(shardings))
   out = {}
   for p, t in tensors.items():
@@ -202,7 +202,7 @@ def load(source, *, mesh=None, sharding_mode='replicated', max_len=None, dtype='
   Args:
     source: HF model directory, ``.gguf`` file, or a name in :data:`NAMES`.
     mesh: place the parameters on this mesh (``sharding_mode`` 'replicated' or 'fsdp', see
-      :mod:`cure_jax.sharding`; arrays under ``min_shard_size`` elements stay replicated);
+      :mod:`cure_jax.infra.sharding`; arrays under ``min_shard_size`` elements stay replicated);
       None: the default device.
     max_len: the model's ``max_len`` (KV cache / generation limit); default: the checkpoint's
       context length.

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from cure_jax.report import to_json, write_atomic
+from cure_jax.infra.files import to_json, write_atomic
 
 METRICS = (('forget_es', 'Forget ES ↓'), ('forget_prob', 'Forget QA Prob ↓'),
            ('forget_rouge', 'Forget QA ROUGE ↓'), ('model_utility', 'Model Utility ↑'),

@@ -6,7 +6,7 @@ Follows OPTML-Group/Unlearn-Saliency ``Classification/evaluation/SVC_MIA.py`` (t
 - feature: the model's softmax probability of the true label, one number per example;
 - an RBF SVC (``C=3, gamma='auto'``, scikit-learn) is fitted on *members* (the first
   ``|test|`` retain training examples, label 1) against *non-members* (the test set;
-  here without the forget classes, SPEC §4, label 0);
+  here without the forget classes, label 0);
 - efficacy = the fraction of forget training examples the SVC predicts as non-members
   (``1 − mean(predict(forget))``). Higher = the forget set looks unseen; the retrain
   model, which never saw it, scores high, the original model low.

@@ -1,4 +1,4 @@
-"""Membership-inference privacy metrics for LLM unlearning (open-unlearning / MUSE, SPEC §4).
+"""Membership-inference privacy metrics for LLM unlearning (open-unlearning / MUSE).
 
 An attack gives every item a score, higher = "less likely a training member":
 

@@ -1,4 +1,4 @@
-"""TOFU metrics for LLM concept unlearning, as defined by open-unlearning (SPEC §4).
+"""TOFU metrics for LLM concept unlearning, as open-unlearning defines them (docs/methods.md).
 
 Every function works on plain numpy arrays of per-token quantities that the caller
 computed with its model (teacher-forced NLLs, argmax predictions) or on decoded strings,

@@ -3,6 +3,10 @@ import jax.numpy as jnp
 
 from cure_jax.models.resnet import ARCHITECTURES, ResNet
 
+# Compute dtypes of every model (parameters stay float32). float16 is not offered: without
+# loss scaling its gradients underflow.
+DTYPES = ('float32', 'bfloat16')
+
 
 def get_model(name, num_classes, dtype='float32'):
   """Builds the classifier ``name`` (one of :data:`ARCHITECTURES`)."""

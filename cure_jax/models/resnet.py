@@ -2,7 +2,8 @@
 
 Models are pure: ``model.apply(variables, x_BxHxWxC, train=...) -> logits_BxK``.
 BatchNorm uses batch statistics when ``train=True`` and its running averages otherwise;
-unlearning always runs with ``train=False`` so that examples never interact (SPEC §2).
+unlearning always runs with ``train=False`` so that examples never interact (every method
+alike; GROGU's per-example gradients need it).
 """
 import functools
 from typing import Any, Sequence

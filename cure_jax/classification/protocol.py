@@ -1,0 +1,298 @@
+"""The paper's protocol: K original models, K retrain models per forget scenario, every
+method run ``config.seeds`` times per scenario; run i starts from original i mod K and is
+compared with retrain model i mod K (docs/methods.md, "The evaluation protocol").
+
+One :class:`Study` holds the data, the trained models and the evaluation sets of a sweep;
+:func:`sweep` runs methods × scenarios × runs through the compiled programs of
+:mod:`cure_jax.classification.compiled_runs`, evaluates each run and appends its rows to the
+resumable log (:mod:`cure_jax.infra.sweep_log`).
+"""
+import dataclasses
+import math
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from cure_jax import models
+from cure_jax.classification import compiled_runs, evaluate, train
+from cure_jax.infra import console, fingerprint, plan, sharding
+from cure_jax.data import load_dataset, views
+
+
+def _phase(msg, *args):
+  (getattr(console, 'phase', None) or logging.info)(msg, *args)
+
+
+def json_safe(obj):
+  """NaN/inf → None (strict JSON), numpy scalars → Python, recursively."""
+  if isinstance(obj, dict):
+    return {k: json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [json_safe(v) for v in obj]
+  if isinstance(obj, (np.floating, float)):
+    return float(obj) if math.isfinite(obj) else None
+  if isinstance(obj, np.integer):
+    return int(obj)
+  if isinstance(obj, np.bool_):
+    return bool(obj)
+  return obj
+
+
+@dataclasses.dataclass
+class Scenario:
+  label: str                 # as written in the config, e.g. '1' or '1,3'
+  forget_classes: tuple
+  forget: Any                # forget training source
+  retain: Any                # retain training source
+  forget_x: Any              # uint8, exact
+  forget_y: Any
+  mask_K: Any
+  mia_sets: Any
+  retrain: list = dataclasses.field(default_factory=list)     # variables per model seed
+  retrain_info: list = dataclasses.field(default_factory=list)
+  references: list = dataclasses.field(default_factory=list)  # evaluator references
+
+
+@dataclasses.dataclass
+class Study:
+  config: Any
+  data: Any
+  model: Any
+  mesh: Any
+  model_seeds: tuple
+  originals: list
+  original_info: list
+  scenarios: list
+  evaluator: Any
+  programs: Any
+  seed_parallel: bool
+  n_runs: int                # runs per method and scenario
+  # Wall seconds by phase (train includes its step's compile; compile = unlearning programs).
+  timings: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(
+      ('load', 'train', 'compile', 'unlearn', 'evaluate'), 0.0))
+
+
+def resolve_seed_parallel(value):
+  """``config.seed_parallel``: None = vmapped runs on GPU/TPU, one by one on CPU."""
+  return jax.default_backend() != 'cpu' if value is None else bool(value)
+
+
+def make_study(config, workdir, split='test', kinds=('original', 'retrain'), n_runs=None):
+  """Loads the data and trains (or reuses from the model cache) every model the sweep needs."""
+  t0 = time.perf_counter()
+  sharding.maybe_initialize_distributed(config.get('distributed', False))
+  data = load_dataset(config.data)
+  scen = plan.scenarios(config, data.num_classes)
+  seeds = plan.model_seeds(config)
+  mesh = sharding.make_mesh()
+  model = models.get_model(config.model.name, data.num_classes, config.model.dtype)
+  originals, original_info = [], []
+  timings = {'load': time.perf_counter() - t0, 'train': 0.0, 'evaluate': 0.0}
+  t0 = time.perf_counter()
+  if 'original' in kinds:
+    for s in seeds:
+      _phase('training original model (seed %d)', s)
+      originals.append(train.train_classifier(config, workdir, 'original', data, model, mesh,
+                                              (), seed=s))
+      original_info.append(train.model_info(train.checkpoint_dir(workdir, config, 'original',
+                                                                 (), s)))
+  timings['train'] += time.perf_counter() - t0
+  source = getattr(data, split)
+  evaluator = evaluate.Evaluator(model, data, source, mesh, config.train.eval_batch_size)
+  scenarios = []
+  for label, classes in scen:
+    forget, retain = views.forget_retain(data.train, classes)
+    fx, fy = evaluate.materialize(forget)
+    size = int(np.sum(~np.isin(evaluator.y, classes)))  # |non-members| (SalUn's |test|)
+    sc = Scenario(label, classes, forget, retain, fx, fy,
+                  np.isin(np.arange(data.num_classes), classes),
+                  evaluate.mia_sets(retain, forget, size))
+    if 'retrain' in kinds:
+      for s in seeds:
+        _phase('training retrain model (scenario %s, seed %d)', label, s)
+        t0 = time.perf_counter()
+        sc.retrain.append(train.train_classifier(config, workdir, 'retrain', data, model, mesh,
+                                                 classes, seed=s))
+        sc.retrain_info.append(train.model_info(train.checkpoint_dir(
+            workdir, config, 'retrain', classes, s)))
+        t1 = time.perf_counter()
+        sc.references.append(evaluator.reference(sc.retrain[-1], classes))
+        timings['train'] += t1 - t0
+        timings['evaluate'] += time.perf_counter() - t1
+    scenarios.append(sc)
+  programs = compiled_runs.Programs(model, data.mean, data.std, mesh)
+  study = Study(config, data, model, mesh, seeds, originals, original_info, scenarios,
+                evaluator, programs, resolve_seed_parallel(config.seed_parallel),
+                n_runs or config.seeds)
+  study.timings.update(timings)
+  return study
+
+
+def _fp(info):
+  return info.get('fingerprint')
+
+
+def reference_rows(study):
+  """Rows of the original and retrain models, per scenario and model seed."""
+  t0 = time.perf_counter()
+  rows = []
+  for sc in study.scenarios:
+    for k, s in enumerate(study.model_seeds):
+      for kind, variables, info in (('original', study.originals[k], study.original_info[k]),
+                                    ('retrain', sc.retrain[k], sc.retrain_info[k])):
+        m = study.evaluator.evaluate(variables, sc.forget_classes, sc.mia_sets,
+                                     sc.references[k])
+        train_s = info.get('train_s')
+        rows.append(json_safe({
+            'scenario': sc.label, 'model_seed': s, 'seed': None, 'method': kind,
+            'setting': 'reference', 'hparams': {}, 'status': 'ok', **_metric_fields(m),
+            'time_s': train_s, 'compile_s': None,
+            'time_ratio': 1.0 if kind == 'retrain' and train_s else None,
+            'model_fingerprint': {kind: _fp(info)},
+            'forget_classes': list(sc.forget_classes)}))
+  study.timings['evaluate'] += time.perf_counter() - t0
+  return rows
+
+
+_METRICS = ('retain_acc', 'forget_acc', 'overall_acc', 'mia_efficacy', 'input_grad_dist',
+            'per_class_acc', 'per_class_change', 'forget_pred_counts')
+
+
+def _metric_fields(m):
+  return {k: m.get(k) for k in _METRICS}
+
+
+def run_data(study, sc, run, seeds):
+  """Padded device inputs of one scenario's runs (sizes shared by all scenarios)."""
+  hp = run.hparams
+  b = int(hp.batch_size)
+  n_pad = max(compiled_runs.padded_size(len(s.forget_y), b) for s in study.scenarios)
+  sizes = [max(1, int(round(hp.retain_fraction * len(s.retain)))) for s in study.scenarios]
+  m_pad = max(compiled_runs.padded_size(m, b) for m in sizes)
+  n = len(sc.forget_y)
+  if n < b:
+    raise ValueError(f'config.unlearn.batch_size={b} exceeds the {n} forget examples of '
+                     f'scenario {sc.label}; use a batch size <= {n}.')
+  rx, ry = [], []
+  m = max(1, int(round(hp.retain_fraction * len(sc.retain))))
+  if not run.method.uses_retain:  # a placeholder the program never reads
+    shape = (len(seeds), b, *sc.forget_x.shape[1:])
+    return compiled_runs.RunData(compiled_runs.pad_rows(sc.forget_x, n_pad),
+                                compiled_runs.pad_rows(sc.forget_y, n_pad), n,
+                                np.zeros(shape, np.uint8), np.zeros(shape[:2], np.int32), b,
+                                sc.mask_K)
+  for seed in seeds:
+    subset = views.retain_subset(sc.retain, hp.retain_fraction, seed)
+    x, y = evaluate.materialize(subset)
+    rx.append(compiled_runs.pad_rows(x, m_pad))
+    ry.append(compiled_runs.pad_rows(y, m_pad))
+  if m < b:
+    raise ValueError(f'config.unlearn.batch_size={b} exceeds the {m} examples of the retain '
+                     'subset; raise config.unlearn.retain_fraction or lower the batch size.')
+  return compiled_runs.RunData(compiled_runs.pad_rows(sc.forget_x, n_pad),
+                              compiled_runs.pad_rows(sc.forget_y, n_pad), n, np.stack(rx),
+                              np.stack(ry), m, sc.mask_K)
+
+
+def run_units(study, run):
+  """``[(unit_id, scenario, [(model index, seed), ...]), ...]`` in sweep order."""
+  k = len(study.model_seeds)
+  runs = [(i % k, i) for i in range(study.n_runs)]
+  groups = [runs] if study.seed_parallel else [[r] for r in runs]
+  hp_key = fingerprint.digest(run.record)
+  out = []
+  for sc in study.scenarios:
+    for group in groups:
+      ident = ','.join(f'{study.model_seeds[m]}/{s}' for m, s in group)
+      par = 'v' if study.seed_parallel else 's'
+      out.append((f'{sc.label}|{run.name}|{hp_key}|{par}|{ident}', sc, group))
+  return out
+
+
+def run_unit(study, run, sc, group):
+  """Runs one group of runs and evaluates them; returns its rows (strict JSON values)."""
+  name = run.name
+  data = run_data(study, sc, run, [s for _, s in group])
+  starts = [study.originals[m] for m, _ in group]
+  keys = [np.asarray(jax.random.key_data(jax.random.key(s))) for _, s in group]
+  t0 = time.perf_counter()
+  params, bads, seconds, compile_s = compiled_runs.run_group(
+      study.programs, run, data, starts, keys, study.seed_parallel)
+  study.timings['compile'] += compile_s
+  study.timings['unlearn'] += time.perf_counter() - t0 - compile_s
+  t0 = time.perf_counter()
+  rows = []
+  for i, (m, s) in enumerate(group):
+    p = params[i]
+    finite = all(np.all(np.isfinite(x)) for x in jax.tree.leaves(p))
+    retrain_s = sc.retrain_info[m].get('train_s')
+    row = {'scenario': sc.label, 'model_seed': study.model_seeds[m], 'seed': s,
+           'method': name, 'setting': run.method.setting,
+           'hparams': run.record, 'status': 'ok',
+           'time_s': seconds[i], 'compile_s': compile_s if i == 0 else 0.0,
+           'time_ratio': seconds[i] / retrain_s if retrain_s else None,
+           'model_fingerprint': {'original': _fp(study.original_info[m]),
+                                 'retrain': _fp(sc.retrain_info[m])},
+           'forget_classes': list(sc.forget_classes)}
+    if bads[i] >= 0 or not finite:
+      row.update({k: None for k in _METRICS}, status='diverged',
+                 note=(f'loss non-finite at step {bads[i]}' if bads[i] >= 0 else
+                       'parameters non-finite') + '; lower the learning rate')
+      logging.warning('%s scenario %s seed %d diverged (%s)', name, sc.label, s, row['note'])
+    else:
+      variables = {'params': p, 'batch_stats': starts[i]['batch_stats']}
+      metrics = study.evaluator.evaluate(variables, sc.forget_classes, sc.mia_sets,
+                                         sc.references[m])
+      row.update(_metric_fields(metrics))
+      if not math.isfinite(metrics['forget_acc']):
+        row['note'] = 'no forget-class example in the evaluation split: forget_acc undefined'
+        logging.warning('%s scenario %s: %s', name, sc.label, row['note'])
+    rows.append(json_safe(row))
+  study.timings['evaluate'] += time.perf_counter() - t0
+  return rows
+
+
+def sweep(study, runs, log):
+  """Runs each of ``runs`` (:class:`cure_jax.infra.plan.Run`) over every scenario and seed.
+  Finished units come from / go to ``log``. Returns the rows in sweep order."""
+  rows = []
+  for run in runs:
+    name = run.name
+    logging.info('%s: effective hyperparameters %s', name, run.record)
+    start, fresh, compile_s = time.perf_counter(), 0, 0.0
+    for unit, sc, group in run_units(study, run):
+      done = log.get(unit)
+      if done is None:
+        done = run_unit(study, run, sc, group)
+        log.add(unit, done)
+        fresh += len(group)
+        compile_s += sum(r['compile_s'] or 0.0 for r in done)
+      rows += done
+    mine = [r for r in rows if r['method'] == name and r['status'] == 'ok']
+    summary = ' '.join(
+        f'[{sc.label}] retain {np.mean([r["retain_acc"] for r in mine if r["scenario"] == sc.label]):.3f}'
+        f' forget {np.mean([r["forget_acc"] for r in mine if r["scenario"] == sc.label]):.3f}'
+        for sc in study.scenarios if any(r['scenario'] == sc.label for r in mine))
+    _phase('%-16s %d new run(s) in %.1fs (compile %.1fs)  %s', name, fresh,
+           time.perf_counter() - start, compile_s, summary)
+  return rows
+
+
+def sweep_key(config, extra=()):
+  """Digest of every setting that changes a sweep's rows (units carry the rest)."""
+  cfg = config.to_dict()
+  for path in (('train', 'log_every'), ('train', 'checkpoint_every'),
+               ('unlearn', 'log_every'), ('reproduce', 'plots'), ('reproduce', 'methods'),
+               ('reproduce', 'forget_threshold'), ('unlearn', 'method'), ('mode',),
+               ('seeds',), ('scenarios',), ('forget_classes',), ('model_seeds',),
+               ('model_cache',)):
+    d = cfg
+    for p in path[:-1]:
+      d = d.get(p, {})
+    d.pop(path[-1], None)
+  cfg['data'].pop('data_dir', None)
+  return fingerprint.digest({'config': cfg, 'code': fingerprint.TRAIN_CODE_VERSION,
+                             'extra': list(extra)})

@@ -1,0 +1,5 @@
+"""What every task's runner shares: the command line (``cli``, ``entry``), start-up checks
+(``validation``), the run plan (``plan``: scenarios, seeds and effective hyperparameters),
+the resumable sweep log, model fingerprints and checkpoints, the console and progress
+lines, device meshes and shardings (``sharding``) and the train state.
+"""

@@ -1,0 +1,109 @@
+"""What an LM run is made of: the QA splits, the original and retrain models (fine-tuned
+here or named checkpoints, cached by fingerprint), the evaluation items and the forget
+author names."""
+import dataclasses
+import os
+
+from absl import logging
+
+from cure_jax.data import authors, tofu as tofu_data
+from cure_jax.infra import fingerprint
+from cure_jax.lm import finetune, setup
+
+
+def load_splits(data_cfg):
+  """The TOFU split dict from the embedded generator or a local TOFU copy."""
+  if data_cfg.source == 'authors':
+    items = authors.generate_authors(data_cfg.num_authors, data_cfg.qa_per_author, data_cfg.seed)
+    splits = authors.make_splits(items, data_cfg.forget_pct)
+  elif data_cfg.source == 'tofu':
+    if not data_cfg.data_dir:
+      raise ValueError("config.data.source='tofu' needs config.data.data_dir (a local copy of "
+                       'locuslab/TOFU from the Hugging Face hub).')
+    splits = tofu_data.load_tofu(data_cfg.data_dir, data_cfg.forget_pct)
+  else:
+    raise ValueError(f"config.data.source={data_cfg.source!r}; use 'authors' or 'tofu'.")
+  if not splits['forget']:
+    raise ValueError(f'The forget split is empty (forget_pct={data_cfg.forget_pct}); '
+                     'nothing to unlearn.')
+  return splits
+
+
+def encode(tokenizer, items, config, template=None):
+  template = config.data.template if template is None else template
+  return tofu_data.encode_qa(tokenizer, items, config.model.max_len, template)
+
+
+def train_sets(splits, config):
+  """Fine-tuning items of the original and retrain models.
+
+  A model trained from scratch knows no world facts; ``data.train_utility_sets`` adds the
+  real-authors / world-facts QA to both training sets, standing in for pre-training
+  knowledge that model utility then checks is kept.
+  """
+  extra = splits['real_authors'] + splits['world_facts'] if config.data.train_utility_sets else []
+  return {'original': splits['full'] + extra, 'retrain': splits['retain'] + extra}
+
+
+def model_info(config, workdir, kind, lm, splits):
+  """``{'fingerprint', 'settings', 'directory'}`` of the ``kind`` model: a named fine-tuned
+  checkpoint, or the one fine-tuned here under ``checkpoints/<fingerprint>``."""
+  if config.model[kind]:
+    settings = {'kind': kind, 'checkpoint': config.model[kind], 'dtype': config.model.dtype,
+                'max_len': config.model.max_len}
+    return {'fingerprint': fingerprint.model_fingerprint(settings), 'settings': settings,
+            'directory': None}
+  architecture = dataclasses.asdict(lm.model.config)
+  settings = fingerprint.lm_model_settings(config, kind, architecture, lm.template,
+                                           train_sets(splits, config)[kind])
+  fp = fingerprint.model_fingerprint(settings)
+  return {'fingerprint': fp, 'settings': settings,
+          'directory': os.path.join(fingerprint.cache_root(config, workdir, 'checkpoints'), fp)}
+
+
+def finetuned(config, workdir, kind, model, tokenizer, splits, lm=None):
+  """The ``kind`` model's parameters: the named fine-tuned checkpoint, or fine-tuned here
+  (from the pretrained parameters, or a random initialisation) and checkpointed."""
+  lm = lm or setup.LoadedModel(model, None, tokenizer, config.data.template)
+  info = model_info(config, workdir, kind, lm, splits)
+  if config.model[kind]:
+    logging.info('%s model: the fine-tuned checkpoint %s', kind, config.model[kind])
+    return setup.load_params(config, config.model[kind], model)
+  items = train_sets(splits, config)[kind]
+  return finetune.finetune(model, encode(tokenizer, items, config, lm.template),
+                           config.finetune, config.seed, info['directory'], info['settings'],
+                           name=f'finetune {kind}', init_params=lm.params,
+                           place=setup.placement(config))
+
+
+def _evenly(items, count):
+  """``count`` evenly spaced items (all of them when count is 0 or too large)."""
+  if not count or len(items) <= count:
+    return list(items)
+  stride = len(items) / count
+  return [items[int(i * stride)] for i in range(count)]
+
+
+def eval_splits(splits, config):
+  """Evaluation items; retain_eval (and, if asked, the utility sets) subsampled evenly."""
+  return {'forget': splits['forget'],
+          'retain': _evenly(splits['retain_eval'], config.eval.retain_items),
+          'real_authors': _evenly(splits['real_authors'], config.eval.utility_items),
+          'world_facts': _evenly(splits['world_facts'], config.eval.utility_items),
+          'holdout': splits.get('holdout', [])}
+
+
+def forget_ids(config, tokenizer, splits):
+  """The token ids masked at every answer position for ``forget_mask='author_names'``.
+
+  Every token of each forget author's name, encoded alone and after a space (a BPE
+  tokenizer encodes a name inside a sentence with its leading space); whitespace-only
+  tokens are left out. None for ``'answer_token'``.
+  """
+  if config.unlearn.forget_mask == 'answer_token':
+    return None
+  ids = set()
+  for name in sorted({item['author'] for item in splits['forget']}):
+    ids.update(tokenizer.encode(name))
+    ids.update(tokenizer.encode(' ' + name))
+  return tuple(sorted(i for i in ids if tokenizer.decode([i]).strip()))

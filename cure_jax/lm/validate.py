@@ -1,0 +1,113 @@
+"""Start-up checks of an LM config (its defaults: ``config.py``): every bad value is one
+line before a model loads or a step is compiled."""
+from cure_jax.infra import plan
+from cure_jax.infra.validation import (ConfigError, check_method_hparams, fraction_closed_open,
+                                       known_method, nonnegative, nonnegative_int, positive,
+                                       positive_int, _check, _checks, _choice, _fail)
+from cure_jax.lm import chat, unlearn
+from cure_jax.models import DTYPES
+from cure_jax.unlearning import hparams
+
+MODES = ('train_original', 'train_retrain', 'unlearn', 'reproduce')
+SHARDINGS = ('replicated', 'fsdp')
+FORGET_MASKS = ('answer_token', 'author_names')
+_MODEL_RULES = {'num_layers': positive_int, 'd_model': positive_int, 'num_heads': positive_int,
+                'num_kv_heads': positive_int, 'd_ff': positive_int, 'max_len': positive_int,
+                'rope_base': positive, 'norm_eps': positive}
+
+
+def _check_model(config):
+  m = config.model
+  _checks(m, 'config.model', _MODEL_RULES)
+  if m.d_model % m.num_heads:
+    _fail('config.model.d_model', m.d_model, f'use a multiple of config.model.num_heads='
+                                              f'{m.num_heads}')
+  if m.num_heads % m.num_kv_heads:
+    _fail('config.model.num_kv_heads', m.num_kv_heads,
+          f'use a divisor of config.model.num_heads={m.num_heads}')
+  _choice('config.model.dtype', m.dtype, DTYPES)
+  _choice('config.model.sharding', m.sharding, SHARDINGS)
+
+
+def _check_data(config):
+  d = config.data
+  pretrained = config.model.pretrained or config.model.original or config.model.retrain
+  if d.template == 'chat' and not pretrained:
+    raise ConfigError("config.data.template='chat' needs a checkpoint's chat format: set "
+                      'config.model.pretrained, or give a str.format template with {question}.')
+  if d.template != 'chat' and '{question}' not in d.template:
+    raise ConfigError(f'config.data.template={d.template!r} has no {{question}} field; '
+                      "write one, or use 'chat'.")
+  _choice('config.data.source', d.source, ('authors', 'tofu'))
+  if d.source == 'tofu' and not d.data_dir:
+    _fail('config.data.data_dir', d.data_dir,
+          "config.data.source='tofu' needs a local copy of locuslab/TOFU")
+  _checks(d, 'config.data', {'num_authors': positive_int, 'qa_per_author': positive_int,
+                             'forget_pct': positive})
+  if d.chat_template and d.chat_template not in chat.TEMPLATE_NAMES:
+    _fail('config.data.chat_template', d.chat_template,
+          f"use one of {list(chat.TEMPLATE_NAMES)} or '' (the checkpoint's own)")
+  if pretrained and d.train_utility_sets:
+    raise ConfigError('config.data.train_utility_sets=True puts the utility sets (real authors, '
+                      'world facts) into the fine-tuning data of a pretrained model, whose '
+                      'utility must come from its own knowledge (TOFU); set it False.')
+  if d.source != 'authors' and config.unlearn.forget_mask == 'author_names':
+    raise ConfigError("config.unlearn.forget_mask='author_names' needs the authors' names, "
+                      f'which config.data.source={d.source!r} does not give (TOFU\'s files do '
+                      "not name authors); use 'answer_token'.")
+
+
+def _check_finetune(config, num_devices):
+  f = config.finetune
+  _checks(f, 'config.finetune', {'lr': positive, 'epochs': positive_int,
+                                 'warmup_fraction': fraction_closed_open,
+                                 'weight_decay': nonnegative, 'grad_clip': positive,
+                                 'log_every': positive_int, 'checkpoint_every': positive_int,
+                                 'grad_accum': positive_int})
+  _check('config.finetune.batch_size', f.batch_size, positive_int)
+  if f.batch_size % f.grad_accum or (num_devices and (f.batch_size // f.grad_accum)
+                                     % num_devices):
+    _fail('config.finetune.batch_size', f.batch_size,
+          f'use a multiple of grad_accum × devices ({f.grad_accum} × {num_devices})')
+
+
+def _check_unlearn(config):
+  u = config.unlearn
+  _checks(u, 'config.unlearn', {'epochs': positive_int, 'batch_size': positive_int,
+                                'warmup_fraction': fraction_closed_open,
+                                'weight_decay': nonnegative, 'log_every': positive_int,
+                                'grad_accum': positive_int})
+  check_method_hparams(u, 'config.unlearn')
+  _choice('config.unlearn.optimizer', u.optimizer, ('adamw', 'sgd'))
+  _choice('config.unlearn.forget_mask', u.forget_mask, FORGET_MASKS)
+  entries = [('config.unlearn.method', u.method, {})]
+  for spec in config.reproduce.runs:
+    field = f'config.reproduce.runs entry {spec!r}'
+    try:
+      name, settings = plan.parse_spec(spec)
+    except ValueError as e:
+      raise ConfigError(f'{field}: {e}') from None
+    entries.append((field, name, settings))
+  for field, name, settings in entries:
+    known_method(field, name)
+    try:
+      unlearn.get_method(name)
+    except ValueError as e:
+      raise ConfigError(f'{field}: {e}') from None
+    for key, value in settings.items():
+      allowed = hparams.problem(key, value)
+      if allowed:
+        _fail(f'{field}: {key}', value, allowed)
+
+
+def validate(config, num_devices):
+  _choice('config.mode', config.mode, MODES)
+  _check('config.seeds', config.seeds, positive_int)
+  _check_model(config)
+  _check_data(config)
+  _check_finetune(config, num_devices)
+  _check_unlearn(config)
+  _checks(config.eval, 'config.eval', {'batch_size': positive_int,
+                                       'retain_items': nonnegative_int,
+                                       'utility_items': nonnegative_int,
+                                       'num_samples': nonnegative_int})

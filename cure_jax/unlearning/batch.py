@@ -1,0 +1,81 @@
+"""What a method's direction reads: a :class:`Batch` per data stream and the step's inputs.
+
+A batch is the same for every model. ``inputs`` is what ``apply`` takes (images, token ids);
+``label`` is one class per example (a classifier) or the token ids themselves (a causal
+LM, whose targets are the next tokens); ``weights`` is None for a classifier and the answer
+mask ``BxL`` for an LM. :func:`view` gives every loss the same per-position frame, so one
+method definition serves both.
+"""
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from cure_jax.unlearning import losses
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+  """A forget or retain batch; ``teacher_logits`` come from the frozen original model."""
+  inputs: jax.Array
+  label: jax.Array
+  teacher_logits: Optional[jax.Array] = None
+  # bool, broadcastable to the logits view: [B, K] for a classifier, [B, T, V] for an LM.
+  forget_mask: Optional[jax.Array] = None
+  target: Optional[jax.Array] = None        # AGE's fixed target labels
+  weights: Optional[jax.Array] = None       # an LM's answer mask [B, L]; None: a classifier
+
+
+jax.tree_util.register_dataclass(
+    Batch, data_fields=['inputs', 'label', 'teacher_logits', 'forget_mask', 'target',
+                        'weights'], meta_fields=[])
+
+
+@dataclasses.dataclass(frozen=True)
+class StepInputs:
+  apply: Callable       # (params, inputs) -> logits, deterministic (BatchNorm frozen)
+  params: Any
+  forget: Batch
+  retain: Optional[Batch]
+  rng: jax.Array
+  hp: Any               # the method's hyperparameters (attribute access)
+  mesh: Any = None      # the device mesh the step runs on, if any
+  step: Any = 0         # int32 scalar: 0-based index of this unlearning step
+  aux: Any = None       # what the method's ``prepare`` returned for this run, if any
+
+
+def view(logits, batch):
+  """``(logits, targets, weights)`` per position: a classifier's as they are (weights
+  None); an LM's shifted one token (logit t predicts token t+1) with the answer mask."""
+  if batch.weights is None:
+    return logits, batch.label, None
+  return losses.next_token_view(logits, batch.label, batch.weights)
+
+
+def teacher_view(batch):
+  """The teacher's logits in the frame of :func:`view` (held constant)."""
+  t = jax.lax.stop_gradient(batch.teacher_logits)
+  return t if batch.weights is None else t[:, :-1]
+
+
+def per_example(values, weights):
+  """Per-position values reduced to one per sequence (answer-token mean); a classifier's
+  (weights None) stay as they are."""
+  return values if weights is None else losses.sequence_mean(values, weights)
+
+
+def per_example_sum(values, weights):
+  """Like :func:`per_example`, summed over the answer tokens (NPO's sequence log-probs)."""
+  return values if weights is None else losses.sequence_sum(values, weights)
+
+
+def nll(logits, batch):
+  """Per-example NLL of the batch's own targets (CE of a classifier, answer NLL of an LM)."""
+  logits, targets, weights = view(logits, batch)
+  return per_example(losses.cross_entropy(logits, targets), weights)
+
+
+def retain_loss(inputs, params):
+  """Mean NLL of the retain batch: the descent term every ``*_descent`` method adds."""
+  return jnp.mean(nll(inputs.apply(params, inputs.retain.inputs), inputs.retain))

@@ -1,0 +1,101 @@
+"""The one method registry: image-classification and LM unlearning methods alike.
+
+A method is an update *direction* computed from a
+:class:`~cure_jax.unlearning.batch.StepInputs` (the model's pure ``apply``, the current
+parameters, a forget batch with the frozen teacher's logits, an optional retain batch, a
+PRNG key, the hyperparameters, the 0-based step index and the method's ``aux``); the step
+builder (:mod:`cure_jax.unlearning.step`) hands it to the optimizer. A method with a
+``prepare`` gets it called once per run, before the first step, on the whole forget set
+(SalUn's saliency mask, SCRUB's frozen teacher); what it returns comes back as ``aux``.
+Losses work on logits in the batch's view, so one entry serves a ResNet and a causal LM.
+
+Names: ``<method>`` uses forget data only; ``<method>_descent`` adds ``retain_weight`` ×
+the retain NLL (what LM papers call GradDiff is ``gradasc_descent``; NPO, SimNPO, UNDIAL,
+GHR, GSR and GROGU "with a retain term" are their ``_descent`` entries).
+"""
+import dataclasses
+from typing import Any, Callable, Optional
+
+from cure_jax.unlearning import directions, objectives, peers
+from cure_jax.unlearning.batch import Batch, StepInputs  # noqa: F401  (re-exported)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  direction: Callable[[StepInputs], Any]   # -> (loss value, direction pytree)
+  uses_forget: bool = True
+  uses_retain: bool = False
+  needs_teacher: bool = False
+  needs_target: bool = False                # AGE's target classes
+  # Draws or targets whole classes, or reads class labels: a classifier's method only.
+  classifier_only: bool = False
+  defaults: tuple = ()                      # hyperparameters fixed by the method's name
+  prepare: Optional[Callable] = None        # (apply, params, forget, rng, hp) -> aux, once
+  own_hparams: tuple = ()                   # the method's own hyperparameters (run labels)
+  # The results table the method belongs to: 'forget' (forget data only) or 'retain' (with
+  # retain data); None = 'retain' exactly when it trains on retain data.
+  setting: Optional[str] = None
+
+  def __post_init__(self):
+    if self.setting is None:
+      object.__setattr__(self, 'setting', 'retain' if self.uses_retain else 'forget')
+
+
+def _loss_method(loss, with_retain=False, **kwargs):
+  return Method(directions.loss_direction(loss, with_retain), uses_retain=with_retain, **kwargs)
+
+
+def _pair(name, loss, **kwargs):
+  """``name`` (forget data only) and ``name_descent`` (with the retain term)."""
+  return {name: _loss_method(loss, **kwargs),
+          f'{name}_descent': _loss_method(loss, True, **kwargs)}
+
+
+_GROGU = ('temperature', 'w_h', 'w_s')
+_T1 = (('temperature', 1.0),)
+_SALUN = ('salun_fraction', 'salun_weight_decay')
+_LUR = ('lur_alpha', 'lur_w_r', 'lur_w_f')
+_SIMNPO = ('simnpo_beta', 'simnpo_delta', 'simnpo_gamma')
+
+REGISTRY = {
+    **_pair('gradasc', objectives.gradasc),
+    **_pair('randlabel', objectives.randlabel, classifier_only=True),
+    # The paper lists Finetune with the forget-data-only methods (it sees no forget data).
+    'finetune': Method(directions.loss_direction(None, True), uses_forget=False,
+                       uses_retain=True, setting='forget'),
+    **_pair('age', objectives.age, needs_target=True, classifier_only=True),
+    **_pair('undial', objectives.undial, needs_teacher=True, own_hparams=('undial_strength',)),
+    **_pair('ghr', objectives.ghr, needs_teacher=True),
+    **_pair('gsr', objectives.gsr, needs_teacher=True, own_hparams=('temperature',)),
+    **_pair('delete', objectives.delete, needs_teacher=True),
+    **_pair('npo', objectives.npo, needs_teacher=True, own_hparams=('npo_beta',)),
+    **_pair('simnpo', objectives.simnpo, own_hparams=_SIMNPO),
+    'grogu': Method(directions.grogu_direction(False), needs_teacher=True, own_hparams=_GROGU),
+    'grogu_t1': Method(directions.grogu_direction(False), needs_teacher=True, defaults=_T1,
+                       own_hparams=_GROGU),
+    'grogu_descent': Method(directions.grogu_direction(True), uses_retain=True,
+                            needs_teacher=True, own_hparams=_GROGU),
+    'grogu_t1_descent': Method(directions.grogu_direction(True), uses_retain=True,
+                               needs_teacher=True, defaults=_T1, own_hparams=_GROGU),
+    'gradrest_descent': Method(directions.gradrest_direction, uses_retain=True),
+    'salun': Method(peers.salun_direction(False), prepare=peers.salun_prepare,
+                    classifier_only=True, own_hparams=_SALUN),
+    'salun_descent': Method(peers.salun_direction(True), uses_retain=True,
+                            prepare=peers.salun_prepare, classifier_only=True,
+                            own_hparams=_SALUN),
+    'scrub': Method(peers.scrub_direction, uses_retain=True, needs_teacher=True,
+                    prepare=peers.scrub_prepare, classifier_only=True,
+                    own_hparams=('scrub_alpha', 'scrub_gamma', 'scrub_temperature',
+                                 'scrub_max_steps')),
+    'lur': Method(directions.lur_direction(objectives.gradasc), uses_retain=True,
+                  own_hparams=_LUR),
+    'lur_randlabel': Method(directions.lur_direction(objectives.randlabel), uses_retain=True,
+                            classifier_only=True, own_hparams=_LUR),
+}
+
+
+def get(name):
+  if name not in REGISTRY:
+    raise ValueError(f'Unknown unlearning method {name!r}; choose one of {sorted(REGISTRY)} '
+                     '(config.unlearn.method).')
+  return REGISTRY[name]
