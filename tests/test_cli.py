@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-from cure_jax.classification import experiment
 from cure_jax.infra import validation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

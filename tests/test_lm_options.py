@@ -171,7 +171,6 @@ def test_fsdp_placement_fine_tunes_and_unlearns_like_replicated(tmp_path):
   """config.model.sharding='fsdp' shards parameters and AdamW state over the tests' 4 CPU
   devices; the fine-tuned and unlearned parameters equal the replicated run's."""
   from cure_jax.data import authors, tofu  # pylint: disable=g-import-not-at-top
-  from cure_jax.lm import setup  # pylint: disable=g-import-not-at-top
   config = lm_config.get_config('smoke')
   config.model.update(num_layers=1, d_model=64, d_ff=256, num_heads=2, num_kv_heads=1)
   config.finetune.update(epochs=1, batch_size=4, log_every=100)

@@ -8,7 +8,7 @@ import stat
 import numpy as np
 import pytest
 
-from cure_jax.classification import evaluate, experiment, protocol, report, tables
+from cure_jax.classification import evaluate, experiment, protocol, tables
 from cure_jax.infra import files
 from tests import helpers
 

@@ -3,7 +3,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cure_jax.classification import compiled_runs, evaluate, experiment
+from cure_jax.classification import compiled_runs, evaluate
 from cure_jax.infra import plan, sharding, validation
 from cure_jax.unlearning import methods, objectives
 from cure_jax.data import views

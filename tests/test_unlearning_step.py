@@ -292,7 +292,7 @@ def test_grogu_per_token_rule_fast_equals_vmap_and_sequence_reference(name):
   if name == 'grogu':   # reference: per-sequence GHR / GSR gradients projected by hand
     mask = (batch['labels'] == 3)[..., None] & (np.arange(11) == 3)
     teacher = apply_fn(params, tokens)
-    hp = user_step.resolve_hparams(name, {'lr': 1.0})
+    hp = user_step.resolve_hparams(methods.get(name), {'lr': 1.0})
 
     def seq_grad(loss_fn, j):
       def f(p):

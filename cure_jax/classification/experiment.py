@@ -1,8 +1,8 @@
 """Class unlearning experiments: the modes of ``experiments.main`` for image datasets.
 
 ``reproduce`` (and ``unlearn``, one method) runs the paper's protocol
-(:mod:`cure_jax.classification.protocol`) and writes results.json / results.md / plots; ``tune`` grid-searches each method on the
-validation split; ``train_original`` / ``train_retrain`` only train (or reuse) the models.
+(:mod:`cure_jax.classification.protocol`) and writes results.json / results.md / plots;
+``tune`` grid-searches each method on the validation split; ``train_original`` / ``train_retrain`` only train (or reuse) the models.
 Sweeps are resumable: finished runs are logged in ``WORKDIR/runs.jsonl`` (``tune.jsonl``).
 """
 import dataclasses

@@ -1,7 +1,7 @@
 """results.json, results.md (the paper's table layouts) and the per-scenario plots.
 
-Files are written atomically (:mod:`cure_jax.infra.files`). results.json is strict JSON: an undefined metric is null,
-and its row says why (``status`` / ``note``).
+Files are written atomically (:mod:`cure_jax.infra.files`). results.json is strict JSON:
+an undefined metric is null, and its row says why (``status`` / ``note``).
 """
 import os
 

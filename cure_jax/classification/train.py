@@ -64,7 +64,8 @@ def make_train_step(model, cfg, mesh):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     lr = learning_rate(cfg, state.step, total_steps)
     updates = jax.tree.map(lambda u: lr * u, updates)
-    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+    new_state = state.replace(step=state.step + 1,
+                              params=optax.apply_updates(state.params, updates),
                               batch_stats=batch_stats, opt_state=opt_state)
     accuracy = (logits.argmax(-1) == batch['label']).mean()
     return new_state, {'loss': loss, 'accuracy': accuracy}

@@ -5,8 +5,7 @@ from cure_jax.infra.validation import (ConfigError, check_batch, check_method_hp
                                        fraction_closed, fraction_closed_open,
                                        fraction_open_closed, known_method, nonnegative,
                                        nonnegative_int, parse_classes, positive, positive_int,
-                                       _check, _checks,
-                                       _choice, _fail)
+                                       _check, _checks, _choice, _fail)
 from cure_jax.models import ARCHITECTURES, DTYPES
 
 MODES = ('train_original', 'train_retrain', 'unlearn', 'reproduce', 'tune')

@@ -3,8 +3,6 @@ import json
 import os
 import tempfile
 
-import numpy as np
-
 
 def _umask():
   mask = os.umask(0)

@@ -87,10 +87,10 @@ def parse_spec(spec):
   return name, overrides
 
 
-def effective_hparams(unlearn_cfg, name, settings, cli_keys, settings_typed):
-  """Every effective ``config.unlearn`` value of method ``name`` with its own ``settings``
-  (``settings_typed(key)``: whether that setting was given on the command line)."""
-  method = methods.get(name)
+def effective_hparams(unlearn_cfg, name, method, settings, cli_keys, settings_typed):
+  """Every effective ``config.unlearn`` value of registry ``method`` (named ``name``) with
+  its own ``settings`` (``settings_typed(key)``: whether that setting was given on the
+  command line)."""
   hp = unlearn_cfg.to_dict()
   hp.pop('overrides', None)
   for key, value in settings.items():
@@ -133,8 +133,9 @@ def runs(config, cli_keys=frozenset(), entries=None):
   ``entries``: plan these instead (method names; for an LM, run specs)."""
   out, seen = [], set()
   for name, settings, typed in _entries(config, frozenset(cli_keys), entries):
-    run = Run(name, methods.get(name),
-              effective_hparams(config.unlearn, name, settings, cli_keys, typed))
+    method = methods.get(name)
+    run = Run(name, method,
+              effective_hparams(config.unlearn, name, method, settings, cli_keys, typed))
     ident = (name, fingerprint.digest(run.record))
     if ident in seen:
       logging.warning('%s %s: the same effective settings as an earlier run; run once',

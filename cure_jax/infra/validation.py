@@ -13,7 +13,6 @@ from cure_jax.infra import tasks
 from cure_jax.unlearning import hparams
 
 
-
 class ConfigError(ValueError):
   """A bad config value or command-line flag (experiments.main prints it as one line)."""
 

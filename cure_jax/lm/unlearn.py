@@ -24,6 +24,7 @@ from cure_jax.infra import progress, sharding, train_state
 from cure_jax.unlearning import hparams as hparams_lib, losses, methods, step as step_lib
 from cure_jax.unlearning.batch import Batch
 
+
 def get_method(name):
   """The registry entry ``name``, refused with one line when it only fits a classifier."""
   method = methods.get(name)

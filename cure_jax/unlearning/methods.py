@@ -17,7 +17,7 @@ import dataclasses
 from typing import Any, Callable, Optional
 
 from cure_jax.unlearning import directions, objectives, peers
-from cure_jax.unlearning.batch import Batch, StepInputs  # noqa: F401  (re-exported)
+from cure_jax.unlearning.batch import StepInputs
 
 
 @dataclasses.dataclass(frozen=True)

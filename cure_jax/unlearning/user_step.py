@@ -26,10 +26,9 @@ from cure_jax.unlearning import hparams as hparams_lib, methods, objectives, ste
 from cure_jax.unlearning.batch import Batch
 
 
-def resolve_hparams(name, hparams):
+def resolve_hparams(method, hparams):
   """:data:`~cure_jax.unlearning.hparams.DEFAULTS`, updated by ``hparams`` (each value
-  checked as the command line checks it), then the values the method's name fixes."""
-  method = methods.get(name)
+  checked as the command line checks it), then the values ``method``'s name fixes."""
   hp = dict(hparams_lib.DEFAULTS)
   given = dict(hparams.to_dict() if isinstance(hparams, ml_collections.ConfigDict)
                else (hparams or {}))
@@ -53,7 +52,7 @@ def _as_batch(batch, what):
     return Batch(inputs=batch[0], label=batch[1]), None
   if isinstance(batch, dict) and 'inputs' in batch and 'labels' in batch:
     return Batch(inputs=batch['inputs'], label=batch['labels'],
-                         teacher_logits=batch.get('teacher_logits')), batch
+                 teacher_logits=batch.get('teacher_logits')), batch
   raise ValueError(f"{what}: expected a dict with 'inputs' and 'labels' or an "
                    f'(inputs, labels) pair, got {type(batch).__name__}.')
 
@@ -64,7 +63,7 @@ class UnlearningStep:
   def __init__(self, apply_fn, name, teacher, forget_mask, hparams, optimizer, mesh):
     self.apply_fn, self.name, self.mesh = apply_fn, name, mesh
     self.method = methods.get(name)
-    self.hparams = resolve_hparams(name, hparams)
+    self.hparams = resolve_hparams(self.method, hparams)
     self.static, self._dyn = hparams_lib.split(self.hparams)
     self.tx, self._update = step_lib.build_update(self.method, self.static, optimizer)
     self._teacher = teacher
@@ -124,7 +123,7 @@ class UnlearningStep:
     teacher = self._teacher_logits(state, batch.inputs, batch_dict)
     mask = self._mask(batch_dict, batch, teacher.shape)
     return Batch(inputs=batch.inputs, label=batch.label, teacher_logits=teacher,
-                         forget_mask=mask)
+                 forget_mask=mask)
 
   # ---- public API ---------------------------------------------------------------------------
 
