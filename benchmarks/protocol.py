@@ -59,7 +59,8 @@ def method_table(rows):
 
 def main(argv):
   del argv
-  from cure_jax.classification import experiment, protocol
+  from cure_jax.classification import protocol
+  from cure_jax.infra import entry
   captured = {}
   real = protocol.make_study
 
@@ -69,7 +70,7 @@ def main(argv):
   protocol.make_study = keep
   load_before = os.getloadavg()
   start, cpu0 = time.perf_counter(), os.times()
-  rows = experiment.run(_CONFIG.value, _WORKDIR.value)
+  rows = entry.run(_CONFIG.value, _WORKDIR.value)
   wall = time.perf_counter() - start
   cpu1 = os.times()
   cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)

@@ -2,7 +2,7 @@ r"""LLM concept unlearning on fictitious authors (TOFU protocol) with a small by
 
 Command (fine-tune original + retrain, every method x 2 seeds):
   python -m experiments.main --config=configs/authors.py --config.mode=reproduce --workdir=DIR
-Runtime: about 6 min on a 2-core CPU; a second run reuses the checkpoints in DIR/checkpoints.
+Runtime: about 6 min on a 2-core CPU; a second run reuses the checkpoints in DIR/models.
 Results: DIR/results.md and DIR/results.json (Table 2's layout), sample answers in
 DIR/generations.json.
 

@@ -12,7 +12,7 @@ Command:
   python -m experiments.main --config=configs/authors_smollm2.py --workdir=DIR
 Variants: ``:names`` (the paper's forget mask: the forget author's name tokens at every
 answer position, instead of each answer token's own id; on the full job's fine-tuned
-models: ``--config=configs/authors_smollm2.py:names --config.model_cache=DIR/checkpoints
+models: ``--config=configs/authors_smollm2.py:names --config.model_cache=DIR/models
 --workdir=DIR2``); ``:smoke`` (4 questions per author, 1 step per model, GROGU only; the
 tests run it on a tiny random Llama checkpoint in the Hugging Face layout, same code path).
 Runtime: about 18 min, peak RSS 11 GB on a 2-core CPU (``:names`` on the cached models: 9 min).

@@ -111,34 +111,40 @@ def _check_splits(splits, train, test, num_classes, split_seed):
   np.testing.assert_array_equal(again[0].indices, val_idx)
 
 
-@pytest.mark.parametrize('extracted', [False, True])
-def test_cifar10_python_format_round_trips(tmp_path, extracted):
-  files, train, test = _cifar10_python_files(np.random.default_rng(0))
+def _place(root, folder, files, extracted, tar_name):
+  """The files as the extracted ``folder`` or inside the tarball ``tar_name``."""
   if extracted:
-    (tmp_path / 'cifar-10-batches-py').mkdir()
+    (root / folder).mkdir()
     for name, raw in files.items():
-      (tmp_path / 'cifar-10-batches-py' / name).write_bytes(raw)
+      (root / folder / name).write_bytes(raw)
   else:
-    _write_tar(tmp_path / 'cifar-10-python.tar.gz', 'cifar-10-batches-py', files)
-  splits = cifar.load_cifar('cifar10', str(tmp_path), split_seed=3)
-  _check_splits(splits, train, test, 10, split_seed=3)
-  assert splits.class_names == tuple(f'class{k}' for k in range(10))
-  assert splits.mean == (0.4914, 0.4822, 0.4465) and splits.std == (0.2470, 0.2435, 0.2616)
+    _write_tar(root / tar_name, folder, files)
+
+
+# (dataset, fabricate, rng seed, folder, tarball, split seed, first class names, mean, std);
+# cifar100 reads the binary format's fine labels.
+FORMATS = [
+    ('cifar10', lambda rng: _cifar10_python_files(rng), 0, 'cifar-10-batches-py',
+     'cifar-10-python.tar.gz', 3, ('class0', 'class1'), (0.4914, 0.4822, 0.4465),
+     (0.2470, 0.2435, 0.2616)),
+    ('cifar100', lambda rng: _cifar100_binary_files(rng), 1, 'cifar-100-binary',
+     'cifar-100-binary.tar.gz', 0, ('fine0', 'fine1'), None, (0.2673, 0.2564, 0.2762)),
+]
 
 
 @pytest.mark.parametrize('extracted', [False, True])
-def test_cifar100_binary_format_uses_fine_labels(tmp_path, extracted):
-  files, train, test = _cifar100_binary_files(np.random.default_rng(1))
-  if extracted:
-    (tmp_path / 'cifar-100-binary').mkdir()
-    for name, raw in files.items():
-      (tmp_path / 'cifar-100-binary' / name).write_bytes(raw)
-  else:
-    _write_tar(tmp_path / 'cifar-100-binary.tar.gz', 'cifar-100-binary', files)
-  splits = cifar.load_cifar('cifar100', str(tmp_path), split_seed=0)
-  _check_splits(splits, train, test, 100, split_seed=0)
-  assert splits.class_names[:2] == ('fine0', 'fine1') and len(splits.class_names) == 100
-  assert splits.std == (0.2673, 0.2564, 0.2762)
+@pytest.mark.parametrize('name,fabricate,rng_seed,folder,tar_name,split_seed,first,mean,std',
+                         FORMATS)
+def test_cifar_formats_round_trip(tmp_path, extracted, name, fabricate, rng_seed, folder,
+                                  tar_name, split_seed, first, mean, std):
+  files, train, test = fabricate(np.random.default_rng(rng_seed))
+  _place(tmp_path, folder, files, extracted, tar_name)
+  splits = cifar.load_cifar(name, str(tmp_path), split_seed=split_seed)
+  num_classes = 10 if name == 'cifar10' else 100
+  _check_splits(splits, train, test, num_classes, split_seed=split_seed)
+  assert splits.class_names[:2] == first and len(splits.class_names) == num_classes
+  assert mean is None or splits.mean == mean
+  assert splits.std == std
 
 
 def test_python_and_binary_flavours_agree(tmp_path):

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from cure_jax.lm import config as lm_config
-from cure_jax.infra import plan
+from cure_jax.infra import entry, plan
 from cure_jax.lm import finetune, report, run
 
 RUNS = ('gradasc', 'grogu_descent:T=5,w=10')
@@ -49,13 +49,13 @@ def _timeless(rows):
 
 
 def _models(workdir):
-  return sorted(p.name for p in (workdir / 'checkpoints').iterdir())
+  return sorted(p.name for p in (workdir / 'models').iterdir())
 
 
 @pytest.fixture(scope='module')
 def first(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('lm_cache')
-  return workdir, run.run(_smoke(), str(workdir))
+  return workdir, entry.run(_smoke(), str(workdir))
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def test_rows_record_models_and_hparams_in_strict_json(first):
 def test_same_settings_reuse_models_and_finished_runs(first, copy, monkeypatch, capsys):
   _no_fine_tuning(monkeypatch)
   calls = _unlearning_calls(monkeypatch)
-  rows = run.run(_smoke(), str(copy))
+  rows = entry.run(_smoke(), str(copy))
   assert calls == [] and _models(copy) == _models(first[0])
   assert rows == [first[1][0] | {'seconds': rows[0]['seconds']},
                   first[1][1] | {'seconds': rows[1]['seconds']}] + first[1][2:]
@@ -111,7 +111,7 @@ def test_killed_sweep_resumes_to_the_same_rows(first, copy, monkeypatch, cut):
   path.write_text(''.join(kept))
   _no_fine_tuning(monkeypatch)
   calls = _unlearning_calls(monkeypatch)
-  rows = run.run(_smoke(), str(copy))
+  rows = entry.run(_smoke(), str(copy))
   assert calls == ['grogu_descent']
   assert _timeless(rows) == _timeless(first[1])
   assert _timeless(_strict((copy / 'results.json').read_text())['rows']) == _timeless(first[1])
@@ -122,7 +122,7 @@ def test_killed_sweep_resumes_to_the_same_rows(first, copy, monkeypatch, cut):
 def test_changed_config_starts_the_sweep_afresh_with_the_same_models(copy, monkeypatch):
   _no_fine_tuning(monkeypatch)  # evaluation settings do not change the fine-tuned models
   calls = _unlearning_calls(monkeypatch)
-  rows = run.run(_smoke(**{'eval.retain_items': 3, 'reproduce.runs': ('gradasc',)}), str(copy))
+  rows = entry.run(_smoke(**{'eval.retain_items': 3, 'reproduce.runs': ('gradasc',)}), str(copy))
   assert calls == ['gradasc']
   assert os.path.exists(copy / 'runs.jsonl.stale')
   assert [r['method'] for r in rows] == ['original', 'retrain', 'gradasc']
@@ -132,18 +132,18 @@ def test_cosmetic_settings_reuse_the_model(first, copy, monkeypatch):
   _no_fine_tuning(monkeypatch)
   config = _smoke(**{'mode': 'train_original', 'finetune.log_every': 1,
                      'finetune.checkpoint_every': 1, 'eval.batch_size': 8})
-  assert run.run(config, str(copy)) is None
+  assert entry.run(config, str(copy)) is None
   assert _models(copy) == _models(first[0])
 
 
 def test_changed_lr_trains_a_new_model_beside_the_old(first, copy):
   [old] = [m for m in _models(copy) if m.startswith('original-')]
-  before = (copy / 'checkpoints' / old / 'settings.json').read_text()
-  assert run.run(_smoke(**{'mode': 'train_original', 'finetune.lr': 1e-3}), str(copy)) is None
+  before = (copy / 'models' / old / 'model.json').read_text()
+  assert entry.run(_smoke(**{'mode': 'train_original', 'finetune.lr': 1e-3}), str(copy)) is None
   new = [m for m in _models(copy) if m.startswith('original-') and m != old]
   assert len(new) == 1 and len(_models(copy)) == 3
-  assert (copy / 'checkpoints' / old / 'settings.json').read_text() == before
-  settings = [json.loads((copy / 'checkpoints' / m / 'settings.json').read_text())
+  assert (copy / 'models' / old / 'model.json').read_text() == before
+  settings = [json.loads((copy / 'models' / m / 'model.json').read_text())['settings']
               for m in (old, new[0])]
   assert settings[1]['finetune'].pop('lr') == 1e-3 and settings[0]['finetune'].pop('lr') != 1e-3
   assert settings[0] == settings[1]  # nothing else differs
@@ -188,10 +188,10 @@ def test_model_cache_shared_with_another_workdir(first, tmp_path, monkeypatch):
   through config.model_cache; its sweep starts afresh, the models do not."""
   _no_fine_tuning(monkeypatch)
   shared = tmp_path / 'cache'
-  shutil.copytree(first[0] / 'checkpoints', shared)
+  shutil.copytree(first[0] / 'models', shared)
   other = tmp_path / 'names'
-  rows = run.run(_smoke(**{'model_cache': str(shared), 'unlearn.forget_mask': 'author_names',
+  rows = entry.run(_smoke(**{'model_cache': str(shared), 'unlearn.forget_mask': 'author_names',
                            'reproduce.runs': ('ghr_descent',)}), str(other))
   assert [r['method'] for r in rows] == ['original', 'retrain', 'ghr_descent']
   assert rows[0]['model_fingerprint'] == first[1][0]['model_fingerprint']
-  assert not (other / 'checkpoints').exists()
+  assert not (other / 'models').exists()

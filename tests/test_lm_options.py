@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from cure_jax.infra import train_state
+from cure_jax.infra import sharding, train_state
 from cure_jax.lm import config as lm_config
 from cure_jax.infra import plan, validation
 from cure_jax.lm import evaluate, finetune, setup, study, unlearn
@@ -184,12 +184,12 @@ def test_fsdp_placement_fine_tunes_and_unlearns_like_replicated(tmp_path):
   results = {}
   for mode in ('replicated', 'fsdp'):
     config.model.sharding = mode
-    place = setup.placement(config)
     tuned = finetune.finetune(model, encoded, config.finetune, 0, str(tmp_path / mode), {},
-                              place=place)
+                              mode=mode)
     results[mode] = (tuned, unlearn.unlearn(apply_fn, tuned, encoded, encoded, hp,
-                                            'npo_descent', 0, place=place))
-  placed = setup.placement(config)(results['fsdp'][0], jax.sharding.Mesh(jax.devices(), ('data',)))
+                                            'npo_descent', 0, mode=mode))
+  mesh = sharding.make_mesh()
+  placed = sharding.put(results['fsdp'][0], sharding.shardings(results['fsdp'][0], mesh, 'fsdp'))
   assert any(leaf.sharding.spec != jax.sharding.PartitionSpec()
              for leaf in jax.tree.leaves(placed))  # something really is sharded
   for got, want in zip(jax.tree.leaves(results['fsdp']), jax.tree.leaves(results['replicated'])):

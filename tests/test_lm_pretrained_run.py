@@ -11,8 +11,8 @@ import pytest
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from cure_jax.infra import validation
-from cure_jax.lm import run, setup, study
+from cure_jax.infra import entry, validation
+from cure_jax.lm import setup, study
 from cure_jax.text.tokenizer import HFTokenizer
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
@@ -101,7 +101,7 @@ def authors_run(tiny_llama, tmp_path_factory):
   config.model.max_len = 160  # the tiny tokenizer spends a token per byte
   config.reproduce.runs = ('grogu_descent:T=5,w=0.5', 'npo_descent')
   workdir = tmp_path_factory.mktemp('smollm2_smoke')
-  return config, workdir, run.run(config, str(workdir))
+  return config, workdir, entry.run(config, str(workdir))
 
 
 def test_authors_smoke_on_a_pretrained_checkpoint(authors_run, tiny_llama):
@@ -116,8 +116,8 @@ def test_authors_smoke_on_a_pretrained_checkpoint(authors_run, tiny_llama):
   assert rows[1]['privleak'] == 0.0
   assert 'PrivLeak' in (workdir / 'results.md').read_text()
   # The fine-tuned model started from the checkpoint: its fingerprint names it.
-  [original] = (workdir / 'checkpoints').glob('original-*')
-  settings = json.loads((original / 'settings.json').read_text())
+  [original] = (workdir / 'models').glob('original-*')
+  settings = json.loads((original / 'model.json').read_text())['settings']
   assert settings['model']['pretrained'] == tiny_llama
   assert rows[0]['model_fingerprint']['original'] == original.name
 
@@ -171,15 +171,15 @@ def test_tofu_config_defaults_follow_open_unlearning():
   assert config.finetune.batch_size == 32 and config.finetune.grad_accum > 1
   assert config.eval.max_new_tokens == 200 and config.data.template == 'chat'
   with pytest.raises(ValueError, match='config.model.pretrained'):
-    run.run(config, '/nonexistent/never-written')
+    entry.run(config, '/nonexistent/never-written')
 
 
 def test_tofu_smoke_fine_tunes_then_unlearns(tiny_llama, tmp_path):
   config = _tofu_config(tiny_llama, write_tofu(str(tmp_path / 'tofu')))
-  rows = run.run(config, str(tmp_path / 'work'))
+  rows = entry.run(config, str(tmp_path / 'work'))
   assert [r['method'] for r in rows] == ['original', 'retrain', 'grogu_descent']
   assert all(np.isfinite(r['privleak']) for r in rows)
-  assert len(list((tmp_path / 'work' / 'checkpoints').glob('original-*'))) == 1
+  assert len(list((tmp_path / 'work' / 'models').glob('original-*'))) == 1
 
 
 def test_tofu_with_fine_tuned_checkpoints_skips_fine_tuning(tiny_llama, tmp_path):
@@ -188,8 +188,8 @@ def test_tofu_with_fine_tuned_checkpoints_skips_fine_tuning(tiny_llama, tmp_path
   config.model.pretrained = ''
   config.model.original, config.model.retrain = tiny_llama, retrain
   config.model.dtype = 'bfloat16'
-  rows = run.run(config, str(tmp_path / 'work'))
+  rows = entry.run(config, str(tmp_path / 'work'))
   assert [r['method'] for r in rows] == ['original', 'retrain', 'grogu_descent']
-  assert not os.path.exists(tmp_path / 'work' / 'checkpoints')
+  assert not os.path.exists(tmp_path / 'work' / 'models')
   # Different weights: the original is not scored like the retrain model.
   assert rows[0]['forget_prob'] != rows[1]['forget_prob']

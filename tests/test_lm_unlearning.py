@@ -14,8 +14,8 @@ import pytest
 
 from cure_jax.infra import train_state
 from cure_jax.lm import config as lm_config
-from cure_jax.infra import plan, sharding
-from cure_jax.lm import evaluate, finetune, report, run, setup, study, unlearn
+from cure_jax.infra import entry, plan, sharding
+from cure_jax.lm import evaluate, finetune, report, setup, study, unlearn
 from cure_jax.unlearning import hparams, losses, objectives
 from cure_jax.models.causal_lm import CausalLM, LMConfig
 from cure_jax.text.tokenizer import ByteTokenizer
@@ -275,16 +275,20 @@ def _smoke(**overrides):
 ])
 def test_bad_input_fails_before_writing(tmp_path, overrides, error, match):
   with pytest.raises(error, match=match):
-    run.run(_smoke(**overrides), str(tmp_path))
+    entry.run(_smoke(**overrides), str(tmp_path))
   assert not os.path.exists(tmp_path / 'results.json')
-  assert not os.path.exists(tmp_path / 'checkpoints')
+  assert not os.path.exists(tmp_path / 'models')
 
 
 @pytest.fixture(scope='module')
 def smoke_run(tmp_path_factory):
   """One smoke reproduce run (fine-tuning included) shared by the tests below."""
   workdir = tmp_path_factory.mktemp('lm_smoke')
-  return workdir, run.run(_smoke(), str(workdir))
+  return workdir, entry.run(_smoke(), str(workdir))
+
+
+def test_smoke_rows_equal_the_committed_pre_refactor_rows(smoke_run):
+  helpers.check_rows('lm', smoke_run[1])
 
 
 def test_smoke_reproduce_rows_and_files(smoke_run):
@@ -308,13 +312,13 @@ def test_smoke_reproduce_rows_and_files(smoke_run):
 
 def test_finetuned_checkpoint_is_reused(smoke_run):
   workdir, _ = smoke_run
-  [original] = (workdir / 'checkpoints').glob('original-*')
-  steps = sorted(os.listdir(original / 'state'))
-  mtime = os.path.getmtime(original / 'settings.json')
-  assert run.run(_smoke(mode='train_original'), str(workdir)) is None
-  assert os.path.getmtime(original / 'settings.json') == mtime
-  assert sorted(os.listdir(original / 'state')) == steps
-  assert len(list((workdir / 'checkpoints').iterdir())) == 2  # original and retrain only
+  [original] = (workdir / 'models').glob('original-*')
+  steps = sorted(os.listdir(original))
+  mtime = os.path.getmtime(original / 'model.json')
+  assert entry.run(_smoke(mode='train_original'), str(workdir)) is None
+  assert os.path.getmtime(original / 'model.json') == mtime
+  assert sorted(os.listdir(original)) == steps
+  assert len(list((workdir / 'models').iterdir())) == 2  # original and retrain only
 
 
 def _smoke_model(workdir):
@@ -373,7 +377,7 @@ def test_llm_notebook_runs_on_smoke_settings(smoke_run, tmp_path, monkeypatch):
   import nbformat  # pylint: disable=g-import-not-at-top
   from nbclient import NotebookClient  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / 'work'
-  shutil.copytree(smoke_run[0] / 'checkpoints', workdir / 'checkpoints')
+  shutil.copytree(smoke_run[0] / 'models', workdir / 'models')
   monkeypatch.setenv('CURE_JAX_SMOKE', '1')
   monkeypatch.setenv('CURE_JAX_WORKDIR', str(workdir))
   # The install cell must be a no-op here: an unreachable source would fail if it ran.

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cure_jax.classification import evaluate, experiment, protocol, tables
-from cure_jax.infra import files
+from cure_jax.infra import entry, files
 from tests import helpers
 
 TIMING = ('time_s', 'compile_s', 'time_ratio')
@@ -34,8 +34,12 @@ def _strip(rows):
 @pytest.fixture(scope='module')
 def first(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('first')
-  rows = experiment.run(tiny_config(), str(workdir))
+  rows = entry.run(tiny_config(), str(workdir))
   return workdir, rows
+
+
+def test_rows_equal_the_committed_pre_refactor_rows(first):
+  helpers.check_rows('classification', first[1])
 
 
 def test_rows_carry_the_protocol_fields(first):
@@ -68,7 +72,7 @@ def test_rows_carry_the_protocol_fields(first):
 def test_same_config_gives_identical_metrics(first, tmp_path):
   workdir, rows = first
   shutil.copytree(workdir / 'models', tmp_path / 'models')   # the model cache; no log
-  again = experiment.run(tiny_config(), str(tmp_path))
+  again = entry.run(tiny_config(), str(tmp_path))
   assert _strip(again) == _strip(rows)
 
 
@@ -84,11 +88,11 @@ def test_killed_sweep_resumes_to_the_uninterrupted_rows(first, tmp_path, monkeyp
     return real(*args, **kwargs)
   monkeypatch.setattr(protocol, 'run_unit', dies_after_three)
   with pytest.raises(KeyboardInterrupt):
-    experiment.run(tiny_config(), str(tmp_path))
+    entry.run(tiny_config(), str(tmp_path))
   assert not (tmp_path / 'results.json').exists()
   calls.clear()
   monkeypatch.setattr(protocol, 'run_unit', lambda *a, **k: (calls.append(a[1:3]), real(*a, **k))[1])
-  resumed = experiment.run(tiny_config(), str(tmp_path))
+  resumed = entry.run(tiny_config(), str(tmp_path))
   assert len(calls) == 8 - 3          # only the units the killed sweep had not finished
   assert _strip(resumed) == _strip(rows)
   # A changed config starts afresh: the old log is set aside.
@@ -96,7 +100,7 @@ def test_killed_sweep_resumes_to_the_uninterrupted_rows(first, tmp_path, monkeyp
   changed.unlearn.retain_weight = 0.5
   changed.reproduce.methods = ('ghr',)
   calls.clear()
-  experiment.run(changed, str(tmp_path))
+  entry.run(changed, str(tmp_path))
   assert len(calls) == 4 and (tmp_path / 'runs.jsonl.stale').exists()
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from cure_jax import models
 from cure_jax.classification import train
-from cure_jax.infra import checkpointing, progress, sharding, train_state
+from cure_jax.infra import checkpointing, progress, sharding, train_state, trainer
 from cure_jax.data import pipeline
 from cure_jax.data.digits import load_digits
 from tests import helpers
@@ -136,7 +136,7 @@ def test_changed_settings_train_a_new_model_beside_the_cached_one(tmp_path, data
   model, mesh = models.get_model('resnet8', 10), sharding.make_mesh()
   first = helpers.smoke_config()
   a = train.train_classifier(first, str(tmp_path), 'original', data, model, mesh, ())
-  info = train.model_info(train.checkpoint_dir(str(tmp_path), first, 'original'))
+  info = trainer.read_info(train.checkpoint_dir(str(tmp_path), first, 'original'))
   assert info['fingerprint'].startswith('original-') and info['train_s'] > 0
   other = helpers.smoke_config(lr=0.05)
   b = train.train_classifier(other, str(tmp_path), 'original', data, model, mesh, ())

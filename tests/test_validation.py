@@ -254,7 +254,7 @@ def test_cli_bad_input_is_one_line_and_exit_1(tmp_path, flags, fragment):
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr[-2000:]
   assert fragment in lines[0] and 'Traceback' not in result.stderr
-  assert not (tmp_path / 'run' / 'checkpoints').exists()
+  assert not (tmp_path / 'run' / 'models').exists()
 
 
 def test_cli_workdir_that_is_a_file(tmp_path):

@@ -14,11 +14,12 @@ import numpy as np
 from absl import logging
 
 from cure_jax.classification import protocol, report, tables
-from cure_jax.infra import files, fingerprint, plan, sweep_log, validation
+from cure_jax.infra import files, fingerprint, plan, sweep_log
 
 def _meta(config, study, cli_keys):
   meta = fingerprint.run_metadata(config)
-  infos = list(study.original_info) + [i for sc in study.scenarios for i in sc.retrain_info]
+  infos = [m.info for m in study.originals] + [m.info for sc in study.scenarios
+                                                for m in sc.retrain]
   meta['models'] = {i['fingerprint']: i['settings'] for i in infos if i}
   meta['cli_keys'] = sorted(cli_keys)
   meta['scenarios'] = [sc.label for sc in study.scenarios]
@@ -121,8 +122,8 @@ def train_only(config, workdir, kind):
   out = []
   for sc in study.scenarios:
     trained = study.originals if kind == 'original' else sc.retrain
-    for s, variables in zip(study.model_seeds, trained):
-      m = study.evaluator.evaluate(variables, sc.forget_classes)
+    for s, model in zip(study.model_seeds, trained):
+      m = study.evaluator.evaluate(model.variables, sc.forget_classes)
       out.append({'scenario': sc.label, 'model_seed': s,
                   **{k: m[k] for k in ('overall_acc', 'retain_acc', 'forget_acc')}})
     if kind == 'original':
@@ -133,8 +134,8 @@ def train_only(config, workdir, kind):
 
 def run(config, workdir, cli_keys=frozenset()):
   """Runs ``config.mode``. ``cli_keys``: dotted keys given on the command line (the
-  precedence rule of :mod:`cure_jax.infra.plan`)."""
-  validation.validate(config, workdir)
+  precedence rule of :mod:`cure_jax.infra.plan`). ``config`` has passed
+  :func:`cure_jax.infra.validation.validate` (:func:`cure_jax.infra.entry.run`)."""
   if config.mode in ('train_original', 'train_retrain'):
     return train_only(config, workdir, config.mode.split('_')[1])
   runs = plan.runs(config, cli_keys)

@@ -7,7 +7,9 @@ One :class:`Study` holds the data, the trained models and the evaluation sets of
 :mod:`cure_jax.classification.compiled_runs`, evaluates each run and appends its rows to the
 resumable log (:mod:`cure_jax.infra.sweep_log`).
 """
+import contextlib
 import dataclasses
+import functools
 import math
 import time
 from typing import Any
@@ -18,12 +20,8 @@ from absl import logging
 
 from cure_jax import models
 from cure_jax.classification import compiled_runs, evaluate, train
-from cure_jax.infra import console, fingerprint, plan, sharding
+from cure_jax.infra import console, fingerprint, plan, sharding, trainer
 from cure_jax.data import load_dataset, views
-
-
-def _phase(msg, *args):
-  (getattr(console, 'phase', None) or logging.info)(msg, *args)
 
 
 def json_safe(obj):
@@ -51,9 +49,40 @@ class Scenario:
   forget_y: Any
   mask_K: Any
   mia_sets: Any
-  retrain: list = dataclasses.field(default_factory=list)     # variables per model seed
-  retrain_info: list = dataclasses.field(default_factory=list)
+  retrain: list = dataclasses.field(default_factory=list)     # Trained per model seed
   references: list = dataclasses.field(default_factory=list)  # evaluator references
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+  """A trained model's variables and its ``model.json`` record (:mod:`cure_jax.infra.trainer`)."""
+  variables: Any
+  info: dict
+
+  @property
+  def fingerprint(self):
+    return self.info.get('fingerprint')
+
+  @property
+  def train_s(self):
+    """Training seconds without compilation; None when it was resumed (not comparable)."""
+    return self.info.get('train_s')
+
+
+class Timings(dict):
+  """Wall seconds by phase (load, train with its step's compile, compile of the unlearning
+  programs, unlearn, evaluate), added up as the study runs."""
+
+  def __init__(self):
+    super().__init__(dict.fromkeys(('load', 'train', 'compile', 'unlearn', 'evaluate'), 0.0))
+
+  @contextlib.contextmanager
+  def phase(self, name):
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self[name] += time.perf_counter() - start
 
 
 @dataclasses.dataclass
@@ -63,16 +92,13 @@ class Study:
   model: Any
   mesh: Any
   model_seeds: tuple
-  originals: list
-  original_info: list
+  originals: list            # Trained per model seed
   scenarios: list
   evaluator: Any
   programs: Any
   seed_parallel: bool
   n_runs: int                # runs per method and scenario
-  # Wall seconds by phase (train includes its step's compile; compile = unlearning programs).
-  timings: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(
-      ('load', 'train', 'compile', 'unlearn', 'evaluate'), 0.0))
+  timings: Timings
 
 
 def resolve_seed_parallel(value):
@@ -80,30 +106,33 @@ def resolve_seed_parallel(value):
   return jax.default_backend() != 'cpu' if value is None else bool(value)
 
 
+def _train(config, workdir, kind, data, model, mesh, classes, seed):
+  variables = train.train_classifier(config, workdir, kind, data, model, mesh, classes,
+                                     seed=seed)
+  return Trained(variables,
+                 trainer.read_info(train.checkpoint_dir(workdir, config, kind, classes, seed)))
+
+
 def make_study(config, workdir, split='test', kinds=('original', 'retrain'), n_runs=None):
   """Loads the data and trains (or reuses from the model cache) every model the sweep needs."""
-  t0 = time.perf_counter()
-  sharding.maybe_initialize_distributed(config.get('distributed', False))
-  data = load_dataset(config.data)
-  scen = plan.scenarios(config, data.num_classes)
+  timings = Timings()
+  with timings.phase('load'):
+    sharding.maybe_initialize_distributed(config.distributed)
+    data = load_dataset(config.data)
   seeds = plan.model_seeds(config)
   mesh = sharding.make_mesh()
   model = models.get_model(config.model.name, data.num_classes, config.model.dtype)
-  originals, original_info = [], []
-  timings = {'load': time.perf_counter() - t0, 'train': 0.0, 'evaluate': 0.0}
-  t0 = time.perf_counter()
+  trained = functools.partial(_train, config, workdir, data=data, model=model, mesh=mesh)
+  originals = []
   if 'original' in kinds:
     for s in seeds:
-      _phase('training original model (seed %d)', s)
-      originals.append(train.train_classifier(config, workdir, 'original', data, model, mesh,
-                                              (), seed=s))
-      original_info.append(train.model_info(train.checkpoint_dir(workdir, config, 'original',
-                                                                 (), s)))
-  timings['train'] += time.perf_counter() - t0
-  source = getattr(data, split)
-  evaluator = evaluate.Evaluator(model, data, source, mesh, config.train.eval_batch_size)
+      console.phase('training original model (seed %d)', s)
+      with timings.phase('train'):
+        originals.append(trained(kind='original', classes=(), seed=s))
+  evaluator = evaluate.Evaluator(model, data, getattr(data, split), mesh,
+                                 config.train.eval_batch_size)
   scenarios = []
-  for label, classes in scen:
+  for label, classes in plan.scenarios(config, data.num_classes):
     forget, retain = views.forget_retain(data.train, classes)
     fx, fy = evaluate.materialize(forget)
     size = int(np.sum(~np.isin(evaluator.y, classes)))  # |non-members| (SalUn's |test|)
@@ -112,48 +141,34 @@ def make_study(config, workdir, split='test', kinds=('original', 'retrain'), n_r
                   evaluate.mia_sets(retain, forget, size))
     if 'retrain' in kinds:
       for s in seeds:
-        _phase('training retrain model (scenario %s, seed %d)', label, s)
-        t0 = time.perf_counter()
-        sc.retrain.append(train.train_classifier(config, workdir, 'retrain', data, model, mesh,
-                                                 classes, seed=s))
-        sc.retrain_info.append(train.model_info(train.checkpoint_dir(
-            workdir, config, 'retrain', classes, s)))
-        t1 = time.perf_counter()
-        sc.references.append(evaluator.reference(sc.retrain[-1], classes))
-        timings['train'] += t1 - t0
-        timings['evaluate'] += time.perf_counter() - t1
+        console.phase('training retrain model (scenario %s, seed %d)', label, s)
+        with timings.phase('train'):
+          sc.retrain.append(trained(kind='retrain', classes=classes, seed=s))
+        with timings.phase('evaluate'):
+          sc.references.append(evaluator.reference(sc.retrain[-1].variables, classes))
     scenarios.append(sc)
   programs = compiled_runs.Programs(model, data.mean, data.std, mesh)
-  study = Study(config, data, model, mesh, seeds, originals, original_info, scenarios,
-                evaluator, programs, resolve_seed_parallel(config.seed_parallel),
-                n_runs or config.seeds)
-  study.timings.update(timings)
-  return study
-
-
-def _fp(info):
-  return info.get('fingerprint')
+  return Study(config, data, model, mesh, seeds, originals, scenarios, evaluator, programs,
+               resolve_seed_parallel(config.seed_parallel), n_runs or config.seeds, timings)
 
 
 def reference_rows(study):
   """Rows of the original and retrain models, per scenario and model seed."""
-  t0 = time.perf_counter()
   rows = []
   for sc in study.scenarios:
     for k, s in enumerate(study.model_seeds):
-      for kind, variables, info in (('original', study.originals[k], study.original_info[k]),
-                                    ('retrain', sc.retrain[k], sc.retrain_info[k])):
-        m = study.evaluator.evaluate(variables, sc.forget_classes, sc.mia_sets,
-                                     sc.references[k])
-        train_s = info.get('train_s')
+      for kind, model in (('original', study.originals[k]), ('retrain', sc.retrain[k])):
+        with study.timings.phase('evaluate'):
+          m = study.evaluator.evaluate(model.variables, sc.forget_classes, sc.mia_sets,
+                                       sc.references[k])
+        train_s = model.train_s
         rows.append(json_safe({
             'scenario': sc.label, 'model_seed': s, 'seed': None, 'method': kind,
             'setting': 'reference', 'hparams': {}, 'status': 'ok', **_metric_fields(m),
             'time_s': train_s, 'compile_s': None,
             'time_ratio': 1.0 if kind == 'retrain' and train_s else None,
-            'model_fingerprint': {kind: _fp(info)},
+            'model_fingerprint': {kind: model.fingerprint},
             'forget_classes': list(sc.forget_classes)}))
-  study.timings['evaluate'] += time.perf_counter() - t0
   return rows
 
 
@@ -216,26 +231,25 @@ def run_unit(study, run, sc, group):
   """Runs one group of runs and evaluates them; returns its rows (strict JSON values)."""
   name = run.name
   data = run_data(study, sc, run, [s for _, s in group])
-  starts = [study.originals[m] for m, _ in group]
+  starts = [study.originals[m].variables for m, _ in group]
   keys = [np.asarray(jax.random.key_data(jax.random.key(s))) for _, s in group]
-  t0 = time.perf_counter()
-  params, bads, seconds, compile_s = compiled_runs.run_group(
-      study.programs, run, data, starts, keys, study.seed_parallel)
+  with study.timings.phase('unlearn'):
+    params, bads, seconds, compile_s = compiled_runs.run_group(
+        study.programs, run, data, starts, keys, study.seed_parallel)
+  study.timings['unlearn'] -= compile_s  # the compile has its own phase
   study.timings['compile'] += compile_s
-  study.timings['unlearn'] += time.perf_counter() - t0 - compile_s
-  t0 = time.perf_counter()
   rows = []
   for i, (m, s) in enumerate(group):
     p = params[i]
     finite = all(np.all(np.isfinite(x)) for x in jax.tree.leaves(p))
-    retrain_s = sc.retrain_info[m].get('train_s')
+    retrain_s = sc.retrain[m].train_s
     row = {'scenario': sc.label, 'model_seed': study.model_seeds[m], 'seed': s,
            'method': name, 'setting': run.method.setting,
            'hparams': run.record, 'status': 'ok',
            'time_s': seconds[i], 'compile_s': compile_s if i == 0 else 0.0,
            'time_ratio': seconds[i] / retrain_s if retrain_s else None,
-           'model_fingerprint': {'original': _fp(study.original_info[m]),
-                                 'retrain': _fp(sc.retrain_info[m])},
+           'model_fingerprint': {'original': study.originals[m].fingerprint,
+                                 'retrain': sc.retrain[m].fingerprint},
            'forget_classes': list(sc.forget_classes)}
     if bads[i] >= 0 or not finite:
       row.update({k: None for k in _METRICS}, status='diverged',
@@ -244,14 +258,14 @@ def run_unit(study, run, sc, group):
       logging.warning('%s scenario %s seed %d diverged (%s)', name, sc.label, s, row['note'])
     else:
       variables = {'params': p, 'batch_stats': starts[i]['batch_stats']}
-      metrics = study.evaluator.evaluate(variables, sc.forget_classes, sc.mia_sets,
-                                         sc.references[m])
+      with study.timings.phase('evaluate'):
+        metrics = study.evaluator.evaluate(variables, sc.forget_classes, sc.mia_sets,
+                                           sc.references[m])
       row.update(_metric_fields(metrics))
       if not math.isfinite(metrics['forget_acc']):
         row['note'] = 'no forget-class example in the evaluation split: forget_acc undefined'
         logging.warning('%s scenario %s: %s', name, sc.label, row['note'])
     rows.append(json_safe(row))
-  study.timings['evaluate'] += time.perf_counter() - t0
   return rows
 
 
@@ -276,7 +290,7 @@ def sweep(study, runs, log):
         f'[{sc.label}] retain {np.mean([r["retain_acc"] for r in mine if r["scenario"] == sc.label]):.3f}'
         f' forget {np.mean([r["forget_acc"] for r in mine if r["scenario"] == sc.label]):.3f}'
         for sc in study.scenarios if any(r['scenario'] == sc.label for r in mine))
-    _phase('%-16s %d new run(s) in %.1fs (compile %.1fs)  %s', name, fresh,
+    console.phase('%-16s %d new run(s) in %.1fs (compile %.1fs)  %s', name, fresh,
            time.perf_counter() - start, compile_s, summary)
   return rows
 

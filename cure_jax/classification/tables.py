@@ -67,6 +67,23 @@ def _diverged_note(rows, scenario, method):
   return f' ({n} diverged)' if n else ''
 
 
+def _method_lines(rows, num_columns, method_line):
+  """Markdown rows for the methods of ``rows`` in display order: reference, then by setting.
+
+  The reference methods come first, unlabelled; every other non-empty group opens with a row
+  of its label in italics and ``num_columns`` empty cells. ``method_line(m)`` gives the row
+  of method ``m``.
+  """
+  lines = []
+  for label, members in _order(rows):
+    if not members:
+      continue
+    if label:
+      lines.append(f'| *{label}* |' + ' |' * num_columns)
+    lines += [method_line(m) for m in members]
+  return lines
+
+
 def table1(rows, threshold):
   scenarios = list(dict.fromkeys(r['scenario'] for r in rows))
   retain, forget = summarize(rows, 'retain_acc'), summarize(rows, 'forget_acc')
@@ -74,20 +91,18 @@ def table1(rows, threshold):
   runs = {m: max((s[2] for (sc, mm), s in retain.items() if mm == m), default=0)
           for m in dict.fromkeys(r['method'] for r in rows)}
   head = '| Method | Runs | ' + ' | '.join(f'{s}: retain | {s}: forget' for s in scenarios)
+
+  def method_line(m):
+    cells = []
+    for s in scenarios:
+      bold = best.get((s, rows_setting(rows, m))) == m
+      fmt = (lambda c: f'**{c}**') if bold else (lambda c: c)
+      cells += [fmt(_cell(retain.get((s, m)))), fmt(_cell(forget.get((s, m))))
+                + _diverged_note(rows, s, m)]
+    return f'| {m} | {runs[m]} | ' + ' | '.join(cells) + ' |'
+
   lines = [head + ' |', '|---|---|' + '---|---|' * len(scenarios)]
-  for label, members in _order(rows):
-    if not members:
-      continue
-    if label:
-      lines.append(f'| *{label}* | |' + ' | |' * len(scenarios))
-    for m in members:
-      cells = []
-      for s in scenarios:
-        bold = best.get((s, rows_setting(rows, m))) == m
-        fmt = (lambda c: f'**{c}**') if bold else (lambda c: c)
-        cells += [fmt(_cell(retain.get((s, m)))), fmt(_cell(forget.get((s, m))))
-                  + _diverged_note(rows, s, m)]
-      lines.append(f'| {m} | {runs[m]} | ' + ' | '.join(cells) + ' |')
+  lines += _method_lines(rows, 1 + 2 * len(scenarios), method_line)
   return '\n'.join(lines) + '\n'
 
 
@@ -101,21 +116,19 @@ def table3(rows, scenario, threshold):
                                           'mia_efficacy', 'time_s', 'time_ratio')}
   best = best_methods(sub, threshold)
   cols = ('Overall', 'Retain', 'Forget', 'MIA-efficacy', 'Time (s)', 'Time / retrain')
+
+  def method_line(m):
+    name = f'**{m}**' if best.get((scenario, rows_setting(sub, m))) == m else m
+    if m == 'finetune':
+      name += ' ¹'
+    key = (scenario, m)
+    cells = [_cell(stats[k].get(key)) for k in ('overall_acc', 'retain_acc', 'forget_acc',
+                                                 'mia_efficacy')]
+    cells += [_cell(stats['time_s'].get(key), 2), _cell(stats['time_ratio'].get(key), 4)]
+    return f'| {name}{_diverged_note(sub, scenario, m)} | ' + ' | '.join(cells) + ' |'
+
   lines = ['| Method | ' + ' | '.join(cols) + ' |', '|---|' + '---|' * len(cols)]
-  for label, members in _order(sub):
-    if not members:
-      continue
-    if label:
-      lines.append(f'| *{label}* |' + ' |' * len(cols))
-    for m in members:
-      name = f'**{m}**' if best.get((scenario, rows_setting(sub, m))) == m else m
-      if m == 'finetune':
-        name += ' ¹'
-      key = (scenario, m)
-      cells = [_cell(stats[k].get(key)) for k in ('overall_acc', 'retain_acc', 'forget_acc',
-                                                   'mia_efficacy')]
-      cells += [_cell(stats['time_s'].get(key), 2), _cell(stats['time_ratio'].get(key), 4)]
-      lines.append(f'| {name}{_diverged_note(sub, scenario, m)} | ' + ' | '.join(cells) + ' |')
+  lines += _method_lines(sub, len(cols), method_line)
   text = '\n'.join(lines) + '\n'
   if any(r['method'] == 'finetune' for r in sub):
     text += f'\n¹ {FINETUNE_NOTE}\n'

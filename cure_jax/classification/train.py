@@ -1,20 +1,15 @@
 """Training the *original* (all data) and *retrain* (forget classes removed) classifiers.
 
-Trained models are cached under ``WORKDIR/models/<fingerprint>`` (:mod:`cure_jax.infra.fingerprint`:
-every setting that determines the parameters is part of the key), so a rerun with the same
-settings reuses them and any change trains a new model beside the old one.
+Trained models are cached by the fingerprint of every setting that determines their
+parameters (:mod:`cure_jax.infra.trainer` has the layout), so a rerun with the same settings
+reuses them and any change trains a new model beside the old one.
 """
-import json
-import os
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 
-from cure_jax.infra import checkpointing, files, fingerprint, progress, sharding, train_state
+from cure_jax.infra import fingerprint, sharding, train_state, trainer
 from cure_jax.unlearning import losses
 from cure_jax.data import pipeline, views
 
@@ -42,6 +37,18 @@ def learning_rate(cfg, step, total_steps):
 
 
 _STEP_CACHE = {}
+
+
+def initializer(model, cfg, image_shape, mesh):
+  """``rng -> train state at step 0``, initialised where it lives (replicated over ``mesh``);
+  compiled once per model/optimizer/input shape/mesh."""
+  key = ('init', model, cfg.momentum, cfg.nesterov, cfg.weight_decay, tuple(image_shape), mesh)
+  if key not in _STEP_CACHE:
+    tx = make_optimizer(cfg)
+    create = lambda rng: train_state.create(train_state.init_variables(model, rng, image_shape),
+                                            tx)
+    _STEP_CACHE[key] = sharding.jit_init(create, (jax.random.key(0),), mesh)
+  return _STEP_CACHE[key]
 
 
 def make_train_step(model, cfg, mesh):
@@ -84,36 +91,22 @@ def training_source(data, kind, forget_classes):
   return views.forget_retain(data.train, forget_classes)[1]
 
 
-INFO_NAME = 'model.json'
-
-
 def checkpoint_dir(workdir, config, kind, forget_classes=(), seed=None):
   """The cache directory of the model these settings train (its name is the fingerprint)."""
   seed = config.seed if seed is None else seed
-  settings = fingerprint.model_settings(config, kind, seed, forget_classes)
-  return os.path.join(fingerprint.cache_root(config, workdir, 'models'),
-                      fingerprint.model_fingerprint(settings))
-
-
-def model_info(directory):
-  """``model.json`` of a finished model (fingerprint, settings, training seconds) or {}."""
-  try:
-    with open(os.path.join(directory, INFO_NAME)) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return {}
+  return trainer.model_dir(config, workdir,
+                           fingerprint.model_settings(config, kind, seed, forget_classes))
 
 
 def train_classifier(config, workdir, kind, data, model, mesh, forget_classes, on_step=None,
                      seed=None):
-  """Trains (or resumes, or loads when finished) the ``kind`` model; returns its variables.
+  """Trains (or resumes, or loads when finished) the ``kind`` model; returns its variables
+  (its ``model.json`` record: ``trainer.read_info(checkpoint_dir(...))``).
 
   ``seed`` (default ``config.seed``) seeds the initialisation and the batch order.
   Checkpoints every ``config.train.checkpoint_every`` steps and at the end into
-  :func:`checkpoint_dir`, then writes ``model.json`` there (fingerprint, settings and the
-  training time without compilation). The batch order is a function of the step, so a
-  resumed run reaches the same parameters as an uninterrupted one.
-  ``on_step(step)`` is called after every step (tests use it to simulate a crash).
+  :func:`checkpoint_dir`. ``on_step(step)`` is called after every step (tests use it to
+  simulate a crash).
   """
   cfg = config.train
   seed = config.seed if seed is None else int(seed)
@@ -124,48 +117,20 @@ def train_classifier(config, workdir, kind, data, model, mesh, forget_classes, o
     raise ValueError(f'config.train.batch_size={cfg.batch_size} exceeds the {len(source)} '
                      'training examples.')
   total_steps = cfg.epochs * steps_per_epoch
-  tx = make_optimizer(cfg)
-  rng = jax.random.key(seed)
-  state = train_state.create(train_state.init_variables(model, rng, data.image_shape), tx)
-  state = sharding.replicate(state, mesh)
+  state = initializer(model, cfg, data.image_shape, mesh)(jax.random.key(seed))
+  train_step = make_train_step(model, cfg, mesh)
 
-  directory = checkpoint_dir(workdir, config, kind, forget_classes, seed)
-  mgr = checkpointing.manager(directory)
-  restored = checkpointing.restore_latest(mgr, state)
-  if restored is not None:
-    state = restored
-  start = int(state.step)
-  if start >= total_steps:
-    logging.info('%s model (seed %d): finished, reused from %s', kind, seed, directory)
-    mgr.close()
-    return state.variables
-  if start:
-    logging.info('%s model: resuming from step %d', kind, start)
+  def step_fn(state, step, batch):
+    return train_step(state, sharding.shard_batch(batch, mesh), np.int32(total_steps))
 
-  step_fn = make_train_step(model, cfg, mesh)
-  stream = pipeline.batches(source, cfg.batch_size, mean=data.mean, std=data.std,
-                            seed=seed, augment=config.data.augment, pad=config.data.pad,
+  def batches(start):
+    return pipeline.batches(source, cfg.batch_size, mean=data.mean, std=data.std, seed=seed,
+                            augment=config.data.augment, pad=config.data.pad,
                             start_step=start)
-  prog = progress.Progress(f'train {kind} seed {seed}', total_steps, cfg.log_every, start)
-  first_end = None
-  for step in range(start, total_steps):
-    state, metrics = step_fn(state, sharding.shard_batch(next(stream), mesh),
-                             np.int32(total_steps))
-    if first_end is None:  # the first step compiles: the training time leaves it out
-      jax.block_until_ready(metrics)
-      first_end = time.perf_counter()
-    prog.add(step, metrics)
-    if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total_steps:
-      prog.flush()  # never checkpoint a state whose loss went non-finite
-      checkpointing.save(mgr, step + 1, state)
-    if on_step is not None:
-      on_step(step)
-  mgr.close()
-  steps_done = total_steps - start
-  seconds = (time.perf_counter() - first_end) * steps_done / max(steps_done - 1, 1)
+
   settings = fingerprint.model_settings(config, kind, seed, forget_classes)
-  info = {'fingerprint': os.path.basename(directory), 'settings': settings,
-          'train_s': seconds if start == 0 else None, 'steps': total_steps}
-  if jax.process_index() == 0:
-    files.write_atomic(os.path.join(directory, INFO_NAME), json.dumps(info, indent=1))
+  directory = trainer.model_dir(config, workdir, settings)
+  state = trainer.fit(state, step_fn, batches, total_steps, directory, settings,
+                      name=f'train {kind} seed {seed}', log_every=cfg.log_every,
+                      checkpoint_every=cfg.checkpoint_every, on_step=on_step)
   return state.variables

@@ -1,11 +1,10 @@
 """Start-up checks of a classification config (its defaults: ``defaults.py``)."""
 from cure_jax.data import LOADERS
 from cure_jax.infra import plan
-from cure_jax.infra.validation import (ConfigError, check_batch, check_method_hparams,
-                                       fraction_closed, fraction_closed_open,
-                                       fraction_open_closed, known_method, nonnegative,
-                                       nonnegative_int, parse_classes, positive, positive_int,
-                                       _check, _checks, _choice, _fail)
+from cure_jax.infra.rules import (ConfigError, check, checks, choice, fail, fraction_closed,
+                                  fraction_closed_open, fraction_open_closed, nonnegative,
+                                  nonnegative_int, positive, positive_int)
+from cure_jax.infra.validation import check_batch, check_method_hparams, known_method, parse_classes
 from cure_jax.models import ARCHITECTURES, DTYPES
 
 MODES = ('train_original', 'train_retrain', 'unlearn', 'reproduce', 'tune')
@@ -21,7 +20,7 @@ _TRAIN_RULES = {
 
 
 def _check_unlearn_values(cfg, prefix, num_devices):
-  _checks(cfg, prefix, _UNLEARN_RULES)
+  checks(cfg, prefix, _UNLEARN_RULES)
   check_method_hparams(cfg, prefix)
   if 'batch_size' in cfg:
     check_batch(f'{prefix}.batch_size', cfg['batch_size'], num_devices)
@@ -34,9 +33,9 @@ def _check_data_and_model(config):
   if config.model.name not in ARCHITECTURES:
     raise ConfigError(f'config.model.name={config.model.name!r}: Unknown model '
                       f'{config.model.name!r}; choose one of {sorted(ARCHITECTURES)}.')
-  _choice('config.model.dtype', config.model.dtype, DTYPES)
-  _choice('config.data.augment', config.data.augment, AUGMENTS)
-  _checks(config.data, 'config.data', {'pad': nonnegative_int, 'image_size': positive_int,
+  choice('config.model.dtype', config.model.dtype, DTYPES)
+  choice('config.data.augment', config.data.augment, AUGMENTS)
+  checks(config.data, 'config.data', {'pad': nonnegative_int, 'image_size': positive_int,
                                        'split_seed': nonnegative_int})
 
 
@@ -45,7 +44,7 @@ def _check_methods(config, num_devices):
   known_method('config.unlearn.method', config.unlearn.method)
   names = list(config.reproduce.methods)
   if not names and config.mode in ('reproduce', 'tune'):
-    _fail('config.reproduce.methods', config.reproduce.methods, 'list at least one method')
+    fail('config.reproduce.methods', config.reproduce.methods, 'list at least one method')
   for name in names:
     known_method(f'config.reproduce.methods (entry {name!r})', name)
   allowed = sorted(k for k in config.unlearn.keys() if k != 'overrides')
@@ -59,24 +58,24 @@ def _check_methods(config, num_devices):
 
 
 def validate(config, num_devices):
-  _choice('config.mode', config.mode, MODES)
+  choice('config.mode', config.mode, MODES)
   _check_data_and_model(config)
   num_classes = NUM_CLASSES.get(config.data.name)
   if num_classes:
     parse_classes(config.forget_classes, num_classes)
     plan.scenarios(config, num_classes)
-  _check('config.seeds', config.seeds, positive_int)
+  check('config.seeds', config.seeds, positive_int)
   plan.model_seeds(config)
-  _choice('config.seed_parallel', config.seed_parallel, (True, False, None))
-  _checks(config.train, 'config.train', _TRAIN_RULES)
+  choice('config.seed_parallel', config.seed_parallel, (True, False, None))
+  checks(config.train, 'config.train', _TRAIN_RULES)
   check_batch('config.train.batch_size', config.train.batch_size, num_devices)
   check_batch('config.train.eval_batch_size', config.train.eval_batch_size, num_devices)
   _check_methods(config, num_devices)
-  _check('config.reproduce.forget_threshold', config.reproduce.forget_threshold, nonnegative)
+  check('config.reproduce.forget_threshold', config.reproduce.forget_threshold, nonnegative)
   if config.mode == 'tune':
     for key in ('lrs', 'epochs', 'temperatures'):
       values = config.tune[key]
       if not values or not all(positive(v) for v in values):
-        _fail(f'config.tune.{key}', values, 'give a non-empty list of numbers > 0')
-    _check('config.tune.seeds', config.tune.seeds, positive_int)
-    _check('config.tune.min_retain_acc', config.tune.min_retain_acc, fraction_closed)
+        fail(f'config.tune.{key}', values, 'give a non-empty list of numbers > 0')
+    check('config.tune.seeds', config.tune.seeds, positive_int)
+    check('config.tune.min_retain_acc', config.tune.min_retain_acc, fraction_closed)

@@ -1,5 +1,7 @@
 """Datasets by name: ``load_dataset(config.data)`` returns :class:`DatasetSplits`."""
-from cure_jax.data.sources import DatasetSplits  # noqa: F401
+from cure_jax.data.sources import DatasetSplits
+
+__all__ = ['DatasetSplits', 'LOADERS', 'load_dataset']
 
 
 def _digits(cfg):

@@ -103,6 +103,40 @@ def _by_question(records):
   return table
 
 
+def _author_namer(full):
+  """``author_of(split, i, record)``: the author id of row ``i`` of file ``split``.
+
+  TOFU's files do not name authors, so ids count blocks of 20 questions: by the question's
+  position in ``full`` when ``full`` holds it (``'tofu_author_{i:03d}'``), else by the row's
+  position in its own file (``'{split}_author_{i:03d}'``).
+  """
+  full_authors = {}
+  for i, record in enumerate(full or []):
+    full_authors.setdefault(record['question'], f'tofu_author_{i // _TOFU_QA_PER_AUTHOR:03d}')
+
+  def author_of(split, i, record):
+    return full_authors.get(record['question'], f'{split}_author_{i // _TOFU_QA_PER_AUTHOR:03d}')
+
+  return author_of
+
+
+def _forget_items(forget, forget_perturbed, author_of, forget_name):
+  """The forget split's items, each joined with its ``*_perturbed`` record by question.
+
+  Every forget item needs a paraphrased answer and perturbed answers: the truth ratio and
+  forget quality are computed from them, so a missing one is an error, not a gap.
+  """
+  items = []
+  for i, record in enumerate(forget):
+    item = _item(record, author_of('forget', i, record), forget_perturbed.get(record['question']))
+    if item['paraphrased_answer'] is None or not item['perturbed_answer']:
+      raise ValueError(f'Forget question {record["question"]!r} has no paraphrased/perturbed '
+                       f'answers in {forget_name} or {forget_name}_perturbed; the truth ratio '
+                       'and forget quality need them. Use the matching TOFU files.')
+    items.append(item)
+  return items
+
+
 def load_tofu(data_dir, forget_pct):
   """TOFU splits from ``data_dir`` as the dict of :func:`cure_jax.data.authors.make_splits`.
 
@@ -134,21 +168,8 @@ def load_tofu(data_dir, forget_pct):
     raise ValueError(f'TOFU split {forget_name!r} in {data_dir!r} is empty; the forget set needs '
                      'at least one item.')
 
-  full_authors = {}
-  for i, record in enumerate(full or []):
-    full_authors.setdefault(record['question'], f'tofu_author_{i // _TOFU_QA_PER_AUTHOR:03d}')
-
-  def author_of(split, i, record):
-    return full_authors.get(record['question'], f'{split}_author_{i // _TOFU_QA_PER_AUTHOR:03d}')
-
-  forget_items = []
-  for i, record in enumerate(forget):
-    item = _item(record, author_of('forget', i, record), forget_perturbed.get(record['question']))
-    if item['paraphrased_answer'] is None or not item['perturbed_answer']:
-      raise ValueError(f'Forget question {record["question"]!r} has no paraphrased/perturbed '
-                       f'answers in {forget_name} or {forget_name}_perturbed; the truth ratio '
-                       'and forget quality need them. Use the matching TOFU files.')
-    forget_items.append(item)
+  author_of = _author_namer(full)
+  forget_items = _forget_items(forget, forget_perturbed, author_of, forget_name)
   retain_items = [_item(r, author_of('retain', i, r), retain_perturbed.get(r['question']))
                   for i, r in enumerate(retain)]
   if full is None:

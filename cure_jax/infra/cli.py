@@ -125,15 +125,10 @@ def run_experiment(config, workdir, config_flag, verbose):
   for key, value in DEFERRED.items():
     _set(config, key, value)
   try:
-    validation.check_workdir(workdir)
+    validation.check_workdir(workdir)  # before the console log is opened in it
   except validation.ConfigError as e:
     user_error(str(e))
   console.setup(workdir, verbose=verbose)
-  try:
-    validation.validate(config)  # before any data loads; may start the JAX backend
-  except validation.ConfigError as e:
-    logging.error('%s', e, extra={'console': False})
-    user_error(str(e))
   user_errors = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                  PermissionError, progress.NonFiniteLossError, checkpointing.CheckpointError)
   try:

@@ -1,18 +1,21 @@
-"""The one library entry point behind ``experiments.main``: the task's ``run``."""
+"""The one library entry point behind ``experiments.main``: the config validated once, then
+the task's ``run``."""
 import os
 
-from cure_jax.infra import console, tasks
+from cure_jax.infra import console, tasks, validation
 
 
 def run(config, workdir, cli_keys=frozenset()):
   """Runs ``config.mode`` of ``config.task`` (:data:`cure_jax.infra.tasks.TASKS`) in
-  ``workdir``. ``cli_keys``: dotted config keys set on the command line (e.g.
-  'unlearn.temperature'); they win over a config file's per-run settings
-  (:mod:`cure_jax.infra.plan`).
+  ``workdir``; returns the task's result rows (None for the training modes).
+
+  The whole config is checked first (:func:`cure_jax.infra.validation.validate`: a bad value
+  raises :class:`~cure_jax.infra.validation.ConfigError` naming it before any data loads);
+  the tasks' ``run`` functions take it as checked. ``cli_keys``: dotted config keys set on
+  the command line (e.g. 'unlearn.temperature'); they win over a config file's per-run
+  settings (:mod:`cure_jax.infra.plan`).
   """
-  if config.task not in tasks.TASKS:
-    raise ValueError(f'Unknown task {config.task!r}; choose one of {sorted(tasks.TASKS)} '
-                     '(config.task).')
+  validation.validate(config, workdir)
   what = config.data.name if config.task == 'classification' else config.data.source
   console.phase('cure-jax %s %s (%s) in %s; full log: %s', config.task, config.mode, what,
                 workdir, os.path.join(workdir, console.LOG_NAME))

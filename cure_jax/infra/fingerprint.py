@@ -60,13 +60,6 @@ def lm_model_settings(config, kind, architecture, template, items):
   return json.loads(json.dumps(settings, sort_keys=True, default=str))  # as stored on disk
 
 
-def cache_root(config, workdir, default_name):
-  """Where trained models live: ``config.model_cache`` if set (shared between workdirs:
-  the fingerprint names each model, so different settings never collide), else
-  ``WORKDIR/<default_name>``."""
-  return config.get('model_cache') or os.path.join(workdir, default_name)
-
-
 def model_fingerprint(settings):
   return f'{settings["kind"]}-{digest(settings)}'
 

@@ -1,93 +1,23 @@
 """Start-up checks of a whole config: every bad value is one line before any data loads.
 
 ``validate(config, workdir)`` raises :class:`ConfigError` (a ``ValueError``) naming the
-field, the bad value and what is allowed. The rules and parsers here are shared; each task
-checks its own fields next to its defaults (``<task>/validate.py``).
+field, the bad value and what is allowed (:mod:`cure_jax.infra.rules`). The parsers here are
+shared; each task checks its own fields next to its defaults (``<task>/validate.py``).
 """
 import os
 import re
 
 import ml_collections
 
-from cure_jax.infra import tasks
+from cure_jax.infra import rules, tasks
+from cure_jax.infra.rules import ConfigError
 from cure_jax.unlearning import hparams
 
 
-class ConfigError(ValueError):
-  """A bad config value or command-line flag (experiments.main prints it as one line)."""
-
-
-def _fail(field, value, allowed):
-  raise ConfigError(f'{field}={value!r} is not allowed: {allowed}.')
-
-
-def _is_number(value):
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-# Rules: (test, description of what is allowed).
-def positive(value):
-  return _is_number(value) and value > 0
-
-
-def nonnegative(value):
-  return _is_number(value) and value >= 0
-
-
-def positive_int(value):
-  return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def nonnegative_int(value):
-  return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-RULES = {
-    positive: 'use a number > 0',
-    nonnegative: 'use a number >= 0',
-    positive_int: 'use a whole number >= 1',
-    nonnegative_int: 'use a whole number >= 0',
-}
-
-
-def fraction_open_closed(value):
-  return _is_number(value) and 0 < value <= 1
-
-
-def fraction_closed_open(value):
-  return _is_number(value) and 0 <= value < 1
-
-
-def fraction_closed(value):
-  return _is_number(value) and 0 <= value <= 1
-
-
-RULES[fraction_open_closed] = 'use a fraction in (0, 1]'
-RULES[fraction_closed] = 'use a fraction in [0, 1]'
-RULES[fraction_closed_open] = 'use a fraction in [0, 1)'
-
-
-def _check(field, value, rule):
-  if not rule(value):
-    _fail(field, value, RULES[rule])
-
-
-def _choice(field, value, allowed):
-  if value not in allowed:
-    _fail(field, value, f'choose one of {list(allowed)}')
-
-
-def _checks(cfg, prefix, rules):
-  """Applies ``rules`` ({key: rule}) to the keys of ``cfg`` that exist."""
-  for key, rule in rules.items():
-    if key in cfg:
-      _check(f'{prefix}.{key}', cfg[key], rule)
-
-
 def check_batch(field, value, num_devices):
-  _check(field, value, positive_int)
+  rules.check(field, value, rules.positive_int)
   if num_devices and value % num_devices:
-    _fail(field, value, f'use a multiple of {num_devices}, the number of devices')
+    rules.fail(field, value, f'use a multiple of {num_devices}, the number of devices')
 
 
 def parse_classes(value, num_classes, field='config.forget_classes', shown=None):
@@ -96,30 +26,30 @@ def parse_classes(value, num_classes, field='config.forget_classes', shown=None)
   ``shown``: the value the error messages quote (a whole scenario list), default ``value``.
   """
   full = value if shown is None else shown
-  if _is_number(value) or isinstance(value, str):
+  if rules.is_number(value) or isinstance(value, str):
     items = [s.strip() for s in str(value).split(',')]
   else:
     items = [str(v).strip() for v in value]
   items = [s for s in items if s]
   if not items:
-    _fail(field, full, 'give at least one class index, e.g. "1" or "1,3"')
+    rules.fail(field, full, 'give at least one class index, e.g. "1" or "1,3"')
   bad = [s for s in items if not re.fullmatch(r'[+-]?\d+', s)]
   if bad:
-    _fail(field, full, f'{bad[0]!r} is not a class index; give comma-separated integers '
+    rules.fail(field, full, f'{bad[0]!r} is not a class index; give comma-separated integers '
                         f'in 0..{num_classes - 1}, e.g. "1,3"')
   classes = [int(s) for s in items]
   negative = [c for c in classes if c < 0]
   if negative:
-    _fail(field, full, f'class indices are >= 0 (got {negative}); allowed 0..{num_classes - 1}')
+    rules.fail(field, full, f'class indices are >= 0 (got {negative}); allowed 0..{num_classes - 1}')
   out_of_range = [c for c in classes if c >= num_classes]
   if out_of_range:
     raise ConfigError(f'{field}={full!r}: Forget class(es) {out_of_range} out of range: '
                       f'allowed 0..{num_classes - 1}.')
   duplicates = sorted({c for c in classes if classes.count(c) > 1})
   if duplicates:
-    _fail(field, full, f'class(es) {duplicates} given twice; list each class once')
+    rules.fail(field, full, f'class(es) {duplicates} given twice; list each class once')
   if len(classes) == num_classes:
-    _fail(field, full, f'that forgets all {num_classes} classes and leaves nothing to '
+    rules.fail(field, full, f'that forgets all {num_classes} classes and leaves nothing to '
                         'retain; forget fewer classes')
   return tuple(sorted(classes))
 
@@ -129,34 +59,34 @@ def parse_scenarios(value, num_classes, field='config.scenarios'):
   parts = [p for p in str(value).split(';') if p.strip()]
   scenarios = [parse_classes(p, num_classes, field, shown=value) for p in parts]
   if not scenarios:
-    _fail(field, value, 'give forget classes per scenario separated by ";", e.g. "1;3;8"')
+    rules.fail(field, value, 'give forget classes per scenario separated by ";", e.g. "1;3;8"')
   if len(set(scenarios)) < len(scenarios):
-    _fail(field, value, 'a scenario is listed twice; list each once')
+    rules.fail(field, value, 'a scenario is listed twice; list each once')
   return tuple(scenarios)
 
 
 def parse_model_seeds(value, first_seed, field='config.model_seeds'):
   """A count K (seeds ``first_seed .. first_seed+K-1``) or a comma list of distinct seeds."""
   if isinstance(value, int) and not isinstance(value, bool):
-    _check(field, value, positive_int)
+    rules.check(field, value, rules.positive_int)
     return tuple(first_seed + k for k in range(value))
   items = [s.strip() for s in value.split(',')] if isinstance(value, str) else list(value)
   try:
     seeds = [int(s) for s in items if str(s) != '']
   except (TypeError, ValueError):
-    _fail(field, value, 'give a count or comma-separated whole numbers >= 0, e.g. "0,1,2"')
+    rules.fail(field, value, 'give a count or comma-separated whole numbers >= 0, e.g. "0,1,2"')
   if not seeds or min(seeds) < 0 or len(set(seeds)) < len(seeds):
-    _fail(field, value, 'give distinct whole numbers >= 0, e.g. "0,1,2"')
+    rules.fail(field, value, 'give distinct whole numbers >= 0, e.g. "0,1,2"')
   return tuple(seeds)
 
 
 def check_workdir(workdir, field='--workdir'):
   """The workdir exists as (or can be made into) a directory this process can write."""
   if not workdir or not isinstance(workdir, str):
-    _fail(field, workdir, 'give a directory for checkpoints and results')
+    rules.fail(field, workdir, 'give a directory for checkpoints and results')
   path = os.path.abspath(workdir)
   if os.path.exists(path) and not os.path.isdir(path):
-    _fail(field, workdir, 'it is a file; give a directory (new or existing)')
+    rules.fail(field, workdir, 'it is a file; give a directory (new or existing)')
   try:
     os.makedirs(path, exist_ok=True)
     probe = os.path.join(path, f'.write-test-{os.getpid()}')
@@ -164,7 +94,7 @@ def check_workdir(workdir, field='--workdir'):
       pass
     os.remove(probe)
   except OSError as e:
-    _fail(field, workdir, f'it cannot be written ({e.strerror or e}); give a writable '
+    rules.fail(field, workdir, f'it cannot be written ({e.strerror or e}); give a writable '
                           'directory')
 
 
@@ -174,7 +104,7 @@ def check_method_hparams(cfg, prefix):
     if key in cfg:
       allowed = hparams.problem(key, cfg[key])
       if allowed:
-        _fail(f'{prefix}.{key}', cfg[key], allowed)
+        rules.fail(f'{prefix}.{key}', cfg[key], allowed)
 
 
 def known_method(field, name):
@@ -199,11 +129,11 @@ def validate(config, workdir=None, num_devices=None):
   if 'task' not in config:
     raise ConfigError('config.task is missing: start from a configs/*.py file (they set '
                       "'classification' or 'lm').")
-  _choice('config.task', config.task, tuple(tasks.TASKS))
+  rules.choice('config.task', config.task, tuple(tasks.TASKS))
   if num_devices is None:
     num_devices = device_count(config)
   tasks.module(config.task, 'validate').validate(config, num_devices)
-  if config.get('model_cache'):
+  if config.model_cache:
     check_workdir(config.model_cache, 'config.model_cache')
   if workdir is not None:
     check_workdir(workdir)

@@ -48,6 +48,18 @@ def _used_width(loss_mask, multiple=16):
   return -(-used // multiple) * multiple
 
 
+def _option_count(name, items, num_perturbed):
+  """Perturbed answers scored per item of split ``name``: the fewest any item has, at most
+  ``num_perturbed`` (0: no cap); a split with an item without any is an error."""
+  num_options = min(len(item['perturbed_answer']) for item in items)
+  if num_perturbed:
+    num_options = min(num_options, int(num_perturbed))
+  if num_options == 0:
+    raise ValueError(f'Split {name!r} has items without perturbed answers; truth ratios '
+                     'need them (use retain_eval for TOFU retain).')
+  return num_options
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _score(model, params, tokens_BxL, loss_mask_BxL):
   """Per-example mean answer NLL, greedy predictions, targets and per-token NLLs."""
@@ -78,41 +90,25 @@ class Evaluator:
     self.splits = {name: items for name, items in splits.items() if items}
     self.generated = [name for name in self.splits if name not in SCORE_ONLY_SPLITS]
     max_len = model.config.max_len if max_len is None else min(max_len, model.config.max_len)
-    # Rows of the teacher-forced table: (split, kind) -> slice; kinds answer / correct / wrong.
+    self._build_scoring_table(template, max_len, num_perturbed)
+    self._plan_chunks()
+    self._build_prompt_table(template, max_len, max_new_tokens)
+
+  def _build_scoring_table(self, template, max_len, num_perturbed):
+    """Stacks every split's encoded rows into one teacher-forced table of a common width.
+
+    Sets ``tokens`` and ``loss_mask`` (the table), ``width``, ``rows`` ((split, kind) -> slice
+    of the table; kinds answer / correct / wrong), ``num_options`` and ``answer_lengths``.
+    """
     parts, self.rows, self.num_options, self.answer_lengths = [], {}, {}, {}
     start = 0
     for name, items in self.splits.items():
-      if name in SCORE_ONLY_SPLITS:
-        answer = tofu_data.encode_qa(tokenizer, items, max_len, template)
-        self.answer_lengths[name] = answer['answer_lengths']
-        parts.append(answer)
-        self.rows[name, 'answer'] = slice(start, start + len(answer['tokens']))
-        start += len(answer['tokens'])
-        continue
-      num_options = min(len(item['perturbed_answer']) for item in items)
-      if num_perturbed:
-        num_options = min(num_options, int(num_perturbed))
-      if num_options == 0:
-        raise ValueError(f'Split {name!r} has items without perturbed answers; truth ratios '
-                         'need them (use retain_eval for TOFU retain).')
-      self.num_options[name] = num_options
-      # Equal option counts per item keep the wrong-answer NLLs an NxK array.
-      options = [dict(item, perturbed_answer=item['perturbed_answer'][:num_options])
-                 for item in items]
-      answer = tofu_data.encode_qa(tokenizer, items, max_len, template)
-      self.answer_lengths[name] = answer['answer_lengths']
-      encoded = {'answer': answer,
-                 'wrong': tofu_data.encode_answers(tokenizer, options, max_len,
-                                                   'perturbed_answer', template)}
-      if name in PARAPHRASE_SPLITS:  # elsewhere the correct answer is the scored answer
-        encoded['correct'] = tofu_data.encode_qa(tokenizer, items, max_len, template,
-                                                 'paraphrased_answer')
-      for kind, enc in encoded.items():
+      for kind, enc in self._encode_split(name, items, template, max_len, num_perturbed).items():
         parts.append(enc)
         self.rows[name, kind] = slice(start, start + len(enc['tokens']))
         start += len(enc['tokens'])
     self.width = min(max_len, max(_used_width(p['loss_mask']) for p in parts))
-    self.tokens = np.concatenate([_pad_width(p['tokens'], self.width, tokenizer.pad_id)
+    self.tokens = np.concatenate([_pad_width(p['tokens'], self.width, self.tokenizer.pad_id)
                                   for p in parts])
     self.loss_mask = np.concatenate([_pad_width(p['loss_mask'], self.width) for p in parts])
     scored = self.loss_mask[:, :-1].any(1)
@@ -121,15 +117,48 @@ class Evaluator:
                         if not scored[rows].all())
       raise ValueError(f'Split {name!r} has {kind} rows without answer tokens; every scored '
                        'item needs a non-empty answer (check the data).')
+
+  def _encode_split(self, name, items, template, max_len, num_perturbed):
+    """One split's encoded rows by kind, recording its answer lengths and option count.
+
+    Every split has its ``answer`` rows; a split that is not score-only adds its perturbed
+    answers (``wrong``) and, where the truth ratio compares paraphrases, ``correct`` rows.
+    """
+    if name not in SCORE_ONLY_SPLITS:
+      self.num_options[name] = _option_count(name, items, num_perturbed)
+    answer = tofu_data.encode_qa(self.tokenizer, items, max_len, template)
+    self.answer_lengths[name] = answer['answer_lengths']
+    if name in SCORE_ONLY_SPLITS:
+      return {'answer': answer}
+    # Equal option counts per item keep the wrong-answer NLLs an NxK array.
+    options = [dict(item, perturbed_answer=item['perturbed_answer'][:self.num_options[name]])
+               for item in items]
+    encoded = {'answer': answer,
+               'wrong': tofu_data.encode_answers(self.tokenizer, options, max_len,
+                                                 'perturbed_answer', template)}
+    if name in PARAPHRASE_SPLITS:  # elsewhere the correct answer is the scored answer
+      encoded['correct'] = tofu_data.encode_qa(self.tokenizer, items, max_len, template,
+                                               'paraphrased_answer')
+    return encoded
+
+  def _plan_chunks(self):
+    """Groups the table's rows into ``chunks``: ``(row indices, width)`` pairs to score."""
     # Chunks of rows of similar length, each cut to its own width (a multiple of 32: a few
     # compiled shapes), so short rows (world facts, perturbed answers) skip most padding.
     used = np.array([_used_width(mask[None], 1) for mask in self.loss_mask])
     order = np.argsort(used, kind='stable')
+    batch_size = self.batch_size
     self.chunks = [(order[i:i + batch_size],
                     min(self.width, -(-int(used[order[i:i + batch_size]].max()) // 32) * 32))
                    for i in range(0, len(order), batch_size)]
 
-    prompts = {name: tofu_data.encode_prompts(tokenizer, self.splits[name], template)
+  def _build_prompt_table(self, template, max_len, max_new_tokens):
+    """Stacks the generated splits' prompts into one table and fixes the generation length.
+
+    Sets ``prompt_tokens`` / ``prompt_lengths`` (the table), ``prompt_width``, ``prompt_rows``
+    (split -> slice of the table) and ``max_new_tokens`` (capped by the context).
+    """
+    prompts = {name: tofu_data.encode_prompts(self.tokenizer, self.splits[name], template)
                for name in self.generated}
     self.prompt_width = max(p['tokens'].shape[1] for p in prompts.values())
     self.prompt_rows = {}
@@ -138,7 +167,8 @@ class Evaluator:
       self.prompt_rows[name] = slice(start, start + len(p['tokens']))
       start += len(p['tokens'])
     self.prompt_tokens = np.concatenate([_pad_width(p['tokens'], self.prompt_width,
-                                                    tokenizer.pad_id) for p in prompts.values()])
+                                                    self.tokenizer.pad_id)
+                                         for p in prompts.values()])
     self.prompt_lengths = np.concatenate([p['prompt_lengths'] for p in prompts.values()])
     self.max_new_tokens = min(int(max_new_tokens), max_len - self.prompt_width)
     if self.max_new_tokens < 1:

@@ -3,26 +3,21 @@
 The loss is the token-level mean NLL over answer tokens (TOFU masks the question). The loss
 of an effective batch split into ``grad_accum`` micro-batches is the mean of their losses
 (Hugging Face Trainer's gradient accumulation). Training starts from a pretrained model's
-parameters when given, else from a random initialisation. The fine-tuned parameters are
-checkpointed in a directory named for the fingerprint of the settings that produced them
-(:func:`cure_jax.infra.fingerprint.lm_model_settings`; the caller picks
-``workdir/checkpoints/<kind>-<digest>``), so a second run with the same settings reuses them
-and a run with other settings trains a new model beside them; ``settings.json`` there
-records the settings.
+parameters when given, else from a random initialisation. The loop, the checkpoints and the
+model cache are :mod:`cure_jax.infra.trainer`'s (the directory is named for the fingerprint
+of :func:`cure_jax.infra.fingerprint.lm_model_settings`), so a second run with the same
+settings reuses the model and a run with other settings trains a new one beside it.
 """
 import functools
-import json
-import os
+import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 
-from cure_jax.infra import checkpointing, progress, sharding, train_state
+from cure_jax.infra import sharding, train_state, trainer
 from cure_jax.unlearning import losses
-from cure_jax.infra.files import write_atomic
 
 KINDS = ('original', 'retrain')
 
@@ -103,24 +98,31 @@ def batch_width(lengths, multiple=32):
   return -(-int(np.max(lengths)) // multiple) * multiple
 
 
-def _record_settings(directory, settings):
-  """Writes ``settings.json``; refuses a directory that holds a model of other settings."""
-  path = os.path.join(directory, 'settings.json')
-  if os.path.exists(path):
-    with open(path, encoding='utf-8') as f:
-      stored = json.load(f)
-    if stored != settings:
-      changed = sorted(k for k in set(stored) | set(settings)
-                       if stored.get(k) != settings.get(k))
-      raise ValueError(f'{directory} holds a model fine-tuned with different settings '
-                       f'(changed: {changed}); delete that directory.')
-    return
-  os.makedirs(directory, exist_ok=True)
-  write_atomic(path, json.dumps(settings, indent=1, sort_keys=True))
+def _steps(encoded, cfg, seed, grad_accum, mesh, step_fn, schedule):
+  """The trainer's ``step_fn`` and ``batches`` for fine-tuning on ``encoded``."""
+  num_items, width = len(encoded['tokens']), encoded['tokens'].shape[1]
+  # Used length per row: up to the last answer token and the token it predicts.
+  lengths = np.array([int(np.max(np.flatnonzero(m), initial=0)) + 2
+                      for m in encoded['loss_mask']])
+
+  def batch(step):
+    idx = batch_indices(num_items, cfg.batch_size, step, seed)
+    # Right padding beyond a batch's longest row changes no loss term: cut it.
+    cut = min(width, batch_width(lengths[idx]))
+    return micro_batches({k: encoded[k][idx, :cut] for k in ('tokens', 'loss_mask')},
+                         grad_accum)
+
+  def train_step(state, step, host_batch):
+    return step_fn(state, sharding.shard_batch(host_batch, mesh, batch_axis=1),
+                   np.float32(schedule(step)))
+
+  def batches(start):
+    return (batch(step) for step in itertools.count(start))
+  return train_step, batches
 
 
 def finetune(model, encoded, cfg, seed, directory, settings, mesh=None, name='finetune',
-             init_params=None, place=None):
+             init_params=None, mode='replicated'):
   """Trains (or loads the finished checkpoint of) an LM on ``encoded`` QA arrays.
 
   Args:
@@ -129,11 +131,10 @@ def finetune(model, encoded, cfg, seed, directory, settings, mesh=None, name='fi
     cfg: ``config.finetune`` (lr, epochs, batch_size (effective), grad_accum,
       warmup_fraction, weight_decay, grad_clip, log_every, checkpoint_every).
     seed: initialisation and batch order.
-    directory: checkpoint directory; settings: the JSON-able settings that determine the
-      model (stored as ``settings.json``; a directory holding other settings is refused).
+    directory, settings: where the model lives and the JSON-able settings that determine it
+      (:func:`cure_jax.infra.trainer.fit`).
     init_params: start point (a pretrained model); None: random initialisation.
-    place: ``(tree, mesh) -> tree on the mesh`` for the train state (default: replicated;
-      an FSDP placement shards parameters and optimizer state).
+    mode: 'replicated' or 'fsdp' (parameters and optimizer state sharded).
   Returns:
     The parameters (host numpy pytree).
   """
@@ -142,48 +143,23 @@ def finetune(model, encoded, cfg, seed, directory, settings, mesh=None, name='fi
     raise ValueError(f'{name}: {num_items} training items are fewer than '
                      f'config.finetune.batch_size={cfg.batch_size}.')
   mesh = sharding.make_mesh() if mesh is None else mesh
-  grad_accum = int(cfg.get('grad_accum', 1))
+  grad_accum = int(cfg.grad_accum)
   if grad_accum < 1 or cfg.batch_size % grad_accum:
     raise ValueError(f'config.finetune.grad_accum={grad_accum} must be >= 1 and divide '
                      f'config.finetune.batch_size={cfg.batch_size}.')
   sharding.check_batch_size(cfg.batch_size // grad_accum, mesh,
                             'config.finetune.batch_size / grad_accum')
-  _record_settings(directory, settings)
-  encoded = trim(encoded)
   total = cfg.epochs * (num_items // cfg.batch_size)
   tx, step_fn = _optimizer_and_step(model, float(cfg.weight_decay), float(cfg.grad_clip))
-  schedule = lr_schedule(cfg, total)
   if init_params is None:
+    # Initialised eagerly, not under jit: XLA fuses the 0.02 scale of the normal initialiser
+    # into the sampler there, which moves about a quarter of the values by one ulp and with
+    # them every published byte-LM result. Only the small from-scratch LM takes this path.
     init_params = model.init(jax.random.key(seed), jnp.zeros((1, 8), jnp.int32))['params']
-  place = place or sharding.replicate
-  # The step donates its state: never hand it the caller's (e.g. pretrained) arrays.
-  init_params = jax.tree.map(lambda x: jnp.array(x, copy=True), init_params)
-  state = place(train_state.create({'params': init_params, 'batch_stats': {}}, tx), mesh)
-  mgr = checkpointing.manager(os.path.join(directory, 'state'), max_to_keep=1)
-  restored = checkpointing.restore_latest(mgr, state)
-  start = 0 if restored is None else int(restored.step)
-  if restored is not None:
-    state = restored
-  if start >= total:
-    logging.info('%s: reusing the finished checkpoint in %s', name, directory)
-    mgr.close()
-    return jax.device_get(state.params)
-  # Used length per row: up to the last answer token and the token it predicts.
-  lengths = np.array([int(np.max(np.flatnonzero(m), initial=0)) + 2
-                      for m in encoded['loss_mask']])
-  width = encoded['tokens'].shape[1]
-  prog = progress.Progress(name, total, cfg.log_every, start)
-  for step in range(start, total):
-    idx = batch_indices(num_items, cfg.batch_size, step, seed)
-    # Right padding beyond a batch's longest row changes no loss term: cut it.
-    cut = min(width, batch_width(lengths[idx]))
-    batch = micro_batches({k: encoded[k][idx, :cut] for k in ('tokens', 'loss_mask')},
-                          grad_accum)
-    state, metrics = step_fn(state, sharding.shard_batch(batch, mesh, batch_axis=1),
-                             np.float32(schedule(step)))
-    prog.add(step, metrics)
-    if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
-      prog.flush()  # never checkpoint a state whose loss went non-finite
-      checkpointing.save(mgr, step + 1, state)
-  mgr.close()
+  state = train_state.start({'params': init_params, 'batch_stats': {}}, tx, mesh, mode)
+  train_step, batches = _steps(trim(encoded), cfg, seed, grad_accum, mesh, step_fn,
+                               lr_schedule(cfg, total))
+  state = trainer.fit(state, train_step, batches, total, directory, settings, name=name,
+                      log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+                      max_to_keep=1)
   return jax.device_get(state.params)

@@ -11,8 +11,8 @@ The model is either the small byte-level LM trained from scratch (``config.model
 chat prompt), fine-tuned on the authors like TOFU; already fine-tuned original / retrain
 checkpoints (``config.model.original`` / ``.retrain``) skip that fine-tuning.
 
-Fine-tuned models live in ``checkpoints/<kind>-<fingerprint>`` (same settings: reused; other
-settings: trained anew beside). Each finished (method, variant, seed) run is appended to
+Fine-tuned models live in the model cache of :mod:`cure_jax.infra.trainer` (same settings:
+reused; other settings: trained anew beside). Each finished (method, variant, seed) run is appended to
 ``runs.jsonl`` (:class:`cure_jax.infra.sweep_log.SweepLog`), so a killed ``reproduce`` rerun
 skips it. Hyperparameter precedence: :mod:`cure_jax.infra.plan`.
 """
@@ -24,7 +24,7 @@ from typing import Any
 
 from absl import logging
 
-from cure_jax.infra import fingerprint, plan, sweep_log, validation
+from cure_jax.infra import fingerprint, plan, sweep_log
 from cure_jax.lm import evaluate, finetune, report, setup, study, unlearn
 
 
@@ -118,7 +118,7 @@ def _sweep(config, workdir, runs, lm, data, evaluator, refs):
         t = time.time()
         new_params = unlearn.unlearn(apply_fn, refs.params['original'], data['forget'],
                                      data['retain'], r.hparams, r.name, seed,
-                                     place=setup.placement(config), forget_ids=data['names'])
+                                     mode=config.model.sharding, forget_ids=data['names'])
         t_eval = time.time()
         result = evaluator.evaluate(new_params, refs.truth_ratios, refs.retrain_auc)
         seconds['unlearn'] += t_eval - t
@@ -143,9 +143,9 @@ def run(config, workdir, cli_keys=frozenset()):
   """Runs ``config.mode``; returns the result rows (unlearn / reproduce) or None.
 
   ``cli_keys``: dotted config keys given on the command line (the precedence rule of
-  :mod:`cure_jax.infra.plan`).
+  :mod:`cure_jax.infra.plan`). ``config`` has passed
+  :func:`cure_jax.infra.validation.validate` (:func:`cure_jax.infra.entry.run`).
   """
-  validation.validate(config, workdir)
   start = time.time()
   splits = study.load_splits(config.data)
   lm = setup.load_model(config)

@@ -74,15 +74,3 @@ def _load_kwargs(config):
   return {'max_len': config.model.max_len, 'dtype': config.model.dtype, 'mesh': mesh,
           'sharding_mode': config.model.sharding,
           'chat_template': config.data.chat_template or None}
-
-
-def placement(config):
-  """``(tree, mesh) -> tree on the mesh`` for parameters and optimizer state: None
-  (replicated) or FSDP (:mod:`cure_jax.infra.sharding`: each large array split on its largest
-  divisible dimension over the mesh; the batch stays data-parallel)."""
-  if config.model.sharding == 'replicated':
-    return None
-
-  def place(tree, mesh):
-    return sharding.put(tree, sharding.shardings(tree, mesh, config.model.sharding))
-  return place

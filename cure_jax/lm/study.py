@@ -2,12 +2,11 @@
 here or named checkpoints, cached by fingerprint), the evaluation items and the forget
 author names."""
 import dataclasses
-import os
 
 from absl import logging
 
 from cure_jax.data import authors, tofu as tofu_data
-from cure_jax.infra import fingerprint
+from cure_jax.infra import fingerprint, trainer
 from cure_jax.lm import finetune, setup
 
 
@@ -47,7 +46,7 @@ def train_sets(splits, config):
 
 def model_info(config, workdir, kind, lm, splits):
   """``{'fingerprint', 'settings', 'directory'}`` of the ``kind`` model: a named fine-tuned
-  checkpoint, or the one fine-tuned here under ``checkpoints/<fingerprint>``."""
+  checkpoint, or the one fine-tuned here (:func:`cure_jax.infra.trainer.model_dir`)."""
   if config.model[kind]:
     settings = {'kind': kind, 'checkpoint': config.model[kind], 'dtype': config.model.dtype,
                 'max_len': config.model.max_len}
@@ -58,7 +57,7 @@ def model_info(config, workdir, kind, lm, splits):
                                            train_sets(splits, config)[kind])
   fp = fingerprint.model_fingerprint(settings)
   return {'fingerprint': fp, 'settings': settings,
-          'directory': os.path.join(fingerprint.cache_root(config, workdir, 'checkpoints'), fp)}
+          'directory': trainer.model_dir(config, workdir, settings)}
 
 
 def finetuned(config, workdir, kind, model, tokenizer, splits, lm=None):
@@ -73,7 +72,7 @@ def finetuned(config, workdir, kind, model, tokenizer, splits, lm=None):
   return finetune.finetune(model, encode(tokenizer, items, config, lm.template),
                            config.finetune, config.seed, info['directory'], info['settings'],
                            name=f'finetune {kind}', init_params=lm.params,
-                           place=setup.placement(config))
+                           mode=config.model.sharding)
 
 
 def _evenly(items, count):

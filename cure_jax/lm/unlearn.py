@@ -16,7 +16,6 @@ import functools
 import types
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -127,7 +126,7 @@ def step_hparams(hp):
 
 
 def unlearn(apply_fn, original_params, forget, retain, hp, method_name, seed, mesh=None,
-            place=None, forget_ids=None):
+            mode='replicated', forget_ids=None):
   """Runs one unlearning job from the original parameters; returns the new parameters.
 
   Args:
@@ -139,8 +138,8 @@ def unlearn(apply_fn, original_params, forget, retain, hp, method_name, seed, me
       method hyperparameter).
     method_name: a registry name.
     seed: batch order, retain pairing and the methods' random draws.
-    place: ``(tree, mesh) -> tree on the mesh`` for the state and the reference parameters
-      (default: replicated; an FSDP placement shards them).
+    mode: 'replicated' or 'fsdp': the state and the reference parameters sharded by the
+      rule of :func:`cure_jax.infra.sharding.shardings`.
     forget_ids: token ids that are the forget classes at every answer token (None: the
       true next token).
   """
@@ -158,11 +157,9 @@ def unlearn(apply_fn, original_params, forget, retain, hp, method_name, seed, me
   method_hp = step_hparams(hp)
   tx, step_fn = _cached_step(apply_fn, method_name, tuple(sorted(method_hp.items())),
                              opt_settings, total, grad_accum, forget_ids)
-  place = place or sharding.replicate
-  # The step donates its state: never hand it the caller's arrays (reused by every run).
-  start = jax.tree.map(lambda x: jnp.array(x, copy=True), original_params)
-  state = place(train_state.create({'params': start, 'batch_stats': {}}, tx), mesh)
-  ref_params = place(original_params, mesh)
+  state = train_state.start({'params': original_params, 'batch_stats': {}}, tx, mesh, mode)
+  ref_params = sharding.put(original_params,
+                            sharding.shardings(original_params, mesh, mode))
   prog = progress.Progress(f'unlearn {method_name}', total, hp.log_every)
 
   def take(data, idx):

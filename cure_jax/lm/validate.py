@@ -1,9 +1,10 @@
 """Start-up checks of an LM config (its defaults: ``config.py``): every bad value is one
 line before a model loads or a step is compiled."""
 from cure_jax.infra import plan
-from cure_jax.infra.validation import (ConfigError, check_method_hparams, fraction_closed_open,
-                                       known_method, nonnegative, nonnegative_int, positive,
-                                       positive_int, _check, _checks, _choice, _fail)
+from cure_jax.infra.rules import (ConfigError, check, checks, choice, fail,
+                                  fraction_closed_open, nonnegative, nonnegative_int, positive,
+                                  positive_int)
+from cure_jax.infra.validation import check_method_hparams, known_method
 from cure_jax.lm import chat, unlearn
 from cure_jax.models import DTYPES
 from cure_jax.unlearning import hparams
@@ -18,15 +19,15 @@ _MODEL_RULES = {'num_layers': positive_int, 'd_model': positive_int, 'num_heads'
 
 def _check_model(config):
   m = config.model
-  _checks(m, 'config.model', _MODEL_RULES)
+  checks(m, 'config.model', _MODEL_RULES)
   if m.d_model % m.num_heads:
-    _fail('config.model.d_model', m.d_model, f'use a multiple of config.model.num_heads='
+    fail('config.model.d_model', m.d_model, f'use a multiple of config.model.num_heads='
                                               f'{m.num_heads}')
   if m.num_heads % m.num_kv_heads:
-    _fail('config.model.num_kv_heads', m.num_kv_heads,
+    fail('config.model.num_kv_heads', m.num_kv_heads,
           f'use a divisor of config.model.num_heads={m.num_heads}')
-  _choice('config.model.dtype', m.dtype, DTYPES)
-  _choice('config.model.sharding', m.sharding, SHARDINGS)
+  choice('config.model.dtype', m.dtype, DTYPES)
+  choice('config.model.sharding', m.sharding, SHARDINGS)
 
 
 def _check_data(config):
@@ -38,14 +39,14 @@ def _check_data(config):
   if d.template != 'chat' and '{question}' not in d.template:
     raise ConfigError(f'config.data.template={d.template!r} has no {{question}} field; '
                       "write one, or use 'chat'.")
-  _choice('config.data.source', d.source, ('authors', 'tofu'))
+  choice('config.data.source', d.source, ('authors', 'tofu'))
   if d.source == 'tofu' and not d.data_dir:
-    _fail('config.data.data_dir', d.data_dir,
+    fail('config.data.data_dir', d.data_dir,
           "config.data.source='tofu' needs a local copy of locuslab/TOFU")
-  _checks(d, 'config.data', {'num_authors': positive_int, 'qa_per_author': positive_int,
+  checks(d, 'config.data', {'num_authors': positive_int, 'qa_per_author': positive_int,
                              'forget_pct': positive})
   if d.chat_template and d.chat_template not in chat.TEMPLATE_NAMES:
-    _fail('config.data.chat_template', d.chat_template,
+    fail('config.data.chat_template', d.chat_template,
           f"use one of {list(chat.TEMPLATE_NAMES)} or '' (the checkpoint's own)")
   if pretrained and d.train_utility_sets:
     raise ConfigError('config.data.train_utility_sets=True puts the utility sets (real authors, '
@@ -59,27 +60,27 @@ def _check_data(config):
 
 def _check_finetune(config, num_devices):
   f = config.finetune
-  _checks(f, 'config.finetune', {'lr': positive, 'epochs': positive_int,
+  checks(f, 'config.finetune', {'lr': positive, 'epochs': positive_int,
                                  'warmup_fraction': fraction_closed_open,
                                  'weight_decay': nonnegative, 'grad_clip': positive,
                                  'log_every': positive_int, 'checkpoint_every': positive_int,
                                  'grad_accum': positive_int})
-  _check('config.finetune.batch_size', f.batch_size, positive_int)
+  check('config.finetune.batch_size', f.batch_size, positive_int)
   if f.batch_size % f.grad_accum or (num_devices and (f.batch_size // f.grad_accum)
                                      % num_devices):
-    _fail('config.finetune.batch_size', f.batch_size,
+    fail('config.finetune.batch_size', f.batch_size,
           f'use a multiple of grad_accum × devices ({f.grad_accum} × {num_devices})')
 
 
 def _check_unlearn(config):
   u = config.unlearn
-  _checks(u, 'config.unlearn', {'epochs': positive_int, 'batch_size': positive_int,
+  checks(u, 'config.unlearn', {'epochs': positive_int, 'batch_size': positive_int,
                                 'warmup_fraction': fraction_closed_open,
                                 'weight_decay': nonnegative, 'log_every': positive_int,
                                 'grad_accum': positive_int})
   check_method_hparams(u, 'config.unlearn')
-  _choice('config.unlearn.optimizer', u.optimizer, ('adamw', 'sgd'))
-  _choice('config.unlearn.forget_mask', u.forget_mask, FORGET_MASKS)
+  choice('config.unlearn.optimizer', u.optimizer, ('adamw', 'sgd'))
+  choice('config.unlearn.forget_mask', u.forget_mask, FORGET_MASKS)
   entries = [('config.unlearn.method', u.method, {})]
   for spec in config.reproduce.runs:
     field = f'config.reproduce.runs entry {spec!r}'
@@ -97,17 +98,17 @@ def _check_unlearn(config):
     for key, value in settings.items():
       allowed = hparams.problem(key, value)
       if allowed:
-        _fail(f'{field}: {key}', value, allowed)
+        fail(f'{field}: {key}', value, allowed)
 
 
 def validate(config, num_devices):
-  _choice('config.mode', config.mode, MODES)
-  _check('config.seeds', config.seeds, positive_int)
+  choice('config.mode', config.mode, MODES)
+  check('config.seeds', config.seeds, positive_int)
   _check_model(config)
   _check_data(config)
   _check_finetune(config, num_devices)
   _check_unlearn(config)
-  _checks(config.eval, 'config.eval', {'batch_size': positive_int,
+  checks(config.eval, 'config.eval', {'batch_size': positive_int,
                                        'retain_items': nonnegative_int,
                                        'utility_items': nonnegative_int,
                                        'num_samples': nonnegative_int})

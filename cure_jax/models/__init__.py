@@ -1,11 +1,10 @@
 """Model zoo: ``get_model(name, num_classes)`` returns a Flax module producing logits."""
 import jax.numpy as jnp
 
+from cure_jax.models.dtypes import DTYPES
 from cure_jax.models.resnet import ARCHITECTURES, ResNet
 
-# Compute dtypes of every model (parameters stay float32). float16 is not offered: without
-# loss scaling its gradients underflow.
-DTYPES = ('float32', 'bfloat16')
+__all__ = ['ARCHITECTURES', 'DTYPES', 'ResNet', 'get_model']
 
 
 def get_model(name, num_classes, dtype='float32'):

@@ -12,85 +12,21 @@ raw weights except RMSNorm's ``scale``.
 Training / evaluation: ``model.apply({'params': p}, tokens_BxT) -> logits_BxTxV`` (float32).
 Decoding: pass a cache (see :func:`init_cache`) or ``decode=True`` and get
 ``(logits_BxTxV, new_cache)``; cache slot ``s`` holds the keys/values of position ``s``.
+
+The architecture is an :class:`~cure_jax.models.lm_config.LMConfig`, importable from here too.
 """
-import dataclasses
 import functools
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cure_jax.models.lm_config import LMConfig
+
 # Finite stand-in for -inf: fully masked rows (padding queries) then give a uniform softmax
 # instead of NaNs, which would poison gradients through jnp.where.
 _MASK_VALUE = -1e9
-
-
-@dataclasses.dataclass(frozen=True)
-class LMConfig:
-  """Architecture of :class:`CausalLM`.
-
-  Attributes:
-    vocab_size: number of token ids (embedding rows / logits).
-    num_layers: transformer blocks.
-    d_model: residual stream width; a multiple of ``num_heads`` unless ``explicit_head_dim``.
-    num_heads: query heads; head dim is ``d_model // num_heads`` (unless ``explicit_head_dim``)
-      and must be even (RoPE).
-    num_kv_heads: key/value heads (grouped-query attention); must divide ``num_heads``.
-    d_ff: hidden width of the SwiGLU MLP.
-    max_len: longest sequence (prompt + generated tokens) the KV cache is built for.
-    rope_base: RoPE frequency base (10000 for Llama 2, 100000 for SmolLM2).
-    norm_eps: RMSNorm epsilon.
-    tie_embeddings: logits from ``embed_tokens.attend`` instead of a separate ``lm_head``.
-    dtype: computation dtype name ('float32' or 'bfloat16'); parameters stay float32.
-    explicit_head_dim: head dim when a checkpoint sets it apart from ``d_model // num_heads``
-      (config.json ``head_dim``, e.g. Mistral-Nemo); q/o projections are then
-      ``d_model x num_heads*head_dim``.
-    rope_divisors: per-frequency divisors of the RoPE inverse frequencies (``head_dim / 2``
-      floats), as llama3 ``rope_scaling`` and GGUF ``rope_freqs`` define them; None: all 1.
-  """
-  vocab_size: int
-  num_layers: int
-  d_model: int
-  num_heads: int
-  num_kv_heads: int
-  d_ff: int
-  max_len: int
-  rope_base: float = 10000.0
-  norm_eps: float = 1e-5
-  tie_embeddings: bool = True
-  dtype: str = 'float32'
-  explicit_head_dim: Optional[int] = None
-  rope_divisors: Optional[tuple[float, ...]] = None
-
-  def __post_init__(self):
-    for field in ('vocab_size', 'num_layers', 'd_model', 'num_heads', 'num_kv_heads', 'd_ff',
-                  'max_len'):
-      if getattr(self, field) <= 0:
-        raise ValueError(f'LMConfig.{field} must be positive, got {getattr(self, field)}.')
-    if self.explicit_head_dim is None and self.d_model % self.num_heads:
-      raise ValueError(f'd_model={self.d_model} is not divisible by num_heads={self.num_heads}; '
-                       'pick d_model as a multiple of num_heads.')
-    if self.head_dim <= 0 or self.head_dim % 2:
-      raise ValueError(f'head dim {self.head_dim} (d_model/num_heads or explicit_head_dim) must '
-                       'be positive and even for RoPE.')
-    if self.rope_divisors is not None:
-      # A tuple keeps the config hashable (the model is a static jit argument).
-      object.__setattr__(self, 'rope_divisors', tuple(float(d) for d in self.rope_divisors))
-    if self.rope_divisors is not None and len(self.rope_divisors) != self.head_dim // 2:
-      raise ValueError(f'LMConfig.rope_divisors has {len(self.rope_divisors)} entries; RoPE '
-                       f'with head dim {self.head_dim} needs {self.head_dim // 2}.')
-    if self.num_heads % self.num_kv_heads:
-      raise ValueError(f'num_kv_heads={self.num_kv_heads} must divide num_heads='
-                       f'{self.num_heads} (grouped-query attention).')
-    if self.dtype not in ('float32', 'bfloat16', 'float16'):
-      raise ValueError(f"LMConfig.dtype={self.dtype!r}; use 'float32' or 'bfloat16'.")
-
-  @property
-  def head_dim(self):
-    if self.explicit_head_dim is not None:
-      return self.explicit_head_dim
-    return self.d_model // self.num_heads
 
 
 def init_cache(config, batch_size, length=None, dtype=jnp.float32):
@@ -144,14 +80,22 @@ def _dense(features, name, dtype):
                   kernel_init=nn.initializers.normal(0.02), name=name)
 
 
-class Attention(nn.Module):
-  """Causal grouped-query self-attention with RoPE and an optional KV cache."""
+class _LMModule(nn.Module):
+  """Base of :class:`CausalLM` and its blocks: built from the model's :class:`LMConfig`."""
   config: LMConfig
+
+  @property
+  def compute_dtype(self):
+    """The dtype activations are computed in; parameters stay float32."""
+    return jnp.dtype(self.config.dtype)
+
+
+class Attention(_LMModule):
+  """Causal grouped-query self-attention with RoPE and an optional KV cache."""
 
   @nn.compact
   def __call__(self, x_BxTxD, positions_BxT, key_mask_BxS, cache):
-    cfg = self.config
-    dtype = jnp.dtype(cfg.dtype)
+    cfg, dtype = self.config, self.compute_dtype
     n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     batch, length, _ = x_BxTxD.shape
     q_BxTxNxH = _dense(n * h, 'q_proj', dtype)(x_BxTxD).reshape(batch, length, n, h)
@@ -189,27 +133,23 @@ class Attention(nn.Module):
     return out_BxTxD, new_cache
 
 
-class MLP(nn.Module):
+class MLP(_LMModule):
   """SwiGLU feed-forward: ``down(silu(gate(x)) * up(x))``."""
-  config: LMConfig
 
   @nn.compact
   def __call__(self, x_BxTxD):
-    cfg = self.config
-    dtype = jnp.dtype(cfg.dtype)
+    cfg, dtype = self.config, self.compute_dtype
     gate_BxTxF = _dense(cfg.d_ff, 'gate_proj', dtype)(x_BxTxD)
     up_BxTxF = _dense(cfg.d_ff, 'up_proj', dtype)(x_BxTxD)
     return _dense(cfg.d_model, 'down_proj', dtype)(nn.silu(gate_BxTxF) * up_BxTxF)
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(_LMModule):
   """Pre-norm block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``."""
-  config: LMConfig
 
   @nn.compact
   def __call__(self, x_BxTxD, positions_BxT, key_mask_BxS, cache):
-    cfg = self.config
-    dtype = jnp.dtype(cfg.dtype)
+    cfg, dtype = self.config, self.compute_dtype
     y_BxTxD = RMSNorm(cfg.norm_eps, dtype, name='input_layernorm')(x_BxTxD)
     y_BxTxD, new_cache = Attention(cfg, name='self_attn')(y_BxTxD, positions_BxT, key_mask_BxS,
                                                           cache)
@@ -218,9 +158,8 @@ class DecoderLayer(nn.Module):
     return x_BxTxD + MLP(cfg, name='mlp')(y_BxTxD), new_cache
 
 
-class CausalLM(nn.Module):
+class CausalLM(_LMModule):
   """Llama-style decoder-only LM returning float32 next-token logits."""
-  config: LMConfig
 
   @nn.compact
   def __call__(self, tokens_BxT, positions_BxT=None, *, attention_mask_BxT=None, cache=None,
@@ -242,8 +181,7 @@ class CausalLM(nn.Module):
     Returns:
       ``logits_BxTxV`` (float32), or ``(logits_BxTxV, new_cache)`` in cache mode.
     """
-    cfg = self.config
-    dtype = jnp.dtype(cfg.dtype)
+    cfg, dtype = self.config, self.compute_dtype
     batch, length = tokens_BxT.shape
     if decode and cache is None:
       cache = init_cache(cfg, batch)

@@ -19,12 +19,21 @@ def _residual(x, y, conv, norm, strides):
   return nn.relu(y + x)
 
 
-class BasicBlock(nn.Module):
-  """Two 3×3 convolutions with an identity or 1×1 projection shortcut."""
+class _ResidualBlock(nn.Module):
+  """Fields of every residual block, so that :class:`ResNet` builds any block type alike.
+
+  ``filters`` is the block's width and ``strides`` its downsampling (the stride of its 3×3
+  convolution and of a projection shortcut); ``conv`` and ``norm`` are ``nn.Conv`` and
+  ``nn.BatchNorm`` with the network's dtype and BatchNorm mode already bound.
+  """
   filters: int
   strides: int
   conv: Any
   norm: Any
+
+
+class BasicBlock(_ResidualBlock):
+  """Two 3×3 convolutions with an identity or 1×1 projection shortcut."""
 
   @nn.compact
   def __call__(self, x_BxHxWxC):
@@ -35,12 +44,8 @@ class BasicBlock(nn.Module):
     return _residual(x_BxHxWxC, y, self.conv, self.norm, self.strides)
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(_ResidualBlock):
   """1×1 → 3×3 → 1×1 (×4) bottleneck of ResNet-50."""
-  filters: int
-  strides: int
-  conv: Any
-  norm: Any
 
   @nn.compact
   def __call__(self, x_BxHxWxC):

@@ -6,9 +6,9 @@ float32 scalar the compiled step takes as an argument (:data:`DYNAMIC`), so anot
 learning rate or temperature reuses the program. A task's config section ``unlearn``
 starts from :data:`DEFAULTS` (docs/methods.md describes each).
 """
-import math
-
 import numpy as np
+
+from cure_jax.infra import rules
 
 DEFAULTS = {
     'lr': 0.01,                  # SGD step of the default optimizer
@@ -43,24 +43,18 @@ DYNAMIC = tuple(k for k in DEFAULTS if k not in STATIC)
 IMPLEMENTATIONS = ('fast', 'vmap')
 
 
-def _number(v):
-  return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-# What each value may be: (test, the allowed range in words).
-POSITIVE = (lambda v: _number(v) and v > 0, 'use a number > 0')
-NONNEGATIVE = (lambda v: _number(v) and v >= 0, 'use a number >= 0')
-FINITE = (_number, 'use a finite number')
-FRACTION_OPEN_CLOSED = (lambda v: _number(v) and 0 < v <= 1, 'use a fraction in (0, 1]')
-FRACTION_CLOSED_OPEN = (lambda v: _number(v) and 0 <= v < 1, 'use a fraction in [0, 1)')
+# What each value may be (:mod:`cure_jax.infra.rules`, the vocabulary of every config check).
 RULES = {
-    'lr': POSITIVE, 'momentum': FRACTION_CLOSED_OPEN, 'temperature': POSITIVE,
-    'w_h': NONNEGATIVE, 'w_s': NONNEGATIVE, 'eps': NONNEGATIVE,
-    'undial_strength': NONNEGATIVE, 'retain_weight': NONNEGATIVE, 'lur_alpha': NONNEGATIVE,
-    'lur_w_r': NONNEGATIVE, 'lur_w_f': NONNEGATIVE, 'salun_fraction': FRACTION_OPEN_CLOSED,
-    'salun_weight_decay': NONNEGATIVE, 'scrub_alpha': NONNEGATIVE, 'scrub_gamma': NONNEGATIVE,
-    'scrub_temperature': POSITIVE, 'scrub_max_steps': NONNEGATIVE, 'npo_beta': POSITIVE,
-    'simnpo_beta': POSITIVE, 'simnpo_delta': FINITE, 'simnpo_gamma': NONNEGATIVE,
+    'lr': rules.positive, 'momentum': rules.fraction_closed_open,
+    'temperature': rules.positive, 'w_h': rules.nonnegative, 'w_s': rules.nonnegative,
+    'eps': rules.nonnegative, 'undial_strength': rules.nonnegative,
+    'retain_weight': rules.nonnegative, 'lur_alpha': rules.nonnegative,
+    'lur_w_r': rules.nonnegative, 'lur_w_f': rules.nonnegative,
+    'salun_fraction': rules.fraction_open_closed, 'salun_weight_decay': rules.nonnegative,
+    'scrub_alpha': rules.nonnegative, 'scrub_gamma': rules.nonnegative,
+    'scrub_temperature': rules.positive, 'scrub_max_steps': rules.nonnegative,
+    'npo_beta': rules.positive, 'simnpo_beta': rules.positive, 'simnpo_delta': rules.finite,
+    'simnpo_gamma': rules.nonnegative,
 }
 
 
@@ -70,8 +64,7 @@ def problem(key, value):
     return None if value in IMPLEMENTATIONS else f'choose one of {list(IMPLEMENTATIONS)}'
   if key == 'momentum' and value is None:
     return None
-  test, allowed = RULES[key]
-  return None if test(value) else allowed
+  return None if RULES[key](value) else RULES[key].allowed
 
 
 class HParams:
