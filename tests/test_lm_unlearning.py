@@ -175,7 +175,8 @@ def test_parse_run_and_variant_names(spec, method, overrides, variant):
 
 
 @pytest.mark.parametrize('spec, match', [('sgd', 'Unknown unlearning method'),
-                                         ('grogu:T5', 'key=value'), ('npo:gamma=1', 'Unknown hyper'),
+                                         ('grogu:T5', 'key=value'),
+                                         ('npo:gamma=1', 'Unknown hyper'),
                                          ('graddiff', "now 'gradasc_descent'"),
                                          ('salun', 'classifiers only')])
 def test_parse_run_rejects_bad_specs(spec, match):

@@ -8,7 +8,7 @@ import stat
 import numpy as np
 import pytest
 
-from cure_jax.classification import evaluate, experiment, protocol, tables
+from cure_jax.classification import compiled_runs, evaluate, experiment, protocol, tables
 from cure_jax.infra import entry, files
 from tests import helpers
 
@@ -34,6 +34,7 @@ def _strip(rows):
 @pytest.fixture(scope='module')
 def first(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('first')
+  compiled_runs.programs.cache_clear()  # its rows report their compile: none cached before
   rows = entry.run(tiny_config(), str(workdir))
   return workdir, rows
 
@@ -91,7 +92,8 @@ def test_killed_sweep_resumes_to_the_uninterrupted_rows(first, tmp_path, monkeyp
     entry.run(tiny_config(), str(tmp_path))
   assert not (tmp_path / 'results.json').exists()
   calls.clear()
-  monkeypatch.setattr(protocol, 'run_unit', lambda *a, **k: (calls.append(a[1:3]), real(*a, **k))[1])
+  monkeypatch.setattr(protocol, 'run_unit',
+                      lambda *a, **k: (calls.append(a[1:3]), real(*a, **k))[1])
   resumed = entry.run(tiny_config(), str(tmp_path))
   assert len(calls) == 8 - 3          # only the units the killed sweep had not finished
   assert _strip(resumed) == _strip(rows)

@@ -15,6 +15,7 @@ BatchNorm stays in inference mode with the starting model's statistics, so examp
 interact and GROGU's per-example gradients are well defined.
 """
 import dataclasses
+import functools
 import math
 import time
 from typing import Any
@@ -76,8 +77,16 @@ class RunData:
   mask_K: Any       # bool [K]
 
 
+@functools.lru_cache(maxsize=8)
+def programs(model, mean, std, mesh):
+  """The :class:`Programs` of one model, normalisation (tuples) and mesh: a second study in
+  the same process (a rerun, a notebook cell run again) reuses its compiled programs."""
+  return Programs(model, mean, std, mesh)
+
+
 class Programs:
-  """Compiled unlearning programs of one model and mesh, cached per method and shapes."""
+  """Compiled unlearning programs of one model and mesh, cached per method and shapes
+  (:func:`programs` keeps one per model, normalisation and mesh for the whole process)."""
 
   def __init__(self, model, mean, std, mesh):
     self.model, self.mesh = model, mesh

@@ -4,6 +4,7 @@ Evaluation sets are held as uint8 arrays and normalised on the device, in fixed-
 so the logits and input-gradient programs compile once for every model, method and
 scenario of a sweep.
 """
+import functools
 import math
 
 import jax
@@ -50,6 +51,26 @@ def relative_change(per_class, reference):
   return np.where(r > 0, (a - r) / safe, a - r).tolist()
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled(model, mean, std, mesh):
+  """The jitted logits and input-gradient functions of one model, normalisation and mesh,
+  shared by every evaluator (a rerun in the same process does not compile them again)."""
+  mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+  norm = lambda x: (x.astype(jnp.float32) / 255.0 - mean) / std
+  sharded = sharding.batch_sharded(mesh)
+  repl = sharding.replicated(mesh)
+
+  def logits(variables, x):
+    return model.apply(variables, norm(x), train=False)
+
+  def input_grads(variables, x, y):
+    def loss(z):
+      return jnp.sum(losses.cross_entropy(model.apply(variables, z, train=False), y))
+    return jax.grad(loss)(norm(x))
+  return (jax.jit(logits, in_shardings=(repl, sharded)),
+          jax.jit(input_grads, in_shardings=(repl, sharded, sharded)))
+
+
 class Evaluator:
   """Evaluates variables on one split, against the retrain model's accuracy and gradients."""
 
@@ -58,20 +79,8 @@ class Evaluator:
     self.data, self.mesh, self.batch_size = data, mesh, batch_size
     self.num_classes = data.num_classes
     self.x, self.y = materialize(source)
-    mean, std = np.asarray(data.mean, np.float32), np.asarray(data.std, np.float32)
-    norm = lambda x: (x.astype(jnp.float32) / 255.0 - mean) / std
-    sharded = sharding.batch_sharded(mesh)
-    repl = sharding.replicated(mesh)
-
-    def logits(variables, x):
-      return model.apply(variables, norm(x), train=False)
-
-    def input_grads(variables, x, y):
-      def loss(z):
-        return jnp.sum(losses.cross_entropy(model.apply(variables, z, train=False), y))
-      return jax.grad(loss)(norm(x))
-    self._logits = jax.jit(logits, in_shardings=(repl, sharded))
-    self._grads = jax.jit(input_grads, in_shardings=(repl, sharded, sharded))
+    self._logits, self._grads = _compiled(model, tuple(np.ravel(data.mean)),
+                                          tuple(np.ravel(data.std)), mesh)
 
   def _chunks(self, fn, variables, *arrays):
     n, b = len(arrays[0]), self.batch_size

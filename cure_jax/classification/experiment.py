@@ -2,7 +2,8 @@
 
 ``reproduce`` (and ``unlearn``, one method) runs the paper's protocol
 (:mod:`cure_jax.classification.protocol`) and writes results.json / results.md / plots;
-``tune`` grid-searches each method on the validation split; ``train_original`` / ``train_retrain`` only train (or reuse) the models.
+``tune`` grid-searches each method on the validation split; ``train_original`` /
+``train_retrain`` only train (or reuse) the models.
 Sweeps are resumable: finished runs are logged in ``WORKDIR/runs.jsonl`` (``tune.jsonl``).
 """
 import dataclasses
@@ -16,16 +17,14 @@ from absl import logging
 from cure_jax.classification import protocol, report, tables
 from cure_jax.infra import files, fingerprint, plan, sweep_log
 
+
 def _meta(config, study, cli_keys):
-  meta = fingerprint.run_metadata(config)
   infos = [m.info for m in study.originals] + [m.info for sc in study.scenarios
                                                 for m in sc.retrain]
-  meta['models'] = {i['fingerprint']: i['settings'] for i in infos if i}
-  meta['cli_keys'] = sorted(cli_keys)
-  meta['scenarios'] = [sc.label for sc in study.scenarios]
-  meta['model_seeds'] = list(study.model_seeds)
-  meta['timings'] = {k: round(v, 3) for k, v in study.timings.items()}
-  return meta
+  return fingerprint.run_metadata(
+      config, infos, cli_keys, scenarios=[sc.label for sc in study.scenarios],
+      model_seeds=list(study.model_seeds),
+      timings={k: round(v, 3) for k, v in study.timings.items()})
 
 
 def run_unlearning(config, workdir, runs, cli_keys=frozenset()):

@@ -147,7 +147,8 @@ def make_study(config, workdir, split='test', kinds=('original', 'retrain'), n_r
         with timings.phase('evaluate'):
           sc.references.append(evaluator.reference(sc.retrain[-1].variables, classes))
     scenarios.append(sc)
-  programs = compiled_runs.Programs(model, data.mean, data.std, mesh)
+  programs = compiled_runs.programs(model, tuple(np.ravel(data.mean)),
+                                    tuple(np.ravel(data.std)), mesh)
   return Study(config, data, model, mesh, seeds, originals, scenarios, evaluator, programs,
                resolve_seed_parallel(config.seed_parallel), n_runs or config.seeds, timings)
 
@@ -286,9 +287,10 @@ def sweep(study, runs, log):
         compile_s += sum(r['compile_s'] or 0.0 for r in done)
       rows += done
     mine = [r for r in rows if r['method'] == name and r['status'] == 'ok']
+    mean = lambda key, label: np.mean([r[key] for r in mine if r['scenario'] == label])
     summary = ' '.join(
-        f'[{sc.label}] retain {np.mean([r["retain_acc"] for r in mine if r["scenario"] == sc.label]):.3f}'
-        f' forget {np.mean([r["forget_acc"] for r in mine if r["scenario"] == sc.label]):.3f}'
+        f'[{sc.label}] retain {mean("retain_acc", sc.label):.3f}'
+        f' forget {mean("forget_acc", sc.label):.3f}'
         for sc in study.scenarios if any(r['scenario'] == sc.label for r in mine))
     console.phase('%-16s %d new run(s) in %.1fs (compile %.1fs)  %s', name, fresh,
            time.perf_counter() - start, compile_s, summary)

@@ -86,12 +86,16 @@ def git_commit():
     return None
 
 
-def run_metadata(config):
-  """Library/JAX versions, git commit, backend and devices, and the config of the run."""
+def run_metadata(config, model_infos=(), cli_keys=(), **extra):
+  """Library/JAX versions, git commit, backend and devices, the config of the run, the
+  settings of every model it used (``model_infos``: their ``model.json`` records), the keys
+  set on the command line, and the task's ``extra`` fields."""
   import flax
   devices = jax.devices()
   return {'cure_jax': library_version(), 'git_commit': git_commit(), 'jax': jax.__version__,
           'flax': flax.__version__, 'python': platform.python_version(),
           'backend': jax.default_backend(), 'device_count': len(devices),
           'device_kind': devices[0].device_kind, 'process_count': jax.process_count(),
-          'config': json.loads(config.to_json_best_effort())}
+          'config': json.loads(config.to_json_best_effort()),
+          'models': {i['fingerprint']: i['settings'] for i in model_infos if i},
+          'cli_keys': sorted(cli_keys), **extra}

@@ -40,7 +40,8 @@ def parse_classes(value, num_classes, field='config.forget_classes', shown=None)
   classes = [int(s) for s in items]
   negative = [c for c in classes if c < 0]
   if negative:
-    rules.fail(field, full, f'class indices are >= 0 (got {negative}); allowed 0..{num_classes - 1}')
+    rules.fail(field, full,
+               f'class indices are >= 0 (got {negative}); allowed 0..{num_classes - 1}')
   out_of_range = [c for c in classes if c >= num_classes]
   if out_of_range:
     raise ConfigError(f'{field}={full!r}: Forget class(es) {out_of_range} out of range: '

@@ -12,9 +12,9 @@ chat prompt), fine-tuned on the authors like TOFU; already fine-tuned original /
 checkpoints (``config.model.original`` / ``.retrain``) skip that fine-tuning.
 
 Fine-tuned models live in the model cache of :mod:`cure_jax.infra.trainer` (same settings:
-reused; other settings: trained anew beside). Each finished (method, variant, seed) run is appended to
-``runs.jsonl`` (:class:`cure_jax.infra.sweep_log.SweepLog`), so a killed ``reproduce`` rerun
-skips it. Hyperparameter precedence: :mod:`cure_jax.infra.plan`.
+reused; other settings: trained anew beside). Each finished (method, variant, seed) run is
+appended to ``runs.jsonl`` (:class:`cure_jax.infra.sweep_log.SweepLog`), so a killed
+``reproduce`` rerun skips it. Hyperparameter precedence: :mod:`cure_jax.infra.plan`.
 """
 import dataclasses
 import math
@@ -55,13 +55,6 @@ def sweep_key(config, fingerprints):
   cfg['data'].pop('data_dir', None)
   return fingerprint.digest({'config': cfg, 'models': fingerprints,
                              'code': fingerprint.TRAIN_CODE_VERSION})
-
-
-def _meta(config, infos, cli_keys):
-  meta = fingerprint.run_metadata(config)
-  meta['models'] = {i['fingerprint']: i['settings'] for i in infos.values()}
-  meta['cli_keys'] = sorted(cli_keys)
-  return meta
 
 
 @dataclasses.dataclass
@@ -170,7 +163,8 @@ def run(config, workdir, cli_keys=frozenset()):
            f'split forget{config.data.forget_pct:02d} ({forget_authors} forget authors), '
            f'forget mask {config.unlearn.forget_mask})')
   table = report.write_report(refs.rows + rows, workdir, samples=refs.samples, title=title,
-                              meta=_meta(config, refs.infos, cli_keys))
+                              meta=fingerprint.run_metadata(config, refs.infos.values(),
+                                                            cli_keys))
   logging.info('%s mode finished in %.0fs: fine-tuning (or loading) and reference '
                'evaluations %.0fs, unlearning %.0fs, evaluations of unlearned models %.0fs',
                config.mode, time.time() - start, reference_s, seconds['unlearn'],
