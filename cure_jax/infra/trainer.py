@@ -10,9 +10,9 @@ A trained model lives in one cache layout, whatever the task::
 The digest is the fingerprint of every setting that determines the parameters
 (:mod:`cure_jax.infra.fingerprint`), so a rerun with the same settings reuses the model and
 any change trains a new one beside it. A directory whose ``model.json`` records other
-settings (a copied or renamed directory) is refused rather than resumed. The loop asks for
-the batch of step ``i`` as a function of ``i``, so a resumed run reaches the same
-parameters as an uninterrupted one.
+settings (a copied or renamed directory) is refused rather than resumed. The tasks' batches
+are a function of the step alone, so a resumed run reaches the same parameters as an
+uninterrupted one.
 """
 import json
 import os
