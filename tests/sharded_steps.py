@@ -103,7 +103,7 @@ def run_classifier(mesh):
   tx = train.make_optimizer(cfg)
   variables = train_state.init_variables(model, jax.random.key(0), (8, 8, 1))
   state = jax.device_get(train_state.create(variables, tx))
-  state = sharding.put(state, sharding.shardings(state, mesh, 'replicated'))
+  state = sharding.place(state, mesh)
   step = train.make_train_step(model, cfg, mesh)
   for batch in classifier_batches():
     state, metrics = step(state, sharding.shard_batch(batch, mesh), 10)

@@ -189,7 +189,7 @@ def test_fsdp_placement_fine_tunes_and_unlearns_like_replicated(tmp_path):
     results[mode] = (tuned, unlearn.unlearn(apply_fn, tuned, encoded, encoded, hp,
                                             'npo_descent', 0, mode=mode))
   mesh = sharding.make_mesh()
-  placed = sharding.put(results['fsdp'][0], sharding.shardings(results['fsdp'][0], mesh, 'fsdp'))
+  placed = sharding.place(results['fsdp'][0], mesh, 'fsdp')
   assert any(leaf.sharding.spec != jax.sharding.PartitionSpec()
              for leaf in jax.tree.leaves(placed))  # something really is sharded
   for got, want in zip(jax.tree.leaves(results['fsdp']), jax.tree.leaves(results['replicated'])):

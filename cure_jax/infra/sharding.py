@@ -118,6 +118,12 @@ def shardings(tree, mesh, mode='fsdp', min_size=DEFAULT_MIN_SIZE):
   return jax.tree.map(one, tree)
 
 
+def place(tree, mesh, mode='replicated'):
+  """``tree`` placed on ``mesh`` by the rule of :func:`shardings` (:func:`put`: host arrays
+  go slice by slice, so no device ever holds more than its own share)."""
+  return put(tree, shardings(tree, mesh, mode))
+
+
 def jit_init(fn, example_args, mesh, mode='replicated'):
   """``fn`` (a model init, a train state) jitted with ``out_shardings`` from
   :func:`shardings` of its abstract value for ``example_args``: every array is created on

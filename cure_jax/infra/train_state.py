@@ -34,9 +34,12 @@ def create(variables, tx):
 
 def start(variables, tx, mesh, mode='replicated'):
   """The train state at step 0 from given ``variables`` (pretrained or fine-tuned parameters),
-  placed on ``mesh`` slice by slice from the host (``mode``: the rule of
-  :func:`cure_jax.infra.sharding.shardings`). The arrays are copied first: the training and
-  unlearning steps donate their state and must never consume the caller's arrays."""
-  variables = jax.tree.map(lambda x: jnp.array(x, copy=True), variables)
-  state = create(variables, tx)
-  return sharding.put(state, sharding.shardings(state, mesh, mode))
+  placed on ``mesh`` by :func:`cure_jax.infra.sharding.place` (``mode``: 'replicated' or
+  'fsdp'). Device arrays are copied first: the training and unlearning steps donate their
+  state and must never consume the caller's arrays. Host (numpy) arrays need no copy: they
+  go to the devices slice by slice. The optimizer state is then created from the placed
+  parameters, so its moments are born with their parameters' shardings."""
+  variables = jax.tree.map(lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) else x,
+                           variables)
+  state = create(sharding.place(variables, mesh, mode), tx)
+  return sharding.place(state, mesh, mode)  # the scalars (step, optimizer counts)

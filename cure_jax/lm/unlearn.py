@@ -158,8 +158,7 @@ def unlearn(apply_fn, original_params, forget, retain, hp, method_name, seed, me
   tx, step_fn = _cached_step(apply_fn, method_name, tuple(sorted(method_hp.items())),
                              opt_settings, total, grad_accum, forget_ids)
   state = train_state.start({'params': original_params, 'batch_stats': {}}, tx, mesh, mode)
-  ref_params = sharding.put(original_params,
-                            sharding.shardings(original_params, mesh, mode))
+  ref_params = sharding.place(original_params, mesh, mode)
   prog = progress.Progress(f'unlearn {method_name}', total, hp.log_every)
 
   def take(data, idx):
