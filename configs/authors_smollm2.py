@@ -82,6 +82,7 @@ def get_config(arg=None):
     c.unlearn.epochs = 1
     c.unlearn.batch_size = 4
     c.unlearn.warmup_fraction = 0.0
+    c.unlearn.lr = 1e-3   # one step that must visibly move the model (the tests check it)
     c.unlearn.log_every = 1
     c.eval.retain_items = 2
     c.eval.utility_items = 2

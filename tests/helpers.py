@@ -61,7 +61,8 @@ def summary(before, after):
 
 def check_rows(key, rows):
   """Result rows of a smoke run, every metric exact, against ``tests/fixtures/smoke_rows.json``
-  (recorded from the code before the one-house refactor; method names in today's spelling).
+  (recorded from the code before the one-house refactor; method names in today's spelling;
+  the LM rows re-recorded when its smoke config started to unlearn: warm-up 0 now means none).
   Effective hyperparameters, model fingerprints and timings are left out: the first gained
   keys, the others name or time a model rather than measure it."""
   with open(os.path.join(FIXTURES, 'smoke_rows.json')) as f:

@@ -12,7 +12,7 @@ from safetensors.numpy import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from cure_jax.infra import entry, validation
-from cure_jax.lm import setup, study
+from cure_jax.lm import pretrained, setup, study
 from cure_jax.text.tokenizer import HFTokenizer
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
@@ -114,12 +114,26 @@ def test_authors_smoke_on_a_pretrained_checkpoint(authors_run, tiny_llama):
     assert np.isfinite(row['privleak'])
     assert 0.0 <= row['forget_rouge'] <= 1.0
   assert rows[1]['privleak'] == 0.0
+  _assert_unlearned(rows)
   assert 'PrivLeak' in (workdir / 'results.md').read_text()
   # The fine-tuned model started from the checkpoint: its fingerprint names it.
   [original] = (workdir / 'models').glob('original-*')
   settings = json.loads((original / 'model.json').read_text())['settings']
   assert settings['model']['pretrained'] == tiny_llama
+  assert settings['weights_digest'] == pretrained.weights_digest(tiny_llama)   # the bytes
   assert rows[0]['model_fingerprint']['original'] == original.name
+
+
+def _assert_unlearned(rows):
+  """The smoke config's unlearning moved the model: every unlearned row differs from the
+  original's, and a method that lowers the forget likelihood directly (NPO) lowered it.
+  (The tiny random checkpoint learns little in one fine-tuning epoch, so the CURE
+  objectives' direction on it is not a check.)"""
+  original = rows[0]
+  for row in rows[2:]:
+    assert row['forget_prob'] != original['forget_prob'], row['method']
+    if row['method'].startswith('npo'):
+      assert row['forget_prob'] < original['forget_prob'], (row['method'], row['forget_prob'])
 
 
 def test_prompts_use_the_checkpoints_chat_format(authors_run):
@@ -179,6 +193,7 @@ def test_tofu_smoke_fine_tunes_then_unlearns(tiny_llama, tmp_path):
   rows = entry.run(config, str(tmp_path / 'work'))
   assert [r['method'] for r in rows] == ['original', 'retrain', 'grogu_descent']
   assert all(np.isfinite(r['privleak']) for r in rows)
+  _assert_unlearned(rows)
   assert len(list((tmp_path / 'work' / 'models').glob('original-*'))) == 1
 
 

@@ -303,6 +303,8 @@ def test_smoke_reproduce_rows_and_files(smoke_run):
     for key in ('forget_es', 'forget_prob', 'forget_rouge', 'model_utility', 'forget_quality'):
       assert 0.0 <= row[key] <= 1.0, (row['method'], key, row[key])
   assert rows[1]['forget_quality'] == 1.0
+  for row in rows[2:]:  # the smoke unlearning moves the model: forget answers less likely
+    assert row['forget_prob'] < rows[0]['forget_prob'], (row['method'], row['forget_prob'])
   for row in rows:  # the authors data has holdout authors: membership attacks and privleak
     assert 0.0 <= row['mia_min_k'] <= 1.0 and 0.0 <= row['mia_loss'] <= 1.0
     assert np.isfinite(row['privleak'])

@@ -68,6 +68,10 @@ def test_rows_carry_the_protocol_fields(first):
   assert len({r['model_fingerprint']['retrain'] for r in runs}) == 2
   assert len({r['model_fingerprint']['original'] for r in runs}) == 1
   assert sum(r['compile_s'] > 0 for r in runs if r['method'] == 'ghr') == 1
+  for r in runs:  # the smoke unlearning moves the model: GHR lowers the forget accuracy
+    original = next(x for x in rows if x['method'] == 'original' and x['scenario'] == r['scenario'])
+    if r['method'] == 'ghr':
+      assert r['forget_acc'] < original['forget_acc'], r
 
 
 def test_same_config_gives_identical_metrics(first, tmp_path):

@@ -73,3 +73,18 @@ def test_model_dir_is_the_cache_or_the_workdir(tmp_path):
   config.model_cache = str(tmp_path / 'shared')
   assert trainer.model_dir(config, 'elsewhere', settings) == str(
       tmp_path / 'shared' / local.rsplit('/', 1)[1])
+
+
+def test_new_data_trains_a_new_model_beside_the_old_and_says_so(tmp_path, caplog):
+  from cure_jax.infra import fingerprint
+  old = {'kind': 'original', 'lr': 0.1, 'data_digest': 'aaaa'}
+  new = dict(old, data_digest='bbbb')
+  _fit(tmp_path / fingerprint.model_fingerprint(old), old)
+  calls = []
+  with caplog.at_level('WARNING'):
+    _fit(tmp_path / fingerprint.model_fingerprint(new), new, calls=calls)
+  assert calls == list(range(7))                            # trained anew, not reused
+  lines = [r.getMessage() for r in caplog.records if 'changed since' in r.getMessage()]
+  assert lines == [f'tiny: the data changed since {fingerprint.model_fingerprint(old)} was '
+                   'trained with these settings; training a new model '
+                   f'{fingerprint.model_fingerprint(new)} beside it']

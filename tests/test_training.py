@@ -110,8 +110,9 @@ def test_batch_size_that_does_not_divide_over_devices_is_rejected(tmp_path, data
 def test_traced_schedule_equals_optax_warmup_cosine(total, warmup_fraction):
   import optax
   cfg = helpers.smoke_config(lr=0.3, warmup_fraction=warmup_fraction).train
-  reference = optax.warmup_cosine_decay_schedule(0.0, 0.3, max(int(warmup_fraction * total), 1),
-                                                 total)
+  reference = (optax.warmup_cosine_decay_schedule(0.0, 0.3, max(int(warmup_fraction * total), 1),
+                                                  total)
+               if warmup_fraction else optax.cosine_decay_schedule(0.3, total))  # no warm-up
   for step in range(total + 1):
     np.testing.assert_allclose(float(train.learning_rate(cfg, step, np.int32(total))),
                                float(reference(step)), rtol=1e-5, atol=1e-7)

@@ -144,7 +144,7 @@ def test_command_line_value_beats_the_files_per_method_override():
   hp = helpers.run_of(config, 'grogu_t1', frozenset({'unlearn.temperature'})).hparams
   assert hp.temperature == 1.0                        # fixed by the method's name
   config.unlearn.overrides = ml_collections.ConfigDict({'ghr': {'learning_rate': 0.5}})
-  with pytest.raises(ValueError, match="ghr: unknown hyperparameter 'learning_rate'"):
+  with pytest.raises(ValueError, match="overrides.ghr.learning_rate: unknown hyperparameter"):
     helpers.run_of(config, 'ghr')
 
 

@@ -269,6 +269,17 @@ def test_user_errors(setups):
   unl = make('ghr_descent')
   with pytest.raises(ValueError, match='trains on retain data: pass a retain_batch'):
     unl.step(unl.init(params), forget, None, jax.random.key(0))
+  with pytest.raises(ValueError, match="'batch_stats' collection: .* variables\\['params'\\]"):
+    make('ghr').init({'params': params, 'batch_stats': {'mean': jnp.zeros(3)}})
+  with pytest.raises(ValueError, match="'batch_stats' collection"):
+    cure_jax.make_unlearning_step(apply_fn, 'ghr', teacher={'params': params, 'batch_stats': {}},
+                                  forget_mask=[FORGET]).init(params)
+  mutable = lambda p, x: (apply_fn(p, x), {'batch_stats': {}})   # Flax's mutable apply
+  unl = cure_jax.make_unlearning_step(mutable, 'ghr', teacher=None, forget_mask=[FORGET])
+  with pytest.raises(ValueError, match='apply_fn returned a tuple, not a logits array'):
+    unl.step(unl.init(params), forget, None, jax.random.key(0))
+  with pytest.raises(ValueError, match='apply_fn must be a function'):
+    cure_jax.make_unlearning_step(params, 'ghr', teacher=None, forget_mask=[FORGET])
 
 
 @pytest.mark.parametrize('name', ['grogu', 'grogu_descent'])
@@ -306,3 +317,22 @@ def test_grogu_per_token_rule_fast_equals_vmap_and_sequence_reference(name):
       total = total + (g_h - dot / (np.dot(g_s, g_s) + hp.eps) * g_s
                        + g_s - dot / (np.dot(g_h, g_h) + hp.eps) * g_h)
     assert rel(out['vmap'], -total / len(tokens)) < 1e-4, rel(out['vmap'], -total / len(tokens))
+
+
+def test_grogu_t1_with_one_retained_class_is_a_no_op_and_says_so(caplog):
+  """Three classes, two forgotten, T = 1: GHR's and GSR's gradients coincide, GROGU's
+  projections cancel; the step leaves the parameters and logs why (T = 4 moves them)."""
+  params = {'w': jnp.asarray(np.random.default_rng(0).normal(size=(3, 3)), jnp.float32)}
+  apply_fn = lambda p, x: x @ p['w']
+  batch = (jnp.asarray(np.random.default_rng(1).normal(size=(4, 3)), jnp.float32),
+           jnp.asarray([0, 1, 0, 1], jnp.int32))
+  moved = {}
+  for name in ('grogu_t1', 'grogu'):
+    unl = cure_jax.make_unlearning_step(apply_fn, name, teacher=None, forget_mask=[0, 1],
+                                        hparams={'lr': 0.5, 'grogu_impl': 'vmap'})
+    with caplog.at_level('WARNING'):
+      state, _ = unl.step(unl.init(params), batch, None, jax.random.key(0))
+    moved[name] = float(jnp.abs(state['params']['w'] - params['w']).max())
+  assert moved['grogu_t1'] < 1e-6 < 1e-3 < moved['grogu']
+  assert 'grogu_t1: with one retained class and T = 1 of 3' in caplog.text
+  assert 'grogu:' not in caplog.text

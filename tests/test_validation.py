@@ -352,3 +352,39 @@ def test_model_cache_that_is_a_file_is_rejected(tmp_path, get_config):
   with pytest.raises(validation.ConfigError,
                      match="config.model_cache=.* is not allowed: it is a file"):
     validation.validate(config)
+
+
+def test_library_entry_points_validate_like_the_cli(tmp_path):
+  """The notebooks call protocol.make_study, plan.runs and the tasks' run directly: a bad
+  value stops there with the CLI's message, before anything is written."""
+  from cure_jax.classification import experiment, protocol
+  from cure_jax.infra import plan
+  from cure_jax.lm import run as lm_run
+  config = digits_config.get_config('smoke')
+  config.unlearn.lr = -0.1
+  message = r'config.unlearn.lr=-0.1 is not allowed: use a number > 0'
+  for call in (lambda: protocol.make_study(config, str(tmp_path)), lambda: plan.runs(config),
+               lambda: experiment.run(config, str(tmp_path))):
+    with pytest.raises(validation.ConfigError, match=message):
+      call()
+  lm = lm_config.get_config('smoke')
+  lm.finetune.epochs = 0
+  with pytest.raises(validation.ConfigError, match='config.finetune.epochs=0'):
+    lm_run.run(lm, str(tmp_path))
+  assert os.listdir(tmp_path) == []
+  config.unlearn.lr = 0.1   # the corrected config passes (validated configs are remembered)
+  validation.validate(config, str(tmp_path))
+  validation.validate(config, str(tmp_path))
+
+
+@pytest.mark.parametrize('kwargs, fragment', [
+    ({'max_len': 0}, 'max_len=0 is not allowed: use a whole number >= 1'),
+    ({'max_len': 2.5}, 'max_len=2.5 is not allowed'),
+    ({'dtype': 'float16'}, "dtype='float16' is not allowed: choose one of"),
+    ({'sharding_mode': 'zero3'}, "sharding_mode='zero3' is not allowed"),
+    ({'min_shard_size': -1}, 'min_shard_size=-1 is not allowed'),
+])
+def test_pretrained_load_checks_its_arguments_first(kwargs, fragment, tmp_path):
+  from cure_jax.lm import pretrained
+  with pytest.raises(validation.ConfigError, match=fragment):
+    pretrained.load(str(tmp_path / 'not-read'), **kwargs)   # refused before any file is read

@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 
 from cure_jax.classification import protocol, report, tables
-from cure_jax.infra import files, fingerprint, plan, sweep_log
+from cure_jax.infra import files, fingerprint, plan, sweep_log, validation
 
 
 def _meta(config, study, cli_keys):
@@ -133,8 +133,9 @@ def train_only(config, workdir, kind):
 
 def run(config, workdir, cli_keys=frozenset()):
   """Runs ``config.mode``. ``cli_keys``: dotted keys given on the command line (the
-  precedence rule of :mod:`cure_jax.infra.plan`). ``config`` has passed
-  :func:`cure_jax.infra.validation.validate` (:func:`cure_jax.infra.entry.run`)."""
+  precedence rule of :mod:`cure_jax.infra.plan`). ``config`` is checked
+  as :func:`cure_jax.infra.entry.run` checks it (a lookup when that already did)."""
+  validation.validate(config, workdir)
   if config.mode in ('train_original', 'train_retrain'):
     return train_only(config, workdir, config.mode.split('_')[1])
   runs = plan.runs(config, cli_keys)

@@ -20,8 +20,9 @@ from absl import logging
 
 from cure_jax import models
 from cure_jax.classification import compiled_runs, evaluate, train
-from cure_jax.infra import console, fingerprint, plan, sharding, trainer
+from cure_jax.infra import console, fingerprint, plan, sharding, trainer, validation
 from cure_jax.data import load_dataset, views
+from cure_jax.unlearning import methods
 
 
 def json_safe(obj):
@@ -109,12 +110,14 @@ def resolve_seed_parallel(value):
 def _train(config, workdir, kind, data, model, mesh, classes, seed):
   variables = train.train_classifier(config, workdir, kind, data, model, mesh, classes,
                                      seed=seed)
-  return Trained(variables,
-                 trainer.read_info(train.checkpoint_dir(workdir, config, kind, classes, seed)))
+  directory = train.checkpoint_dir(workdir, config, kind, classes, seed, data)
+  return Trained(variables, trainer.read_info(directory))
 
 
 def make_study(config, workdir, split='test', kinds=('original', 'retrain'), n_runs=None):
-  """Loads the data and trains (or reuses from the model cache) every model the sweep needs."""
+  """Loads the data and trains (or reuses from the model cache) every model the sweep needs.
+  ``config`` is checked first, as on the command line (a bad value: one ConfigError line)."""
+  validation.validate(config, workdir)
   timings = Timings()
   with timings.phase('load'):
     sharding.maybe_initialize_distributed(config.distributed)
@@ -277,6 +280,11 @@ def sweep(study, runs, log):
   for run in runs:
     name = run.name
     logging.info('%s: effective hyperparameters %s', name, run.record)
+    for sc in study.scenarios:
+      note = methods.no_op_note(name, run.hparams['temperature'], study.data.num_classes,
+                                len(sc.forget_classes))
+      if note:
+        logging.warning('%s (scenario %s)', note, sc.label)
     start, fresh, compile_s = time.perf_counter(), 0, 0.0
     for unit, sc, group in run_units(study, run):
       done = log.get(unit)

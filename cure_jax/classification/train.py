@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cure_jax.data import load_dataset, pipeline, views
 from cure_jax.infra import fingerprint, sharding, train_state, trainer
 from cure_jax.unlearning import losses
-from cure_jax.data import pipeline, views
 
 KINDS = ('original', 'retrain')
 
@@ -28,9 +28,11 @@ def learning_rate(cfg, step, total_steps):
   """Linear warmup from 0 over ``warmup_fraction`` of the steps, then cosine decay to 0
   (``optax.warmup_cosine_decay_schedule``; ``total_steps`` may be traced)."""
   total = jnp.asarray(total_steps, jnp.float32)
-  warmup = jnp.maximum(jnp.floor(cfg.warmup_fraction * total), 1.0)
+  # warmup_fraction=0: no warm-up (one step of it would make the first learning rate 0).
+  warmup = (jnp.maximum(jnp.floor(cfg.warmup_fraction * total), 1.0)
+            if cfg.warmup_fraction > 0 else jnp.float32(0.0))
   step = jnp.asarray(step, jnp.float32)
-  rise = cfg.lr * step / warmup
+  rise = cfg.lr * step / jnp.maximum(warmup, 1.0)
   frac = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
   decay = cfg.lr * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
   return jnp.where(step < warmup, rise, decay)
@@ -91,11 +93,13 @@ def training_source(data, kind, forget_classes):
   return views.forget_retain(data.train, forget_classes)[1]
 
 
-def checkpoint_dir(workdir, config, kind, forget_classes=(), seed=None):
-  """The cache directory of the model these settings train (its name is the fingerprint)."""
+def checkpoint_dir(workdir, config, kind, forget_classes=(), seed=None, data=None):
+  """The cache directory of the model these settings train on ``data`` (default: loaded
+  from ``config.data``); its name is the fingerprint."""
   seed = config.seed if seed is None else seed
-  return trainer.model_dir(config, workdir,
-                           fingerprint.model_settings(config, kind, seed, forget_classes))
+  data = load_dataset(config.data) if data is None else data
+  return trainer.model_dir(config, workdir, fingerprint.model_settings(
+      config, kind, seed, forget_classes, data.digest))
 
 
 def train_classifier(config, workdir, kind, data, model, mesh, forget_classes, on_step=None,
@@ -128,7 +132,7 @@ def train_classifier(config, workdir, kind, data, model, mesh, forget_classes, o
                             augment=config.data.augment, pad=config.data.pad,
                             start_step=start)
 
-  settings = fingerprint.model_settings(config, kind, seed, forget_classes)
+  settings = fingerprint.model_settings(config, kind, seed, forget_classes, data.digest)
   directory = trainer.model_dir(config, workdir, settings)
   state = trainer.fit(state, step_fn, batches, total_steps, directory, settings,
                       name=f'train {kind} seed {seed}', log_every=cfg.log_every,

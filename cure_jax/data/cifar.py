@@ -19,6 +19,7 @@ from numpy._core import multiarray as np_multiarray
 
 from cure_jax.data.sources import (ArraySource, DatasetSplits, LabeledSource, loaded,
                                    split_in_half)
+from cure_jax.infra import content_digest
 
 _PIXELS = 32 * 32 * 3
 
@@ -200,7 +201,8 @@ def _load_official(layout, data_dir):
   batches = [parse(n) for n in layout.train_files]
   train = ArraySource(np.concatenate([b[0] for b in batches]),
                       np.concatenate([b[1] for b in batches]))
-  return train, ArraySource(*parse(layout.test_file)), class_names
+  return (train, ArraySource(*parse(layout.test_file)), class_names,
+          content_digest.bytes_digest(files))
 
 
 def _read_labels(source, chunk=4096):
@@ -224,7 +226,14 @@ def _load_tfds(name, layout, data_dir):
   except Exception as err:  # TFDS reports a missing dataset in several exception types
     raise FileNotFoundError(_how_to_prepare(name, layout, data_dir, err)) from err
   train, test = (LabeledSource(s, _read_labels(s)) for s in sources)
-  return train, test, tuple(sources[0].dataset_info.features['label'].names)
+  info = sources[0].dataset_info
+  folder = info.data_dir
+  files = ([os.path.join(folder, n) for n in sorted(os.listdir(folder))
+            if os.path.isfile(os.path.join(folder, n))] if os.path.isdir(folder) else [])
+  # The prepared files; without a folder (TFDS's mocked data) the labels and the version.
+  digest = (content_digest.files_digest(files) if files else content_digest.arrays_digest(
+      train.labels, test.labels, np.frombuffer(info.full_name.encode(), np.uint8)))
+  return train, test, tuple(info.features['label'].names), digest
 
 
 def _how_to_prepare(name, layout, data_dir, tfds_error):
@@ -258,11 +267,12 @@ def load_cifar(name: str, data_dir: str | None, split_seed: int = 0) -> DatasetS
   found = _load_official(layout, data_dir) if data_dir and os.path.isdir(data_dir) else None
   if found is None:
     found = _load_tfds(name, layout, data_dir)
-  train, test, class_names = found
+  train, test, class_names, digest = found
   val, test = split_in_half(test, split_seed)
   return loaded(DatasetSplits(name=name, train=train, val=val, test=test,
                               num_classes=layout.num_classes, image_shape=(32, 32, 3),
-                              mean=layout.mean, std=layout.std, class_names=class_names),
+                              mean=layout.mean, std=layout.std, class_names=class_names,
+                              digest=digest),
                 data_dir)
 
 

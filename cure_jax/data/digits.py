@@ -8,6 +8,7 @@ import numpy as np
 from sklearn import datasets, model_selection
 
 from cure_jax.data.sources import ArraySource, DatasetSplits, loaded
+from cure_jax.infra import content_digest
 
 TRAIN_FRACTION = 0.7
 
@@ -28,4 +29,6 @@ def load_digits(split_seed=0):
   return loaded(DatasetSplits(name='digits', train=split(train_idx), val=split(val_idx),
                               test=split(test_idx), num_classes=10, image_shape=(8, 8, 1),
                               mean=(mean,), std=(std,),
-                              class_names=tuple(str(i) for i in range(10))), 'scikit-learn')
+                              class_names=tuple(str(i) for i in range(10)),
+                              digest=content_digest.arrays_digest(images, labels)),
+                'scikit-learn')

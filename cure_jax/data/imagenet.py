@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from cure_jax.data.sources import DatasetSplits, loaded, split_in_half
+from cure_jax.infra import content_digest
 
 NUM_CLASSES = 1000
 MEAN = (0.485, 0.456, 0.406)
@@ -178,12 +179,15 @@ def load_imagenet(data_dir: str, split_seed: int = 0, image_size: int = 224) -> 
   if not data_dir or not os.path.isdir(data_dir):
     raise FileNotFoundError(f'ImageNet folder {data_dir!r} does not exist. Get it with: '
                             + _DOWNLOAD.format(data_dir or 'DIR'))
-  train = ParquetImageSource(find_parquet_files(data_dir, 'train'), image_size)
-  held_out = ParquetImageSource(find_parquet_files(data_dir, 'validation'), image_size)
+  files = {split: find_parquet_files(data_dir, split) for split in ('train', 'validation')}
+  train = ParquetImageSource(files['train'], image_size)
+  held_out = ParquetImageSource(files['validation'], image_size)
   _check_labels(train, 'train')
   _check_labels(held_out, 'validation')
   val, test = split_in_half(held_out, split_seed)
   return loaded(DatasetSplits(name='imagenet', train=train, val=val, test=test,
                               num_classes=NUM_CLASSES, image_shape=(image_size, image_size, 3),
                               mean=MEAN, std=STD,
-                              class_names=train.class_names or held_out.class_names), data_dir)
+                              class_names=train.class_names or held_out.class_names,
+                              digest=content_digest.files_digest(
+                                  files['train'] + files['validation'])), data_dir)

@@ -78,6 +78,10 @@ class DatasetSplits:
   mean: Sequence[float]        # per channel, on the 0–1 scale
   std: Sequence[float]
   class_names: Sequence[str] = ()
+  # Content digest of what the splits were read from (:mod:`cure_jax.infra.content_digest`):
+  # part of every trained model's fingerprint, so new data trains a new model.
+  digest: str = ''
+
 
 
 def loaded(splits, where=''):

@@ -118,22 +118,51 @@ def cli_keys(config_flag):
   return frozenset(config_flags.get_override_values(config_flag)) | frozenset(DEFERRED)
 
 
+def _one_line(error, workdir, user_errors):
+  """The line that ends a run ``error`` stopped, or None where its traceback is the report."""
+  from cure_jax.infra import console, files
+  for cause in files.chain(error):
+    if isinstance(cause, console.LogFileError):
+      return str(cause)
+  full = files.no_space_line(error, workdir)  # a results or checkpoint write on a full disk
+  if full is not None:
+    return full
+  return str(error).strip() if isinstance(error, user_errors) else None
+
+
 def run_experiment(config, workdir, config_flag, verbose):
   """Deferred overrides, workdir and config checks, console set-up, then the run; a user
-  error (bad value, missing file, NaN, corrupt checkpoint) ends it with one line, exit 1."""
-  from cure_jax.infra import checkpointing, console, entry, progress, validation
+  error (bad value, missing file, NaN, corrupt checkpoint, a workdir in use by another run,
+  a full disk, an unwritable log file) ends it with one line, exit 1."""
+  from cure_jax.infra import checkpointing, console, entry, locks, progress, validation
   for key, value in DEFERRED.items():
     _set(config, key, value)
   try:
     validation.check_workdir(workdir)  # before the console log is opened in it
   except validation.ConfigError as e:
     user_error(str(e))
-  console.setup(workdir, verbose=verbose)
   user_errors = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-                 PermissionError, progress.NonFiniteLossError, checkpointing.CheckpointError)
+                 PermissionError, progress.NonFiniteLossError, checkpointing.CheckpointError,
+                 locks.InUseError)
+  logged = False
   try:
-    return entry.run(config, workdir, cli_keys=cli_keys(config_flag))
-  except user_errors as e:
-    # Configuration, data and checkpoint problems: one clear line (the log has the rest).
-    logging.error('%s: %s', type(e).__name__, e, exc_info=True, extra={'console': False})
-    user_error(str(e).strip())
+    # Locked before the log opens, so a run refused here writes nothing into the other's
+    # log.txt; entry.run takes the same lock again (a no-op in the process holding it).
+    with entry.workdir_lock(config, workdir):
+      console.setup(workdir, verbose=verbose)
+      logged = True
+      result = entry.run(config, workdir, cli_keys=cli_keys(config_flag))
+  except Exception as e:  # pylint: disable=broad-except
+    line = _one_line(e, workdir, user_errors)
+    if line is None:
+      raise
+    if logged:  # the details into log.txt (before set-up they would reach the console)
+      try:
+        logging.error('%s: %s', type(e).__name__, e, exc_info=True, extra={'console': False})
+      except console.LogFileError:  # the log file failed in another thread: this line says more
+        pass
+    user_error(line)
+  failed = console.log_file_error()  # the log failed in a thread the run went on without
+  if failed is not None:
+    user_error(str(failed))
+  return result

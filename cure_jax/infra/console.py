@@ -12,13 +12,21 @@ stderr handler by a console handler that shows only
 Orbax logs its INFO chatter through absl's own logger (no per-module logger), so it is
 dropped from log.txt by the record's ``pathname``. Library code that never
 calls ``setup`` (tests, notebooks) keeps absl's usual output: phase records are plain INFO.
+
+A log file that cannot be written (a full disk, a file made read-only) is not reported once
+per record (Python logging's "--- Logging error ---" tracebacks): :class:`LogFileHandler`
+stops writing at the first failure and raises :class:`LogFileError` in the thread that set
+it up, which ``experiments.main`` turns into one line (:func:`log_file_error`).
 """
 import logging as std_logging
 import os
 import sys
+import threading
 import time
 
 from absl import logging
+
+from cure_jax.infra import files
 
 LOG_NAME = 'log.txt'
 # Messages of shutdown noise that say nothing to a user (orbax's asyncio loops at exit).
@@ -47,7 +55,64 @@ def _is_noise(record):
   text = record.getMessage() + (record.exc_text or '')
   if record.exc_info and record.exc_info[1] is not None:
     text += str(record.exc_info[1])
+  if ((record.name == 'asyncio' or 'orbax' in record.pathname) and
+      any(os.strerror(code) in text for code in files.NO_SPACE)):
+    # Orbax's thread and unretrieved-future reports of a failed checkpoint write on a full
+    # disk, a dozen or more: the run ends with one line naming the file.
+    return True
   return any(n in text for n in NOISE)
+
+
+class LogFileError(OSError):
+  """The log file cannot be written; ``str()`` is the one line that ends the run."""
+
+  def __str__(self):
+    return files.write_error_line(self.filename, self.errno, self.strerror)
+
+
+class LogFileHandler(std_logging.FileHandler):
+  """``WORKDIR/log.txt``; after its first failed write it writes nothing more.
+
+  The failure is raised as :class:`LogFileError` in the thread that created the handler (the
+  run's main thread: the run ends there) and kept in ``error`` (other threads only stop
+  writing). A failure to open the file raises it at once.
+  """
+
+  def __init__(self, path):
+    self.error, self._raised, self._thread = None, False, threading.get_ident()
+    try:
+      super().__init__(path, encoding='utf-8')
+    except OSError as e:
+      raise LogFileError(e.errno, e.strerror, path) from e
+
+  def emit(self, record):
+    if self.error is None:
+      super().emit(record)  # calls handleError on a failure
+    self._raise_once()
+
+  def handleError(self, record):
+    error = sys.exc_info()[1]
+    if not isinstance(error, OSError):  # a bad format string: logging's usual report
+      super().handleError(record)
+      return
+    self.error = LogFileError(error.errno, error.strerror, self.baseFilename)
+    try:
+      self.close()  # flushing what is buffered fails too: the file is given up
+    except OSError:
+      pass
+
+  def _raise_once(self):
+    if self.error is not None and not self._raised and threading.get_ident() == self._thread:
+      self._raised = True
+      raise self.error
+
+
+def log_file_error():
+  """The :class:`LogFileError` of the log file :func:`setup` opened, or None."""
+  for handler in std_logging.getLogger().handlers:
+    if isinstance(handler, LogFileHandler) and handler.error is not None:
+      return handler.error
+  return None
 
 
 class ConsoleHandler(std_logging.StreamHandler):
@@ -108,10 +173,11 @@ def _quiet_unraisable(default_hook):
 def setup(workdir, verbose=False):
   """Full log in ``WORKDIR/log.txt``; the quiet console unless ``verbose``.
 
-  Returns the added handlers (tests remove them with :func:`teardown`).
+  Returns the added handlers (tests remove them with :func:`teardown`). Raises
+  :class:`LogFileError` if the log file cannot be opened for writing.
   """
   root = std_logging.getLogger()
-  file_handler = std_logging.FileHandler(os.path.join(workdir, LOG_NAME), encoding='utf-8')
+  file_handler = LogFileHandler(os.path.join(workdir, LOG_NAME))
   file_handler.setFormatter(logging.PythonFormatter())
   file_handler.setLevel(std_logging.DEBUG)
   handlers = [file_handler]

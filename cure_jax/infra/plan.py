@@ -130,7 +130,9 @@ def _entries(config, cli_keys, entries):
 def runs(config, cli_keys=frozenset(), entries=None):
   """The runs of ``config.mode`` with their effective hyperparameters (precedence above).
 
-  ``entries``: plan these instead (method names; for an LM, run specs)."""
+  ``entries``: plan these instead (method names; for an LM, run specs). ``config`` is
+  checked as on the command line first."""
+  validation.validate(config)
   out, seen = [], set()
   for name, settings, typed in _entries(config, frozenset(cli_keys), entries):
     method = methods.get(name)

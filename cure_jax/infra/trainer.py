@@ -6,6 +6,7 @@ A trained model lives in one cache layout, whatever the task::
   <cache>/<kind>-<digest>/        cache = config.model_cache, else WORKDIR/models
       <step>/                     orbax checkpoints of the train state
       model.json                  fingerprint, settings, steps, training seconds
+      .cure-jax.lock              locked while a process trains the model (orbax ignores it)
 
 The digest is the fingerprint of every setting that determines the parameters
 (:mod:`cure_jax.infra.fingerprint`), so a rerun with the same settings reuses the model and
@@ -21,7 +22,7 @@ import time
 import jax
 from absl import logging
 
-from cure_jax.infra import checkpointing, files, fingerprint, progress
+from cure_jax.infra import checkpointing, files, fingerprint, locks, progress
 
 INFO_NAME = 'model.json'
 CACHE_NAME = 'models'
@@ -66,17 +67,64 @@ def fit(state, step_fn, batches, total_steps, directory, settings, *, name, log_
     name: the progress lines' prefix; log_every / checkpoint_every: steps between them.
     on_step: ``step -> None`` after every step (tests use it to simulate a crash).
   A finished model is restored, not trained again; ``model.json`` is written at the end.
+  While one process trains a model, another that needs it waits for the model's lock
+  (:func:`cure_jax.infra.locks.model_lock`), then restores what the first left: the
+  finished model, or its last checkpoint if it died.
   """
   settings = json.loads(json.dumps(settings, sort_keys=True, default=str))  # as stored
+  # The processes of one multi-host job train together, each under its own lock file: one
+  # file for all would make process 1 wait for process 0 while process 0 waits for it.
+  suffix = f'.{jax.process_index()}' if jax.process_index() else ''
+  with locks.model_lock(directory, suffix):
+    return _fit_locked(state, step_fn, batches, total_steps, directory, settings, name=name,
+                       log_every=log_every, checkpoint_every=checkpoint_every,
+                       max_to_keep=max_to_keep, on_step=on_step)
+
+
+def _fit_locked(state, step_fn, batches, total_steps, directory, settings, *, name,
+                log_every, checkpoint_every, max_to_keep, on_step):
   _check_settings(directory, settings)
   mgr = checkpointing.manager(directory, max_to_keep)
-  restored = checkpointing.restore_latest(mgr, state)
-  state = state if restored is None else restored
-  start = int(state.step)
-  if start >= total_steps:
+  try:
+    restored = checkpointing.restore_latest(mgr, state)
+    state = state if restored is None else restored
+    start = int(state.step)
+    if start == 0:
+      _note_other_inputs(directory, settings, name)
+    if start < total_steps:
+      state, seconds = _train(mgr, state, start, step_fn, batches, total_steps, name,
+                              log_every, checkpoint_every, on_step)
+  except BaseException:
+    _close_quietly(mgr)  # orbax's save threads end now, not amid interpreter shutdown
+    raise
+  mgr.close()
+  if start < total_steps:
+    _write_info(directory, settings, total_steps, seconds if start == 0 else None)
+  else:
     logging.info('%s: finished, reused from %s', name, directory)
-    mgr.close()
-    return state
+    if not read_info(directory):  # killed between the last checkpoint and model.json
+      _write_info(directory, settings, total_steps, None)
+  return state
+
+
+def _note_other_inputs(directory, settings, name):
+  """One line when a model of the same settings but other data or weights sits beside this
+  new one (the data changed since): the rerun trains anew, and says why."""
+  older = fingerprint.same_settings_other_inputs(directory, settings)
+  if older:
+    logging.warning('%s: the %s changed since %s was trained with these settings; training a '
+                    'new model %s beside it', name, ' and '.join(
+                        _INPUT_NAMES[k] for k in older[1]), older[0], os.path.basename(directory))
+
+
+_INPUT_NAMES = {'data_digest': 'data', 'items': 'training items', 'weights_digest':
+                'pretrained weights'}
+
+
+def _train(mgr, state, start, step_fn, batches, total_steps, name, log_every,
+           checkpoint_every, on_step):
+  """Steps ``start .. total_steps - 1`` with checkpoints; returns the state and the training
+  seconds (the first step, which compiles, counted as an average one)."""
   if start:
     logging.info('%s: resuming from step %d', name, start)
   prog = progress.Progress(name, total_steps, log_every, start)
@@ -92,11 +140,21 @@ def fit(state, step_fn, batches, total_steps, directory, settings, *, name, log_
       checkpointing.save(mgr, step + 1, state)
     if on_step is not None:
       on_step(step)
-  mgr.close()
   done = total_steps - start
-  seconds = (time.perf_counter() - first_end) * done / max(done - 1, 1)
+  return state, (time.perf_counter() - first_end) * done / max(done - 1, 1)
+
+
+def _close_quietly(mgr):
+  try:
+    mgr.close()
+  except Exception as e:  # pylint: disable=broad-except
+    # The error being raised says more; a second one from orbax would only hide it.
+    logging.info('checkpoint manager closed after an error: %s', e)
+
+
+def _write_info(directory, settings, total_steps, seconds):
+  """``model.json``, written last and atomically: only a finished model has one."""
   info = {'fingerprint': os.path.basename(os.path.normpath(directory)), 'settings': settings,
-          'train_s': seconds if start == 0 else None, 'steps': total_steps}
+          'train_s': seconds, 'steps': total_steps}
   if jax.process_index() == 0:
     files.write_atomic(os.path.join(directory, INFO_NAME), json.dumps(info, indent=1))
-  return state

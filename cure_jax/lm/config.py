@@ -134,6 +134,7 @@ def get_config(arg=None):
     c.finetune.log_every = 5
     c.unlearn.epochs = 1
     c.unlearn.batch_size = 4
+    c.unlearn.warmup_fraction = 0.0   # one step: with a warm-up its learning rate would be 0
     c.unlearn.log_every = 1
     c.eval.batch_size = 32
     c.eval.retain_items = 6

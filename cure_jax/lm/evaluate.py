@@ -86,6 +86,10 @@ class Evaluator:
       raise ValueError(f'config.eval.batch_size={batch_size} must be >= 1.')
     if max_new_tokens < 1:
       raise ValueError(f'config.eval.max_new_tokens={max_new_tokens} must be >= 1.')
+    if tokenizer.vocab_size > model.config.vocab_size:
+      raise ValueError(f'The tokenizer has {tokenizer.vocab_size} tokens but the model '
+                       f'vocab_size={model.config.vocab_size}; use the checkpoint\'s own '
+                       'tokenizer.')
     self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
     self.splits = {name: items for name, items in splits.items() if items}
     self.generated = [name for name in self.splits if name not in SCORE_ONLY_SPLITS]
@@ -93,6 +97,8 @@ class Evaluator:
     self._build_scoring_table(template, max_len, num_perturbed)
     self._plan_chunks()
     self._build_prompt_table(template, max_len, max_new_tokens)
+    for table in (self.tokens, self.prompt_tokens):  # scored under jit, unchecked there
+      causal_lm.check_token_ids(table, model.config.vocab_size, tokenizer.vocab_size)
 
   def _build_scoring_table(self, template, max_len, num_perturbed):
     """Stacks every split's encoded rows into one teacher-forced table of a common width.
@@ -203,11 +209,19 @@ class Evaluator:
       lengths = _pad_rows(self.prompt_lengths[rows], self.batch_size)
       lengths[count:] = 1
       out = np.asarray(causal_lm.generate(self.model, params, tokens, lengths,
-                                          self.max_new_tokens, self.tokenizer.eos_id))
+                                          self.max_new_tokens, self.tokenizer.eos_id,
+                                          **self._vocab_limit()))
       for row in out[:count]:
         ends = np.flatnonzero(row == self.tokenizer.eos_id)
         texts.append(self.tokenizer.decode(row[:ends[0]] if ends.size else row).strip())
     return {name: texts[rows] for name, rows in self.prompt_rows.items()}
+
+  def _vocab_limit(self):
+    """A padded vocabulary (model's larger than the tokenizer's) must not generate its extra
+    ids, which decode to no text; with equal sizes there is nothing to exclude."""
+    if self.tokenizer.vocab_size < self.model.config.vocab_size:
+      return {'vocab_limit': self.tokenizer.vocab_size}
+    return {}
 
   def _split_metrics(self, name, nll, preds, targets, generations):
     answer, wrong = self.rows[name, 'answer'], self.rows[name, 'wrong']

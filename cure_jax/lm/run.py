@@ -24,7 +24,7 @@ from typing import Any
 
 from absl import logging
 
-from cure_jax.infra import fingerprint, plan, sweep_log
+from cure_jax.infra import fingerprint, plan, sweep_log, validation
 from cure_jax.lm import evaluate, finetune, report, setup, study, unlearn
 
 
@@ -136,9 +136,10 @@ def run(config, workdir, cli_keys=frozenset()):
   """Runs ``config.mode``; returns the result rows (unlearn / reproduce) or None.
 
   ``cli_keys``: dotted config keys given on the command line (the precedence rule of
-  :mod:`cure_jax.infra.plan`). ``config`` has passed
-  :func:`cure_jax.infra.validation.validate` (:func:`cure_jax.infra.entry.run`).
+  :mod:`cure_jax.infra.plan`). ``config`` is checked
+  as :func:`cure_jax.infra.entry.run` checks it (a lookup when that already did).
   """
+  validation.validate(config, workdir)
   start = time.time()
   splits = study.load_splits(config.data)
   lm = setup.load_model(config)

@@ -1,13 +1,12 @@
 """What an LM run is made of: the QA splits, the original and retrain models (fine-tuned
 here or named checkpoints, cached by fingerprint), the evaluation items and the forget
 author names."""
-import dataclasses
 
 from absl import logging
 
 from cure_jax.data import authors, tofu as tofu_data
 from cure_jax.infra import fingerprint, trainer
-from cure_jax.lm import finetune, setup
+from cure_jax.lm import finetune, pretrained, setup
 
 
 def load_splits(data_cfg):
@@ -49,12 +48,14 @@ def model_info(config, workdir, kind, lm, splits):
   checkpoint, or the one fine-tuned here (:func:`cure_jax.infra.trainer.model_dir`)."""
   if config.model[kind]:
     settings = {'kind': kind, 'checkpoint': config.model[kind], 'dtype': config.model.dtype,
-                'max_len': config.model.max_len}
+                'max_len': config.model.max_len,
+                'weights_digest': pretrained.weights_digest(config.model[kind])}
     return {'fingerprint': fingerprint.model_fingerprint(settings), 'settings': settings,
             'directory': None}
-  architecture = dataclasses.asdict(lm.model.config)
+  architecture = lm.model.config.to_dict()
+  weights = pretrained.weights_digest(config.model.pretrained) if config.model.pretrained else ''
   settings = fingerprint.lm_model_settings(config, kind, architecture, lm.template,
-                                           train_sets(splits, config)[kind])
+                                           train_sets(splits, config)[kind], weights)
   fp = fingerprint.model_fingerprint(settings)
   return {'fingerprint': fp, 'settings': settings,
           'directory': trainer.model_dir(config, workdir, settings)}

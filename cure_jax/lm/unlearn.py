@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from cure_jax.infra import progress, sharding, train_state
+from cure_jax.lm import finetune
 from cure_jax.unlearning import hparams as hparams_lib, losses, methods, step as step_lib
 from cure_jax.unlearning.batch import Batch
 
@@ -35,9 +36,10 @@ def get_method(name):
 
 
 def make_optimizer(cfg, total_steps):
-  """AdamW (open-unlearning's TOFU choice) or SGD, with linear warmup then constant."""
-  warmup = max(1, int(cfg.warmup_fraction * total_steps))
-  schedule = optax.join_schedules(
+  """AdamW (open-unlearning's TOFU choice) or SGD, with linear warmup then constant
+  (``warmup_fraction=0``: the full learning rate from the first step)."""
+  warmup = finetune.warmup_steps(cfg.warmup_fraction, total_steps)
+  schedule = optax.constant_schedule(cfg.lr) if warmup == 0 else optax.join_schedules(
       [optax.linear_schedule(0.0, cfg.lr, warmup), optax.constant_schedule(cfg.lr)], [warmup])
   if cfg.optimizer == 'adamw':
     return optax.adamw(schedule, weight_decay=cfg.weight_decay)

@@ -1,6 +1,6 @@
 """Start-up checks of an LM config (its defaults: ``config.py``): every bad value is one
 line before a model loads or a step is compiled."""
-from cure_jax.infra import plan
+from cure_jax.infra import plan, sharding
 from cure_jax.infra.rules import (ConfigError, check, checks, choice, fail,
                                   fraction_closed_open, nonnegative, nonnegative_int, positive,
                                   positive_int)
@@ -10,7 +10,7 @@ from cure_jax.models import DTYPES
 from cure_jax.unlearning import hparams
 
 MODES = ('train_original', 'train_retrain', 'unlearn', 'reproduce')
-SHARDINGS = ('replicated', 'fsdp')
+SHARDINGS = sharding.MODES
 FORGET_MASKS = ('answer_token', 'author_names')
 _MODEL_RULES = {'num_layers': positive_int, 'd_model': positive_int, 'num_heads': positive_int,
                 'num_kv_heads': positive_int, 'd_ff': positive_int, 'max_len': positive_int,

@@ -12,6 +12,8 @@ raw weights except RMSNorm's ``scale``.
 Training / evaluation: ``model.apply({'params': p}, tokens_BxT) -> logits_BxTxV`` (float32).
 Decoding: pass a cache (see :func:`init_cache`) or ``decode=True`` and get
 ``(logits_BxTxV, new_cache)``; cache slot ``s`` holds the keys/values of position ``s``.
+With ``config.sliding_window`` a query sees only the last ``sliding_window`` keys, its own
+included (Hugging Face Mistral), in both modes.
 
 The architecture is an :class:`~cure_jax.models.lm_config.LMConfig`, importable from here too.
 """
@@ -21,6 +23,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cure_jax.models.lm_config import LMConfig
 
@@ -38,6 +41,32 @@ def init_cache(config, batch_size, length=None, dtype=jnp.float32):
   shape = (batch_size, length, config.num_kv_heads, config.head_dim)
   return [{'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)}
           for _ in range(config.num_layers)]
+
+
+def attention_allowed(query_BxTx1, key_Bx1xS, window):
+  """Which keys each query may attend to: causal, and within ``window`` when one is set.
+
+  Hugging Face Mistral's convention (transformers' ``sliding_window_overlay``: ``kv_idx >
+  q_idx - sliding_window``): query ``i`` sees keys ``j`` with ``i - window < j <= i``, i.e.
+  ``window`` keys including its own. Indices are those HF masks by: sequence index without
+  a cache (left padding counts, as HF's cache positions do), cache slot = position with one.
+  """
+  allowed_BxTxS = key_Bx1xS <= query_BxTx1
+  if window is not None:
+    allowed_BxTxS = allowed_BxTxS & (key_Bx1xS > query_BxTx1 - window)
+  return allowed_BxTxS
+
+
+def check_token_ids(tokens, vocab_size, tokenizer_size=None):
+  """Raises if a (concrete) token id lies outside the model's ``[0, vocab_size)``: it would
+  embed as NaN (``jnp.take`` fills) and silently poison every later position."""
+  tokens = np.asarray(tokens)
+  bad = tokens[(tokens < 0) | (tokens >= vocab_size)]
+  if bad.size:
+    tokenizer = '' if tokenizer_size is None else f', the tokenizer {tokenizer_size} tokens'
+    raise ValueError(f'Token id {int(bad.flat[0])} is outside the model\'s vocabulary [0, '
+                     f'{vocab_size}) (the model has vocab_size={vocab_size}{tokenizer}); encode '
+                     'with the checkpoint\'s own tokenizer.')
 
 
 def rotate_half(x):
@@ -108,7 +137,8 @@ class Attention(_LMModule):
       keys_BxSxKxH, values_BxSxKxH, new_cache = k_BxTxKxH, v_BxTxKxH, None
       # Causality by index order, so left padding with shifted positions stays causal.
       index_T = jnp.arange(length)
-      allowed_BxTxS = (index_T[:, None] >= index_T[None, :])[None]
+      allowed_BxTxS = attention_allowed(index_T[None, :, None], index_T[None, None, :],
+                                        cfg.sliding_window)
     else:
       # Slot s holds position s: write this chunk at its positions, attend to slots <= own
       # position. Slots not yet written (or stale) always lie beyond the query position.
@@ -117,7 +147,8 @@ class Attention(_LMModule):
       values_BxSxKxH = write(cache['v'], v_BxTxKxH, positions_BxT)
       new_cache = {'k': keys_BxSxKxH, 'v': values_BxSxKxH}
       slots_S = jnp.arange(keys_BxSxKxH.shape[1])
-      allowed_BxTxS = slots_S[None, None, :] <= positions_BxT[:, :, None]
+      allowed_BxTxS = attention_allowed(positions_BxT[:, :, None], slots_S[None, None, :],
+                                        cfg.sliding_window)
     if key_mask_BxS is not None:
       allowed_BxTxS = allowed_BxTxS & key_mask_BxS[:, None, :].astype(bool)
 
@@ -183,6 +214,8 @@ class CausalLM(_LMModule):
     """
     cfg, dtype = self.config, self.compute_dtype
     batch, length = tokens_BxT.shape
+    if not isinstance(tokens_BxT, jax.core.Tracer):  # under jit the data path checks
+      check_token_ids(tokens_BxT, cfg.vocab_size)
     if decode and cache is None:
       cache = init_cache(cfg, batch)
     if cache is not None and len(cache) != cfg.num_layers:
@@ -219,21 +252,33 @@ def left_to_right_padding(tokens_BxP, lengths_B):
   return jnp.take_along_axis(tokens_BxP, index_BxP, axis=1)
 
 
+def _greedy(logits_BxV, vocab_limit):
+  """Argmax over ids below ``vocab_limit`` (None: all): padded rows have no text."""
+  if vocab_limit is not None:
+    ids_V = jnp.arange(logits_BxV.shape[-1])
+    logits_BxV = jnp.where(ids_V < vocab_limit, logits_BxV, -jnp.inf)
+  return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+
+
 # The padding side is a traced flag (not static) so both sides share one compilation.
-@functools.partial(jax.jit, static_argnames=('model', 'max_new_tokens', 'eos_id'))
+@functools.partial(jax.jit,
+                   static_argnames=('model', 'max_new_tokens', 'eos_id', 'vocab_limit'))
 def _generate(model, params, prompt_tokens_BxP, prompt_lengths_B, max_new_tokens, eos_id,
-              left_padded):
+              left_padded, vocab_limit):
   batch, width = prompt_tokens_BxP.shape
   lengths_B = prompt_lengths_B.astype(jnp.int32)
   tokens_BxP = prompt_tokens_BxP.astype(jnp.int32)
   tokens_BxP = jnp.where(left_padded, left_to_right_padding(tokens_BxP, lengths_B), tokens_BxP)
+  # Pad entries become id 0: whatever they held (even an id beyond the vocabulary, which
+  # would embed as NaN and reach real queries through 0 * NaN) cannot matter.
+  tokens_BxP = jnp.where(jnp.arange(width)[None, :] < lengths_B[:, None], tokens_BxP, 0)
   rows_B = jnp.arange(batch)
 
   # Prefill writes every prompt slot, pads included: a pad slot p >= length is overwritten by
   # the generated token at position p before any query position reaches it.
   cache = init_cache(model.config, batch, width + max_new_tokens)
   logits_BxPxV, cache = model.apply({'params': params}, tokens_BxP, cache=cache)
-  next_B = jnp.argmax(logits_BxPxV[rows_B, lengths_B - 1], axis=-1).astype(jnp.int32)
+  next_B = _greedy(logits_BxPxV[rows_B, lengths_B - 1], vocab_limit)
   out_BxN = jnp.full((batch, max_new_tokens), eos_id, jnp.int32)
 
   def cond(state):
@@ -248,7 +293,7 @@ def _generate(model, params, prompt_tokens_BxP, prompt_lengths_B, max_new_tokens
     positions_Bx1 = (lengths_B + step)[:, None]
     logits_Bx1xV, cache = model.apply({'params': params}, token_B[:, None], positions_Bx1,
                                       cache=cache)
-    token_B = jnp.argmax(logits_Bx1xV[:, 0], axis=-1).astype(jnp.int32)
+    token_B = _greedy(logits_Bx1xV[:, 0], vocab_limit)
     return step + 1, token_B, out_BxN, done_B, cache
 
   state = (jnp.int32(0), next_B, out_BxN, jnp.zeros(batch, bool), cache)
@@ -256,7 +301,7 @@ def _generate(model, params, prompt_tokens_BxP, prompt_lengths_B, max_new_tokens
 
 
 def generate(model, params, prompt_tokens_BxP, prompt_lengths_B, max_new_tokens, eos_id,
-             padding_side='right'):
+             padding_side='right', vocab_limit=None):
   """Greedy decoding with a KV cache: one prefill, then one token per loop step (jitted).
 
   Args:
@@ -269,6 +314,8 @@ def generate(model, params, prompt_tokens_BxP, prompt_lengths_B, max_new_tokens,
     max_new_tokens: tokens generated per row (``P + max_new_tokens <= config.max_len``).
     eos_id: end-of-sequence id; a row stops at its first eos, later entries are ``eos_id``.
     padding_side: 'right' or 'left'.
+    vocab_limit: only ids below it are generated: the tokenizer's size when the checkpoint
+      pads its vocabulary (``config.vocab_size`` larger); None: every id.
 
   Returns:
     ``tokens_BxN`` int32, ``N = max_new_tokens``: the generated continuation only.
@@ -287,9 +334,19 @@ def generate(model, params, prompt_tokens_BxP, prompt_lengths_B, max_new_tokens,
     raise ValueError(f'Prompt width {width} + max_new_tokens {max_new_tokens} exceeds '
                      f'config.max_len={model.config.max_len}; trim the prompt padding or '
                      'raise max_len.')
+  if vocab_limit is not None and vocab_limit < 1:
+    raise ValueError(f'vocab_limit={vocab_limit} must be >= 1 (the tokenizer\'s size).')
   if not isinstance(prompt_lengths_B, jax.core.Tracer):
     if int(prompt_lengths_B.min()) < 1 or int(prompt_lengths_B.max()) > width:
       raise ValueError(f'prompt_lengths must lie in [1, {width}], got '
                        f'[{int(prompt_lengths_B.min())}, {int(prompt_lengths_B.max())}].')
+    if not isinstance(prompt_tokens_BxP, jax.core.Tracer):  # real tokens only: pads are ignored
+      from_start_P = np.arange(width) if padding_side == 'right' else np.arange(width)[::-1]
+      real_BxP = from_start_P[None, :] < np.asarray(prompt_lengths_B)[:, None]
+      check_token_ids(np.asarray(prompt_tokens_BxP)[real_BxP], model.config.vocab_size,
+                      vocab_limit)
+  # A limit at or above the vocabulary excludes nothing: no separate compilation for it.
+  limit = None if vocab_limit is None or vocab_limit >= model.config.vocab_size else vocab_limit
   return _generate(model, params, prompt_tokens_BxP, prompt_lengths_B, int(max_new_tokens),
-                   int(eos_id), jnp.asarray(padding_side == 'left'))
+                   int(eos_id), jnp.asarray(padding_side == 'left'),
+                   None if limit is None else int(limit))

@@ -4,6 +4,7 @@
 of jitted functions; checkpoint importers fill it from a checkpoint's own configuration.
 """
 import dataclasses
+import numbers
 from typing import Optional
 
 from cure_jax.models.dtypes import DTYPES
@@ -31,6 +32,9 @@ class LMConfig:
       ``d_model x num_heads*head_dim``.
     rope_divisors: per-frequency divisors of the RoPE inverse frequencies (``head_dim / 2``
       floats), as llama3 ``rope_scaling`` and GGUF ``rope_freqs`` define them; None: all 1.
+    sliding_window: keys a query attends to, its own included (Mistral's ``sliding_window``:
+      query ``i`` sees keys ``j`` with ``i - sliding_window < j <= i``); None: all earlier
+      keys. Left out of :meth:`to_dict` when None.
   """
   vocab_size: int
   num_layers: int
@@ -45,6 +49,7 @@ class LMConfig:
   dtype: str = 'float32'
   explicit_head_dim: Optional[int] = None
   rope_divisors: Optional[tuple[float, ...]] = None
+  sliding_window: Optional[int] = None
 
   def __post_init__(self):
     for field in ('vocab_size', 'num_layers', 'd_model', 'num_heads', 'num_kv_heads', 'd_ff',
@@ -68,9 +73,25 @@ class LMConfig:
                        f'{self.num_heads} (grouped-query attention).')
     if self.dtype not in DTYPES:
       raise ValueError(f'LMConfig.dtype={self.dtype!r}; use one of {list(DTYPES)}.')
+    window = self.sliding_window
+    if window is not None:
+      if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window <= 0:
+        raise ValueError(f'LMConfig.sliding_window={window!r} must be a positive int (keys '
+                         'attended to, the own one included) or None for full attention.')
+      object.__setattr__(self, 'sliding_window', int(window))  # numpy ints: same hash, JSON
+
+  def to_dict(self):
+    """The fields as a dict, for fingerprints and the import cache. Fields added after
+    models were keyed (``sliding_window``) are left out while unset, so a config without
+    them keeps the dict, hence the fingerprint, it had before."""
+    out = dataclasses.asdict(self)
+    if out['sliding_window'] is None:
+      del out['sliding_window']
+    return out
 
   @property
   def head_dim(self):
     if self.explicit_head_dim is not None:
       return self.explicit_head_dim
     return self.d_model // self.num_heads
+

@@ -11,7 +11,13 @@ Contract for any tokenizer plugged into the data code (e.g. a wrapper around a H
 - ``encode(a + b)`` need not equal ``encode(a) + encode(b)`` for a BPE tokenizer; the QA
   encoders therefore encode prompt and answer separately (as open-unlearning does).
 - ``vocab_size`` bounds every id; ``pad_id``/``eos_id`` are required, ``bos_id`` may be None.
+  A model's ``vocab_size`` may be larger (checkpoints pad their embeddings): its extra ids have
+  no text, and generation excludes them (``causal_lm.generate(..., vocab_limit=)``).
 """
+
+# Why an id beyond the vocabulary reached decode, in the usual case.
+_PADDED_HINT = ('; a model with a padded vocabulary generated it: pass '
+                'vocab_limit=tokenizer.vocab_size to causal_lm.generate.')
 from typing import Optional, Protocol, Sequence, runtime_checkable
 
 
@@ -54,7 +60,8 @@ class ByteTokenizer:
     for i in ids:
       i = int(i)
       if not 0 <= i < self.vocab_size:
-        raise ValueError(f'Token id {i} is outside [0, {self.vocab_size}) of ByteTokenizer.')
+        raise ValueError(f'Token id {i} is outside [0, {self.vocab_size}) of ByteTokenizer'
+                         + _PADDED_HINT)
       if i < 256:
         data.append(i)
     return data.decode('utf-8', errors='replace')
@@ -105,5 +112,6 @@ class HFTokenizer:
     ids = [int(i) for i in ids]
     for i in ids:
       if not 0 <= i < self.vocab_size:
-        raise ValueError(f'Token id {i} is outside [0, {self.vocab_size}) of the tokenizer.')
+        raise ValueError(f'Token id {i} is outside [0, {self.vocab_size}) of the tokenizer'
+                         + _PADDED_HINT)
     return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -94,6 +94,24 @@ REGISTRY = {
 }
 
 
+def no_op_note(name, temperature, num_classes, num_forget):
+  """One line when the maths makes method ``name`` leave the model as it is, else None.
+
+  GROGU with one retained class: GHR and GSR both target that class, so with T = 1 each
+  example's two gradients coincide (with two classes in all they are parallel for any T:
+  both logit gradients lie on the one zero-sum direction), and each projection removes the
+  other entirely.
+  """
+  method = REGISTRY[name]
+  if (method.own_hparams == _GROGU and not method.uses_retain
+      and num_classes - num_forget == 1 and (float(temperature) == 1.0 or num_classes == 2)):
+    return (f'{name}: with one retained class and T = {float(temperature):g} of {num_classes} '
+            'the GHR and GSR gradients are parallel and project each other to zero, so the '
+            'model does not change; use a *_descent variant or ghr'
+            + (', or T != 1.' if num_classes > 2 else '.'))
+  return None
+
+
 def get(name):
   if name not in REGISTRY:
     raise ValueError(f'Unknown unlearning method {name!r}; choose one of {sorted(REGISTRY)} '

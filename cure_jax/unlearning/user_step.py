@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 
 from cure_jax.infra import sharding
 from cure_jax.unlearning import hparams as hparams_lib, methods, objectives, step as step_lib
@@ -57,11 +58,44 @@ def _as_batch(batch, what):
                    f'(inputs, labels) pair, got {type(batch).__name__}.')
 
 
+def _logits_only(apply_fn):
+  """``apply_fn`` checked, when traced, to return one logits array (not Flax's
+  ``(logits, updates)`` of a mutable apply)."""
+  if not callable(apply_fn):
+    raise ValueError(f'apply_fn must be a function (params, inputs) -> logits, got '
+                     f'{type(apply_fn).__name__}.')
+
+  def apply(params, inputs):
+    out = apply_fn(params, inputs)
+    if isinstance(out, (tuple, list, dict)):
+      raise ValueError(
+          f'apply_fn returned a {type(out).__name__}, not a logits array: unlearning needs '
+          'apply_fn(params, inputs) -> logits. For a BatchNorm model apply it in inference '
+          "mode without mutable collections, e.g. model.apply({'params': p, 'batch_stats': "
+          "stats}, x, train=False), and return only the logits.")
+    if getattr(out, 'ndim', 0) < 2:
+      raise ValueError(f'apply_fn returned shape {getattr(out, "shape", None)}; logits must '
+                       'be BxK (classifier) or BxTxV (per token).')
+    return out
+  return apply
+
+
+def check_params(params):
+  """Refuses Flax variables with BatchNorm statistics given as ``params``: the gradient
+  would train the running statistics (they turn NaN)."""
+  if isinstance(params, dict) and 'batch_stats' in params:
+    raise ValueError(
+        "params holds a 'batch_stats' collection: unlearning would train BatchNorm's running "
+        "statistics by gradient. Pass variables['params'] as params and keep the statistics "
+        "frozen in apply_fn: lambda p, x: model.apply({'params': p, 'batch_stats': "
+        "variables['batch_stats']}, x, train=False).")
+
+
 class UnlearningStep:
   """What :func:`make_unlearning_step` returns: ``init`` and the jitted ``step``."""
 
   def __init__(self, apply_fn, name, teacher, forget_mask, hparams, optimizer, mesh):
-    self.apply_fn, self.name, self.mesh = apply_fn, name, mesh
+    self.apply_fn, self.name, self.mesh = _logits_only(apply_fn), name, mesh
     self.method = methods.get(name)
     self.hparams = resolve_hparams(self.method, hparams)
     self.static, self._dyn = hparams_lib.split(self.hparams)
@@ -105,12 +139,15 @@ class UnlearningStep:
       if ids.shape != (k,):
         raise ValueError(f'forget_mask: bool mask of shape {ids.shape} for {k} classes; '
                          f'give shape ({k},).')
-      mask_K = jnp.asarray(ids)
+      mask_K = ids
     else:
       if ids.max() >= k:
         raise ValueError(f'forget_mask: class id {int(ids.max())} >= the model\'s {k} classes.')
-      mask_K = jnp.asarray(np.isin(np.arange(k), ids))
-    return jnp.broadcast_to(mask_K, (*logits_shape[:-1], k))
+      mask_K = np.isin(np.arange(k), ids)
+    note = methods.no_op_note(self.name, self.hparams['temperature'], k, int(np.sum(mask_K)))
+    if note:   # at trace time: once per compiled shape
+      logging.warning('%s', note)
+    return jnp.broadcast_to(jnp.asarray(mask_K), (*logits_shape[:-1], k))
 
   def _constrain(self, x):
     if self.mesh is not None and self.mesh.devices.size > 1 \
@@ -131,6 +168,7 @@ class UnlearningStep:
     """The step's state: ``{'params', 'opt_state', 'step', 'hparams', 'teacher', 'aux',
     'targets'}``. ``forget_data`` (the whole forget set, a batch as for ``step``) is needed
     by methods with a ``prepare`` (SalUn's saliency mask, SCRUB's teacher) and by AGE."""
+    check_params(params)
     teacher = None
     needs_set = self.method.prepare is not None or self.method.needs_target
     if not (self.method.needs_teacher or needs_set):
@@ -138,6 +176,7 @@ class UnlearningStep:
     elif self._teacher is None:
       teacher = params
     elif not callable(self._teacher) and not isinstance(self._teacher, str):
+      check_params(self._teacher)
       teacher = self._teacher
     state = {'params': params, 'opt_state': self.tx.init(params), 'step': jnp.int32(0),
              'hparams': {k: jnp.float32(v) for k, v in self._dyn.items()},
