@@ -28,7 +28,7 @@ def test_file_digest_is_the_bytes_hash_and_is_hashed_once(tmp_path, monkeypatch)
   path.write_bytes(b'x' * 5000)
   assert content_digest.file_digest(str(path)) == hashlib.sha256(b'x' * 5000).hexdigest()
   monkeypatch.setattr(content_digest, '_MEMORY', {})   # a new process: the file cache answers
-  monkeypatch.setattr(content_digest, '_hash_file', lambda p: pytest.fail('hashed again'))
+  monkeypatch.setattr(content_digest, 'sha256_file', lambda p: pytest.fail('hashed again'))
   assert content_digest.file_digest(str(path)) == hashlib.sha256(b'x' * 5000).hexdigest()
 
 

@@ -184,7 +184,7 @@ def test_weights_digest_of_a_gguf_and_a_name_is_hashed_once(tmp_path, monkeypatc
   # A new process: the digest comes from the per-machine cache, the file is not read again.
   with monkeypatch.context() as m:
     m.setattr(content_digest, '_MEMORY', {})
-    m.setattr(content_digest, '_hash_file', lambda p: pytest.fail('hashed again'))
+    m.setattr(content_digest, 'sha256_file', lambda p: pytest.fail('hashed again'))
     assert pretrained.weights_digest(path) == digest
   _flip_byte(renamed, os.path.getsize(renamed) - 1)
   os.utime(renamed, ns=(1, 1))

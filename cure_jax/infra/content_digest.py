@@ -57,7 +57,9 @@ def _save_cache(new):
     logging.info('file digests not cached in %s: %s', directory, err)
 
 
-def _hash_file(path):
+def sha256_file(path):
+  """SHA-256 hex of the bytes of ``path``, read in chunks (not cached: callers that verify
+  bytes need them read)."""
   h = hashlib.sha256()
   with open(path, 'rb') as f:
     for block in iter(lambda: f.read(_CHUNK), b''):
@@ -73,7 +75,7 @@ def file_digest(path):
       _MEMORY.update(_load_cache())
     if key in _MEMORY:
       return _MEMORY[key]
-  value = _hash_file(path)
+  value = sha256_file(path)
   with _LOCK:
     _MEMORY[key] = value
   _save_cache({key: value})

@@ -1,16 +1,13 @@
-"""Checks on imported weights: every tensor finite, cache files unchanged since written.
+"""Checks on imported weights: every tensor finite.
 
 A NaN/Inf in a checkpoint (a bad download, a broken conversion, 0xFF bytes in GGUF data)
 would otherwise load silently and surface only as NaN losses much later. Each tensor is
 checked once, where an importer turns it into an array, in bounded chunks so that the check
 adds no second copy of a large embedding matrix.
 """
-import hashlib
-
 import numpy as np
 
 _CHUNK_VALUES = 1 << 22   # values per isfinite pass: a 16 MiB float32 mask at most
-_CHUNK_BYTES = 1 << 22
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -40,12 +37,3 @@ def check_finite(array, where, fix):
     raise NonFiniteWeightsError(f'{where}: {bad} of {flat.size} values are NaN/Inf (or beyond '
                                 f'float32 range); {fix}')
   return array
-
-
-def sha256_file(path):
-  """SHA-256 hex of the bytes of ``path``, read in chunks (never cached: it checks them)."""
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(_CHUNK_BYTES), b''):
-      h.update(block)
-  return h.hexdigest()

@@ -147,7 +147,7 @@ def _write_cache(directory, checkpoint):
             'tokenizer': {'eos_id': tok.eos_id, 'bos_id': tok.bos_id, 'pad_id': tok.pad_id},
             'chat_template': checkpoint.chat_template, 'source': checkpoint.source}
     # Hashed from disk, after writing: what a later read re-hashes is exactly these bytes.
-    digests = {name: import_checks.sha256_file(os.path.join(tmp, name))
+    digests = {name: content_digest.sha256_file(os.path.join(tmp, name))
                for name in _ENTRY_FILES}
     digests['meta.json'] = _meta_digest(meta)
     with open(os.path.join(tmp, 'meta.json'), 'w') as f:
@@ -173,7 +173,7 @@ def _entry_problem(directory):
     return 'is corrupt: meta.json does not match its recorded sha256'
   for name in _ENTRY_FILES:
     try:
-      actual = import_checks.sha256_file(os.path.join(directory, name))
+      actual = content_digest.sha256_file(os.path.join(directory, name))
     except OSError as e:
       return f'lacks a readable {name} ({type(e).__name__})'
     if actual != digests.get(name):
