@@ -55,7 +55,7 @@ def test_cli_smoke_run_writes_the_complete_report(tmp_path):
     ('--config.forget_classes=10', 'Forget class(es) [10] out of range: allowed 0..9'),
     ('--config.unlearn.method=forgetit', "Unknown unlearning method 'forgetit'"),
     ('--config.model.name=vgg', "Unknown model 'vgg'"),
-    ('--config.data.name=mnist', "Unknown dataset 'mnist'"),
+    ('--config.data.name=svhn', "Unknown dataset 'svhn'"),
 ])
 def test_cli_bad_input_stops_with_one_clear_message(tmp_path, flag, message):
   result = _main(tmp_path, '--config.mode=unlearn', flag)

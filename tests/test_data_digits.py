@@ -62,7 +62,7 @@ def test_empty_forget_set_and_bad_names_are_clear_errors(digits):
     views.forget_retain(views.forget_retain(digits.train, (1,))[1], (1,))
   with pytest.raises(ValueError, match='retain fraction'):
     views.retain_subset(digits.train, 0.0, 0)
-  with pytest.raises(ValueError, match="Unknown dataset 'mnist'"):
-    load_dataset(ml_collections.ConfigDict({'name': 'mnist', 'split_seed': 0}))
+  with pytest.raises(ValueError, match="Unknown dataset 'svhn'"):
+    load_dataset(ml_collections.ConfigDict({'name': 'svhn', 'split_seed': 0}))
   with pytest.raises(ValueError, match="Unknown augmentation 'jitter'"):
     pipeline.batches(digits.train, 8, mean=(0,), std=(1,), augment='jitter')

@@ -58,7 +58,7 @@ BAD_CLASSIFICATION = [
     ('mode', 'train', "config.mode='train' is not allowed: choose one of ['train_original'"),
     ('model.name', 'vgg', "config.model.name='vgg': Unknown model 'vgg'"),
     ('model.dtype', 'float8', "config.model.dtype='float8'"),
-    ('data.name', 'mnist', "config.data.name='mnist': Unknown dataset 'mnist'"),
+    ('data.name', 'svhn', "config.data.name='svhn': Unknown dataset 'svhn'"),
     ('data.augment', 'mixup', "config.data.augment='mixup'"),
     ('unlearn.method', 'forgetit', "config.unlearn.method: Unknown unlearning method 'forgetit'"),
     ('reproduce.methods', ('ghr', 'forgetit'),

@@ -8,7 +8,8 @@ from cure_jax.infra.validation import check_batch, check_method_hparams, known_m
 from cure_jax.models import ARCHITECTURES, DTYPES
 
 MODES = ('train_original', 'train_retrain', 'unlearn', 'reproduce', 'tune')
-NUM_CLASSES = {'digits': 10, 'cifar10': 10, 'cifar100': 100, 'imagenet': 1000}
+NUM_CLASSES = {'digits': 10, 'cifar10': 10, 'cifar100': 100, 'imagenet': 1000,
+               'fashion_mnist': 10, 'mnist': 10, 'kmnist': 10}
 AUGMENTS = ('none', 'crop', 'cifar', 'flip')
 _UNLEARN_RULES = {'epochs': positive, 'retain_fraction': fraction_open_closed,
                   'log_every': positive_int}

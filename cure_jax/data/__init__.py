@@ -22,8 +22,16 @@ def _imagenet(cfg):
                        image_size=cfg.get('image_size', 224))
 
 
+def _idx(name):
+  def load(cfg):
+    from cure_jax.data.idx import load_mnist_family
+    return load_mnist_family(name, cfg.get('data_dir'), split_seed=cfg.split_seed)
+  return load
+
+
 LOADERS = {'digits': _digits, 'cifar10': _cifar('cifar10'), 'cifar100': _cifar('cifar100'),
-           'imagenet': _imagenet}
+           'imagenet': _imagenet, 'fashion_mnist': _idx('fashion_mnist'),
+           'mnist': _idx('mnist'), 'kmnist': _idx('kmnist')}
 
 
 def load_dataset(cfg):
