@@ -16,6 +16,8 @@ discarded and rebuilt from the source with a warning. Every imported tensor is c
 NaN/Inf as it is read (:mod:`cure_jax.lm.import_checks`).
 
 :func:`weights_digest` names the content of a checkpoint for model fingerprints.
+:func:`save` writes a loaded LM (or its unlearned parameters) back out as a Hugging Face
+directory or a GGUF file (:mod:`cure_jax.lm.export`).
 
 Mistral-layout checkpoints keep their sliding window (each token attends to the last
 ``sliding_window`` positions, itself included, as transformers computes it). A vocabulary
@@ -41,7 +43,7 @@ from absl import logging
 
 from cure_jax.infra import content_digest, rules
 from cure_jax.infra import sharding as sharding_lib
-from cure_jax.lm import chat, gguf_import, hf_import, import_checks, llama_layout
+from cure_jax.lm import chat, export, gguf_import, hf_import, import_checks, llama_layout
 from cure_jax.models.causal_lm import CausalLM, LMConfig
 from cure_jax.models.dtypes import DTYPES
 from cure_jax.text.tokenizer import HFTokenizer
@@ -333,3 +335,12 @@ def load(source, *, mesh=None, sharding_mode='replicated', max_len=None, dtype='
                     tokenizer=checkpoint.tokenizer, config=checkpoint.config,
                     chat_template=template, chat_template_source=checkpoint.chat_template,
                     source=checkpoint.source)
+
+
+# pylint: disable-next=redefined-builtin
+def save(lm, path, format='hf', *, params=None, dtype=None, shard_size=None):
+  """Writes ``lm`` (as :func:`load` returns it; ``params``: other parameters, e.g. unlearned
+  ones) to the new HF directory or ``.gguf`` file ``path`` that :func:`load` reads back as
+  the same model. ``format`` 'hf' or 'gguf'; ``dtype`` of the stored tensors 'float32',
+  'bfloat16', 'float16' (GGUF also 'q8_0'). See :func:`cure_jax.lm.export.save`."""
+  return export.save(lm, path, format, params=params, dtype=dtype, shard_size=shard_size)
