@@ -100,6 +100,7 @@ def authors_run(tiny_llama, tmp_path_factory):
   config.model.pretrained = tiny_llama
   config.model.max_len = 160  # the tiny tokenizer spends a token per byte
   config.reproduce.runs = ('grogu_descent:T=5,w=0.5', 'npo_descent')
+  config.export.format = 'hf'   # each unlearned model written out
   workdir = tmp_path_factory.mktemp('smollm2_smoke')
   return config, workdir, entry.run(config, str(workdir))
 
@@ -122,6 +123,25 @@ def test_authors_smoke_on_a_pretrained_checkpoint(authors_run, tiny_llama):
   assert settings['model']['pretrained'] == tiny_llama
   assert settings['weights_digest'] == pretrained.weights_digest(tiny_llama)   # the bytes
   assert rows[0]['model_fingerprint']['original'] == original.name
+
+
+def test_unlearned_models_are_exported(authors_run, tiny_llama):
+  import jax.numpy as jnp
+  config, workdir, rows = authors_run
+  assert [r.get('export') for r in rows[2:]] == ['exports/grogu_descent-T=5_w=0.5-seed0',
+                                                 'exports/npo_descent-beta=0.1-seed0']
+  source = pretrained.load(tiny_llama)
+  ids = jnp.asarray([[5, 17, 40, 99]])
+  logits = lambda lm: np.asarray(lm.model.apply({'params': lm.params}, ids))
+  for row in rows[2:]:
+    saved = pretrained.load(str(workdir / row['export']))
+    assert saved.tokenizer.encode('Fact 3') == source.tokenizer.encode('Fact 3')
+    assert saved.chat_template_source == source.chat_template_source
+    assert not np.allclose(logits(saved), logits(source))   # the unlearned weights
+  byte_lm = _load_config('authors', 'smoke')
+  byte_lm.export.format = 'hf'
+  with pytest.raises(validation.ConfigError, match='config.export.format=.hf. needs a pretrained'):
+    validation.validate(byte_lm)
 
 
 def _assert_unlearned(rows):

@@ -111,6 +111,13 @@ def get_config(arg=None):
   c.reproduce = ml_collections.ConfigDict()
   c.reproduce.runs = RUNS
 
+  # Write each unlearned model (seed by seed) to WORKDIR/exports/<method>[-<variant>]-seed<s>:
+  # 'hf' (a Hugging Face directory) or 'gguf' (a .gguf file); '' writes none. Needs a
+  # pretrained checkpoint (its tokenizer and chat template go with the weights).
+  c.export = ml_collections.ConfigDict()
+  c.export.format = ''
+  c.export.dtype = 'float32'   # float32 | bfloat16 | float16 (| q8_0 for gguf)
+
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 64
   c.eval.retain_items = 20    # evenly spaced retain questions (TOFU evaluates 400)

@@ -19,6 +19,7 @@ appended to ``runs.jsonl`` (:class:`cure_jax.infra.sweep_log.SweepLog`), so a ki
 import dataclasses
 import math
 import os
+import shutil
 import time
 from typing import Any
 
@@ -50,7 +51,8 @@ def sweep_key(config, fingerprints):
   cfg = config.to_dict()
   for section, key in (('finetune', 'log_every'), ('finetune', 'checkpoint_every'),
                        ('unlearn', 'log_every'), ('unlearn', 'method'), ('reproduce', 'runs'),
-                       (None, 'mode'), (None, 'seeds'), (None, 'model_cache')):
+                       (None, 'mode'), (None, 'seeds'), (None, 'model_cache'),
+                       (None, 'export')):
     (cfg[section] if section else cfg).pop(key, None)
   cfg['data'].pop('data_dir', None)
   return fingerprint.digest({'config': cfg, 'models': fingerprints,
@@ -96,6 +98,25 @@ def _references(config, workdir, lm, splits, evaluator):
   return References(params, infos, rows, truth_ratios, retrain.get('mia_min_k'), samples)
 
 
+def _export(config, workdir, lm, params, run, seed):
+  """Writes the unlearned ``params`` (config.export); returns the path relative to the
+  workdir. A path left by a run killed before it was logged is replaced."""
+  name = '-'.join(p for p in (run.name, run.variant.replace(',', '_'), f'seed{seed}') if p)
+  path = os.path.join(workdir, 'exports', name + ('.gguf' if config.export.format == 'gguf'
+                                                  else ''))
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  if os.path.isdir(path):
+    shutil.rmtree(path)
+  elif os.path.exists(path):
+    os.remove(path)
+  from cure_jax.lm import pretrained  # pylint: disable=g-import-not-at-top
+  pretrained.save(lm.checkpoint, path, config.export.format, params=params,
+                  dtype=config.export.dtype)
+  logging.info('%s %s seed %d: unlearned model written to %s', run.name, run.variant, seed,
+               path)
+  return os.path.relpath(path, workdir)
+
+
 def _sweep(config, workdir, runs, lm, data, evaluator, refs):
   """Every run × seed from the original model (finished ones from ``runs.jsonl``)."""
   fps = refs.rows[0]['model_fingerprint']
@@ -118,6 +139,8 @@ def _sweep(config, workdir, runs, lm, data, evaluator, refs):
         seconds['evaluate'] += time.time() - t_eval
         row = _row(r.name, r.variant, seed, result, time.time() - t,
                    {'model_fingerprint': fps, 'hparams': r.record})
+        if config.export.format:   # before the unit is logged: a logged run has its export
+          row['export'] = _export(config, workdir, lm, new_params, r, seed)
         done = {'row': row, 'generations':
                 result['splits']['forget']['generations'][:len(refs.samples)]}
         log.add(unit, done)

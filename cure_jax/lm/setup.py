@@ -22,6 +22,7 @@ class LoadedModel(NamedTuple):
   params: Optional[Any]
   tokenizer: Any
   template: str
+  checkpoint: Optional[Any] = None   # what pretrained.load returned (None: the byte LM)
 
 
 def make_model(config, tokenizer):
@@ -51,7 +52,7 @@ def load_model(config):
     return LoadedModel(make_model(config, tokenizer), None, tokenizer, config.data.template)
   loaded = _pretrained().load(source, **_load_kwargs(config))
   params = loaded.params if config.model.pretrained else None
-  return LoadedModel(loaded.model, params, loaded.tokenizer, _template(config, loaded))
+  return LoadedModel(loaded.model, params, loaded.tokenizer, _template(config, loaded), loaded)
 
 
 def load_params(config, source, model):

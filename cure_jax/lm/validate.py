@@ -101,6 +101,20 @@ def _check_unlearn(config):
         fail(f'{field}: {key}', value, allowed)
 
 
+def _check_export(config):
+  from cure_jax.lm import export, gguf_export  # pylint: disable=g-import-not-at-top
+  e = config.export
+  choice('config.export.format', e.format, ('',) + export.FORMATS)
+  if not e.format:
+    return
+  choice('config.export.dtype', e.dtype,
+         export.HF_DTYPES if e.format == 'hf' else gguf_export.DTYPES)
+  if not (config.model.pretrained or config.model.original or config.model.retrain):
+    raise ConfigError(f'config.export.format={e.format!r} needs a pretrained checkpoint '
+                      '(config.model.pretrained): the byte-level LM has no tokenizer files '
+                      "to export; use '' for it.")
+
+
 def validate(config, num_devices):
   choice('config.mode', config.mode, MODES)
   check('config.seeds', config.seeds, positive_int)
@@ -108,6 +122,7 @@ def validate(config, num_devices):
   _check_data(config)
   _check_finetune(config, num_devices)
   _check_unlearn(config)
+  _check_export(config)
   checks(config.eval, 'config.eval', {'batch_size': positive_int,
                                        'retain_items': nonnegative_int,
                                        'utility_items': nonnegative_int,
