@@ -13,7 +13,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from cure_jax.infra import content_digest
-from cure_jax.lm import import_checks, pretrained
+from cure_jax.lm import import_checks, llama_layout, pretrained
 
 from tests.tiny_llama import write_gguf, write_hf
 
@@ -25,7 +25,7 @@ def _own_cache(tmp_path, monkeypatch):
 
 
 def _params(lm):
-  return {'/'.join(k): np.asarray(v) for k, v in pretrained._flatten(lm.params)}
+  return {'/'.join(k): np.asarray(v) for k, v in llama_layout.flatten(lm.params)}
 
 
 def _assert_same_params(a, b):

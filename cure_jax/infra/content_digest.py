@@ -82,11 +82,13 @@ def file_digest(path):
   return value
 
 
-def files_digest(paths, length=16):
-  """One digest of several files: their names (not folders), sizes and bytes."""
+def files_digest(paths, length=16, names=None):
+  """One digest of several files: their names (not folders; ``names`` instead of the base
+  names, e.g. so a renamed copy digests the same), sizes and bytes."""
+  names = [os.path.basename(p) for p in paths] if names is None else list(names)
   h = hashlib.sha256()
-  for path in sorted(paths, key=os.path.basename):
-    h.update(f'{os.path.basename(path)}|{os.path.getsize(path)}|{file_digest(path)}\n'.encode())
+  for name, path in sorted(zip(names, paths)):
+    h.update(f'{name}|{os.path.getsize(path)}|{file_digest(path)}\n'.encode())
   return h.hexdigest()[:length]
 
 

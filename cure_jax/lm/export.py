@@ -103,20 +103,12 @@ def _check_target(path, format):  # pylint: disable=redefined-builtin
   return target
 
 
-def _flatten(tree, prefix=()):
-  for key, value in tree.items():
-    if isinstance(value, collections.abc.Mapping):
-      yield from _flatten(value, prefix + (key,))
-    else:
-      yield prefix + (key,), value
-
-
 def _param_reader(cfg, params):
   """Checks ``params`` against the model; returns ``read(path)``: one float32 numpy tensor."""
   if not isinstance(params, collections.abc.Mapping):
     raise ValueError(f"params must be the model's 'params' tree (a dict), got "
                      f'{type(params).__name__}.')
-  flat = dict(_flatten(params))
+  flat = dict(llama_layout.flatten(params))
   wanted = {p: tuple(reversed(s)) if llama_layout.is_kernel(p) else tuple(s)
             for p, s in llama_layout.hf_shapes(cfg).items()}
   for problem, paths in (('lack', set(wanted) - set(flat)),

@@ -18,7 +18,6 @@ _LINEAR_NAMES = {'attn_q': ('self_attn', 'q_proj'), 'attn_k': ('self_attn', 'k_p
                  'ffn_down': ('mlp', 'down_proj')}
 _NORM_NAMES = {'attn_norm': 'input_layernorm', 'ffn_norm': 'post_attention_layernorm'}
 _TOKEN_UNKNOWN, _TOKEN_CONTROL, _TOKEN_USER_DEFINED = 2, 3, 4
-_NON_FINITE_FIX = 're-download or re-convert the checkpoint.'
 
 
 def gguf_name(path):
@@ -169,7 +168,7 @@ def _config(reader, path, tensors, max_len, dtype):
   divisors = None
   if 'rope_freqs.weight' in tensors:
     freqs = import_checks.check_finite(_dequantize(tensors['rope_freqs.weight']),
-                                       f"{path}: tensor 'rope_freqs.weight'", _NON_FINITE_FIX)
+                                       f"{path}: tensor 'rope_freqs.weight'", import_checks.SOURCE_FIX)
     divisors = tuple(freqs.reshape(-1))
   return LMConfig(
       vocab_size=vocab, num_layers=int(get('block_count')), d_model=d_model, num_heads=heads,
@@ -210,7 +209,7 @@ def read(path, max_len=None, dtype='float32'):
                          f'({type(e).__name__}: {e}); the file is truncated or corrupt.') from None
       # After dequantisation: 0xFF bytes (an F32/F16 NaN pattern, or a NaN block scale)
       # only show up as values.
-      import_checks.check_finite(w, f'{path}: tensor {name!r}', _NON_FINITE_FIX)
+      import_checks.check_finite(w, f'{path}: tensor {name!r}', import_checks.SOURCE_FIX)
       w = w.reshape(shape) if w.size == int(np.prod(shape)) else w
       return unpermute_rows(w, heads) if heads and w.shape == tuple(shape) else w
     lazy[p] = llama_layout.lazy_from_hf(p, shape, read_tensor, f'{path}: tensor {name!r}')

@@ -16,7 +16,6 @@ from cure_jax.text.tokenizer import HFTokenizer
 
 MODEL_TYPES = ('llama', 'mistral')
 _IGNORED_TENSORS = ('rotary_emb.inv_freq',)  # buffers some old checkpoints saved
-_NON_FINITE_FIX = 're-download or re-convert the checkpoint.'
 
 
 def _read_json(path, required=True):
@@ -138,7 +137,7 @@ def _reader(path, key):
       raise ValueError(f'{path}: tensor {key!r} is unreadable ({type(e).__name__}: {e}); the '
                        'file is truncated or corrupt.') from None
     # Checked here, in its stored dtype, the one time it is read: NaN would train silently.
-    return import_checks.check_finite(w, f'{path}: tensor {key!r}', _NON_FINITE_FIX)
+    return import_checks.check_finite(w, f'{path}: tensor {key!r}', import_checks.SOURCE_FIX)
   return read
 
 

@@ -11,6 +11,10 @@ _CHUNK_VALUES = 1 << 22   # values per isfinite pass: a 16 MiB float32 mask at m
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+# What to do about a non-finite tensor in a checkpoint's own files.
+SOURCE_FIX = 're-download or re-convert the checkpoint.'
+
+
 class NonFiniteWeightsError(ValueError):
   """A tensor of an imported checkpoint holds NaN or Inf values."""
 

@@ -6,6 +6,7 @@ and, per parameter of :class:`~cure_jax.models.causal_lm.CausalLM` (a path tuple
 float32 in Flax orientation only when asked, so that a sharded placement never holds more
 than one tensor on the host.
 """
+import collections.abc
 import dataclasses
 from typing import Any, Callable, Optional
 
@@ -70,6 +71,15 @@ def lazy_from_hf(path, shape_hf, read_hf, where):
     return np.ascontiguousarray(w.T) if is_kernel(path) else w
   shape = tuple(reversed(shape_hf)) if is_kernel(path) else tuple(shape_hf)
   return LazyTensor(shape, read)
+
+
+def flatten(tree, prefix=()):
+  """Nested mappings -> ``(path tuple, leaf)`` pairs (the inverse of :func:`unflatten`)."""
+  for key, value in tree.items():
+    if isinstance(value, collections.abc.Mapping):
+      yield from flatten(value, prefix + (key,))
+    else:
+      yield prefix + (key,), value
 
 
 def unflatten(flat):

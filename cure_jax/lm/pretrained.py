@@ -106,20 +106,12 @@ def _materialize(tensors, mesh, mode, min_size):
   shapes = llama_layout.unflatten({p: jax.ShapeDtypeStruct(t.shape, np.float32)
                                    for p, t in tensors.items()})
   shardings = sharding_lib.shardings(shapes, mesh, mode, min_size)
-  flat_shardings = dict(_flatten(shardings))
+  flat_shardings = dict(llama_layout.flatten(shardings))
   out = {}
   for p, t in tensors.items():
     full = t.read()  # one tensor on the host at a time; each device takes its slice
     out[p] = jax.make_array_from_callback(t.shape, flat_shardings[p], lambda idx: full[idx])
   return llama_layout.unflatten(out)
-
-
-def _flatten(tree, prefix=()):
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      yield from _flatten(value, prefix + (key,))
-    else:
-      yield prefix + (key,), value
 
 
 def _file_key(path):
@@ -285,12 +277,9 @@ def weights_digest(source, length=16):
   :func:`cache_dir`, see :func:`cure_jax.infra.content_digest.file_digest`).
   """
   kind, path, _ = _resolve(source)
-  labelled = ([('model.gguf', path)] if kind == 'gguf' else
-              [(os.path.basename(p), p) for p in hf_import.checkpoint_files(path)])
-  h = hashlib.sha256(f'{kind}\n'.encode())
-  for label, file in sorted(labelled):
-    h.update(f'{label}|{os.path.getsize(file)}|{content_digest.file_digest(file)}\n'.encode())
-  return h.hexdigest()[:length]
+  if kind == 'gguf':
+    return content_digest.files_digest([path], length, names=['model.gguf'])
+  return content_digest.files_digest(hf_import.checkpoint_files(path), length)
 
 
 def _check_load_args(max_len, dtype, sharding_mode, min_shard_size):

@@ -14,11 +14,11 @@ Contract for any tokenizer plugged into the data code (e.g. a wrapper around a H
   A model's ``vocab_size`` may be larger (checkpoints pad their embeddings): its extra ids have
   no text, and generation excludes them (``causal_lm.generate(..., vocab_limit=)``).
 """
+from typing import Optional, Protocol, Sequence, runtime_checkable
 
 # Why an id beyond the vocabulary reached decode, in the usual case.
 _PADDED_HINT = ('; a model with a padded vocabulary generated it: pass '
                 'vocab_limit=tokenizer.vocab_size to causal_lm.generate.')
-from typing import Optional, Protocol, Sequence, runtime_checkable
 
 
 @runtime_checkable
