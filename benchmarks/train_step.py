@@ -12,7 +12,8 @@ import subprocess
 import sys
 import time
 
-CASES = {'resnet8': (8, 8, 1), 'resnet18_cifar': (32, 32, 3), 'resnet50': (224, 224, 3)}
+CASES = {'resnet8': (8, 8, 1), 'cnn_small': (28, 28, 1), 'resnet18_cifar': (32, 32, 3),
+         'resnet50': (224, 224, 3)}
 
 
 def measure(name, batch, repeats):

@@ -124,7 +124,7 @@ def _loss(kind, logits, ex, temperature=4.0):
 
 
 @pytest.mark.parametrize('case,pulls,form', [
-    ('resnet8', 'separate', 'by_shape'),
+    ('resnet8', 'separate', 'by_shape'), ('cnn_small', None, 'by_shape'),
     ('resnet18_cifar', None, 'by_shape'), ('byte_lm', None, 'by_shape'),
     ('smollm2_layout', 'vmapped', 'ghost'), ('smollm2_layout', 'separate', 'materialise'),
     ('awkward', None, 'ghost'), ('awkward', None, 'materialise')])

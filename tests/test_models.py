@@ -13,6 +13,7 @@ def _num_params(variables):
     ('resnet8', (8, 8, 1), None),
     ('resnet18_cifar', (32, 32, 3), 11_173_962),
     ('resnet50', (64, 64, 3), 23_528_522),
+    ('cnn_small', (28, 28, 1), 52_162),
 ])
 def test_models_return_logits_and_have_the_paper_sizes(name, shape, expected_params):
   model = models.get_model(name, 10)
@@ -47,5 +48,5 @@ def test_train_mode_updates_batch_stats_and_eval_mode_is_pure():
 
 
 def test_unknown_model_name_is_a_clear_error():
-  with pytest.raises(ValueError, match="Unknown model 'resnet9'.*resnet18_cifar"):
+  with pytest.raises(ValueError, match="Unknown model 'resnet9'.*cnn_small.*resnet18_cifar"):
     models.get_model('resnet9', 10)

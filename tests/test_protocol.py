@@ -193,3 +193,37 @@ def test_tune_rule_falls_back_when_every_trial_collapsed():
   scored = [('a', {'retain_acc': 0.15, 'forget_acc': 0.0, 'min_retain_acc': 0.11}),
             ('b', {'retain_acc': 0.20, 'forget_acc': 0.0, 'min_retain_acc': 0.12})]
   assert experiment.select(scored, 0.0, 0.3) == 'b'
+
+
+def test_every_method_gets_the_same_trials_and_searches_its_temperature_inside_them():
+  config = tiny_config()
+  config.tune.lrs, config.tune.epochs, config.tune.temperatures = (0.01, 0.03), (1, 2), (2, 8)
+  config.reproduce.methods = ('ghr', 'gsr', 'grogu_t1')
+  runs = {r.name: r for r in experiment.plan.runs(config)}
+  trials = {name: [t for t, _ in experiment._trials(config, run)] for name, run in runs.items()}
+  assert {len(t) for t in trials.values()} == {4}
+  assert trials['ghr'] == [{'lr': lr, 'epochs': e} for lr in (0.01, 0.03) for e in (1.0, 2.0)]
+  # Latin assignment: (lr i, epochs j) takes temperature (i + j) mod 2.
+  assert [t['temperature'] for t in trials['gsr']] == [2.0, 8.0, 8.0, 2.0]
+  assert 'temperature' not in trials['grogu_t1'][0]  # T = 1 is fixed by its name
+  for name, run in runs.items():
+    for trial, trial_run in experiment._trials(config, run):
+      assert trial_run.hparams.lr == trial['lr'] and trial_run.hparams.epochs == trial['epochs']
+
+
+def test_tune_scores_on_validation_and_records_its_rule(first):
+  workdir = first[0]
+  config = tiny_config()
+  config.mode = 'tune'
+  config.tune.update(lrs=(0.003, 0.03), epochs=(1,), temperatures=(2.0, 4.0), seeds=1)
+  config.reproduce.methods = ('ghr', 'gsr')
+  choices = entry.run(config, str(workdir))
+  doc = json.loads((workdir / 'tune.json').read_text())
+  assert doc['choices'] == choices and set(choices) == {'ghr', 'gsr'}
+  assert doc['rule']['trials_per_method'] == 2 and doc['rule']['split'] == 'val'
+  assert doc['rule']['forget_threshold'] == config.reproduce.forget_threshold
+  for name in ('ghr', 'gsr'):
+    assert len([t for t in doc['trials'] if t['method'] == name]) == 2
+  assert {t['temperature'] for t in doc['trials'] if t['method'] == 'gsr'} == {2.0, 4.0}
+  assert choices['gsr'] in [{k: t[k] for k in ('lr', 'epochs', 'temperature')}
+                            for t in doc['trials'] if t['method'] == 'gsr']

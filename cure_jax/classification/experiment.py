@@ -10,6 +10,7 @@ import dataclasses
 import itertools
 import json
 import os
+import time
 
 import numpy as np
 from absl import logging
@@ -52,10 +53,16 @@ def _uses_temperature(run):
 
 
 def _trials(config, run):
-  """``(trial settings, the run with them)`` over the tuning grid."""
+  """``(trial settings, the run with them)``: the same ``len(lrs) × len(epochs)`` trials for
+  every method, so that no method gets a larger search than another. A method with a
+  temperature of its own searches it inside that budget: trial ``(i, j)`` (the i-th learning
+  rate, the j-th epoch count) takes temperature ``(i + j) mod len(temperatures)``, a Latin
+  assignment that pairs every temperature with several learning rates and every epoch count."""
   own_t = _uses_temperature(run)
-  temps = config.tune.temperatures if own_t else (run.hparams.temperature,)
-  for lr, epochs, temperature in itertools.product(config.tune.lrs, config.tune.epochs, temps):
+  temps = tuple(config.tune.temperatures)
+  for (i, lr), (j, epochs) in itertools.product(enumerate(config.tune.lrs),
+                                                enumerate(config.tune.epochs)):
+    temperature = temps[(i + j) % len(temps)] if own_t else run.hparams.temperature
     hp = run.hparams.as_configdict()
     hp.update(lr=float(lr), epochs=float(epochs), temperature=float(temperature))
     trial = {'lr': float(lr), 'epochs': float(epochs)}
@@ -88,6 +95,7 @@ def tune(config, workdir, runs):
   log = sweep_log.SweepLog(os.path.join(workdir, 'tune.jsonl'),
                            protocol.sweep_key(config, extra=('tune',)))
   threshold, choices, records = config.reproduce.forget_threshold, {}, []
+  begin = time.perf_counter()
   for run in runs:
     name, scored = run.name, []
     for trial, trial_run in _trials(config, run):
@@ -109,8 +117,15 @@ def tune(config, workdir, runs):
     if not scored:
       raise FloatingPointError(f'tune: every trial of {name} diverged; lower config.tune.lrs.')
     choices[name] = select(scored, threshold, config.tune.min_retain_acc, name)
+  rule = {'trials_per_method': len(config.tune.lrs) * len(config.tune.epochs),
+          'lrs': list(config.tune.lrs), 'epochs': list(config.tune.epochs),
+          'temperatures': list(config.tune.temperatures), 'split': 'val',
+          'scenarios': [sc.label for sc in study.scenarios],
+          'model_seeds': list(study.model_seeds), 'runs_per_scenario': config.tune.seeds,
+          'forget_threshold': threshold, 'min_retain_acc': config.tune.min_retain_acc,
+          'seconds': round(time.perf_counter() - begin, 1)}
   files.write_atomic(os.path.join(workdir, 'tune.json'),
-                     files.to_json({'choices': choices, 'trials': records}))
+                     files.to_json({'rule': rule, 'choices': choices, 'trials': records}))
   print(json.dumps(choices, indent=1))
   return choices
 
