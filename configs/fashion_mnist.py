@@ -24,7 +24,7 @@ Variants:
   configs/fashion_mnist.py:smoke   a few steps on whatever IDX files data_dir holds (tests)
   configs/fashion_mnist.py:paper   the paper's counts for accelerators: CIFAR ResNet-18,
                                    K = 30 models, 30 runs per method and scenario. Estimated
-                                   on one H100-class GPU: about 4 h (docs/tuning.md shows
+                                   on one H100-class GPU: about 4–5 h (docs/tuning.md shows
                                    the arithmetic); not run here.
 """
 from cure_jax.classification import defaults
