@@ -69,6 +69,9 @@ def get_config(arg=None):
       'scrub': {'lr': 0.003, 'epochs': 5.0},
       'grogu_t1_descent': {'lr': 0.01, 'epochs': 10.0},
   })
+  # The tuning grid: 20 trials per method (a temperature is searched inside them).
+  config.tune.lrs = (0.001, 0.003, 0.01, 0.03, 0.1)
+  config.tune.epochs = (1, 2, 5, 10)
   config.scenarios = '1;3;8'
   config.model_seeds = 5
   config.seeds = 5

@@ -23,9 +23,9 @@ Tuning (the same rule for every method; docs/tuning.md):
 Variants:
   configs/fashion_mnist.py:smoke   a few steps on whatever IDX files data_dir holds (tests)
   configs/fashion_mnist.py:paper   the paper's counts for accelerators: CIFAR ResNet-18,
-                                   K = 30 models, 30 runs per method and scenario. Estimated
-                                   on one H100-class GPU: about 4–5 h (docs/tuning.md shows
-                                   the arithmetic); not run here.
+                                   K = 30 models, 30 runs per method and scenario. About 3 h
+                                   on one H200-class GPU, estimated from a measured 4.9 ms
+                                   training step (docs/tuning.md); not run here.
 """
 from cure_jax.classification import defaults
 

@@ -98,7 +98,8 @@ def test_every_method_runs_on_user_models(setups, model, name):
   apply_fn, params = setups[model]
   forget, retain = _batches()
   unl = cure_jax.make_unlearning_step(apply_fn, name, teacher=None, forget_mask=[FORGET],
-                                      hparams={'lr': 0.05, 'salun_fraction': 0.3})
+                                      hparams={'lr': 0.05, 'salun_fraction': 0.3},
+                                      data_sizes=(B, B))   # read by scrub, salun_descent
   state = unl.init(params, forget_data=forget)
   before = _forget_acc(apply_fn, params, forget)
   assert before > 0.5   # the pretrained model knows the class: a drop is observable

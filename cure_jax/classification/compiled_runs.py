@@ -13,6 +13,11 @@ default there).
 
 BatchNorm stays in inference mode with the starting model's statistics, so examples never
 interact and GROGU's per-example gradients are well defined.
+
+A scheduled method (:mod:`cure_jax.unlearning.schedule`: SCRUB, SalUn with retain data)
+runs its passes instead: each step's phase, pass and batch come from the step index, the
+forget set size and the traced retain subset size, and a pass draws every example of its
+set once in a fresh seeded order (:func:`pass_batch`).
 """
 import dataclasses
 import functools
@@ -25,14 +30,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from cure_jax.infra import sharding
-from cure_jax.unlearning import hparams as hparams_lib, objectives, step as step_lib
+from cure_jax.unlearning import hparams as hparams_lib, objectives, schedule, step as step_lib
 from cure_jax.unlearning.batch import Batch
 
 _SHUFFLE_STREAM = 1 << 20   # fold_in tag of the forget shuffles (steps use their index)
 _RETAIN_STREAM = 1 << 21
 
 
-def total_steps(epochs, n_forget, batch_size):
+def total_steps(epochs, n_forget, batch_size, method=None, hp=None, n_retain=0):
+  """Steps of a run: ``epochs`` passes over the forget set, or for a scheduled ``method``
+  ``epochs`` of its epochs (``hp``: its hyperparameters; ``n_retain``: the retain subset)."""
+  if method is not None and method.schedule:
+    lengths = schedule.pass_lengths(n_forget, n_retain, batch_size, batch_size)
+    return schedule.total_steps(method.schedule, hp, epochs, lengths)
   return max(1, math.ceil(epochs * n_forget / batch_size))
 
 
@@ -63,6 +73,31 @@ def cycled_batch(key, step, n, size, batch_size):
   idx, epoch = pos % n, pos // n
   first, second = _epoch_perm(key, epoch0, n, size), _epoch_perm(key, epoch0 + 1, n, size)
   return jnp.where(epoch == epoch0, first[idx], second[idx])
+
+
+def pass_batch(key, index, batch, n, size, batch_size):
+  """Indices of batch ``batch`` of pass ``index`` over ``n`` examples, each pass in a fresh
+  seeded order. A pass's last batch is topped up from the start of the same order (the batch
+  shape is fixed, where a torch DataLoader's last batch is smaller); pass 0's batches are
+  :func:`cycled_batch`'s first ones."""
+  pos = (batch * batch_size + jnp.arange(batch_size)) % n
+  return _epoch_perm(key, index, n, size)[pos]
+
+
+def draw(method, step, key, n, size, m, retain_size, batch_size, hp):
+  """``(forget indices, retain indices, phase)`` of step ``step``: one batch of each stream
+  the method reads (None: it reads none), or for a scheduled method, the batches of the
+  step's pass in either stream (its phase reads one of them)."""
+  f_key = jax.random.fold_in(key, _SHUFFLE_STREAM)
+  r_key = jax.random.fold_in(key, _RETAIN_STREAM)
+  if method.schedule:
+    at = schedule.locate(step, method.schedule, hp,
+                         schedule.pass_lengths(n, m, batch_size, batch_size))
+    return (pass_batch(f_key, at.passes, at.batch, n, size, batch_size),
+            pass_batch(r_key, at.passes, at.batch, m, retain_size, batch_size), at.phase)
+  return (cycled_batch(f_key, step, n, size, batch_size) if method.uses_forget else None,
+          cycled_batch(r_key, step, m, retain_size, batch_size) if method.uses_retain else None,
+          0)
 
 
 @dataclasses.dataclass
@@ -136,24 +171,22 @@ class Programs:
       teacher_logits, targets_K = consts
       params, opt_state, bad = carry
       f_batch = r_batch = None
+      f_idx, r_idx, phase = draw(method, step, key, n, size, m, retain_x.shape[0], b, hp)
       if method.uses_forget:
-        idx = cycled_batch(jax.random.fold_in(key, _SHUFFLE_STREAM), step, n, size, b)
-        label = forget_y[idx]
+        label = forget_y[f_idx]
         f_batch = Batch(
-            inputs=self._constrain(self.normalize(forget_x[idx])), label=label,
-            teacher_logits=None if teacher_logits is None else teacher_logits[idx],
+            inputs=self._constrain(self.normalize(forget_x[f_idx])), label=label,
+            teacher_logits=None if teacher_logits is None else teacher_logits[f_idx],
             forget_mask=jnp.broadcast_to(mask_K, (b, mask_K.shape[0])),
             target=None if targets_K is None else targets_K[label])
       if method.uses_retain:
-        idx = cycled_batch(jax.random.fold_in(key, _RETAIN_STREAM), step, m,
-                           retain_x.shape[0], b)
-        r_batch = Batch(self._constrain(self.normalize(retain_x[idx])), retain_y[idx])
+        r_batch = Batch(self._constrain(self.normalize(retain_x[r_idx])), retain_y[r_idx])
       if f_batch is None:  # methods read the batch size / mask from the forget batch
         f_batch = Batch(inputs=r_batch.inputs, label=r_batch.label,
                                 forget_mask=jnp.broadcast_to(mask_K, (b, mask_K.shape[0])))
       rng = jax.random.fold_in(key, step)
       params, opt_state, value = update(apply, params, opt_state, f_batch, r_batch, rng, hp,
-                                        self.mesh, step, aux)
+                                        self.mesh, step, aux, phase)
       bad = jnp.where((bad < 0) & ~jnp.isfinite(value), step, bad)
       return params, opt_state, bad
     return prologue, body
@@ -266,7 +299,7 @@ def run_group(programs, run, data, starts, keys, vmapped):
   method, hp = run.method, run.hparams
   static, dyn = hparams_lib.split(hp)
   b = int(hp.batch_size)
-  steps = np.int32(total_steps(hp.epochs, data.n_forget, b))
+  steps = np.int32(total_steps(hp.epochs, data.n_forget, b, method, hp, data.n_retain))
   repl = sharding.replicated(programs.mesh)
   put = lambda t: jax.device_put(t, repl)
   compile_s = 0.0

@@ -1,19 +1,30 @@
-"""Paper-style classification evaluation and SalUn's MIA-efficacy (docs/methods.md).
+"""Paper-style classification evaluation, SalUn's MIA-efficacy and the margins KLOM
+compares (docs/methods.md).
 
 Evaluation sets are held as uint8 arrays and normalised on the device, in fixed-size chunks,
 so the logits and input-gradient programs compile once for every model, method and
 scenario of a sweep.
 """
+import base64
+import dataclasses
 import functools
+import json
 import math
+import os
+import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cure_jax.infra import sharding
+from cure_jax.data.sources import SubsetSource
+from cure_jax.infra import files, fingerprint, sharding
 from cure_jax.unlearning import losses
-from cure_jax.metrics import mia
+from cure_jax.metrics import klom, mia
+
+KLOM_MAX_EXAMPLES = 2000   # per set: the 99th percentile still rests on 20 examples
+KLOM_SETS = ('forget', 'retain', 'val')
+MARGINS_DIR = 'margins'    # WORKDIR/margins/<key>.json, one file per evaluated model
 
 
 def materialize(source):
@@ -106,15 +117,20 @@ class Evaluator:
     return {'per_class_acc': metrics['per_class_acc'],
             'input_grads': self.input_grads(retrain_variables)}
 
-  def evaluate(self, variables, forget_classes, mia_sets=None, reference=None):
-    """Accuracies, prediction counts and, given them, MIA-efficacy and the comparison
-    with the retrain model (``per_class_change`` as a fraction, ``input_grad_dist``).
+  def evaluate(self, variables, forget_classes, mia_sets=None, reference=None,
+               klom_sets=None):
+    """Accuracies, prediction counts and, given them, MIA-efficacy, the comparison
+    with the retrain model (``per_class_change`` as a fraction, ``input_grad_dist``) and
+    the margins of the KLOM examples (``klom_margins``, :class:`KlomSets`).
 
     ``mia_sets``: ``(member_x, member_y, forget_x, forget_y)`` training examples.
     """
     variables = sharding.replicate(variables, self.mesh)
     logits = self.logits(variables)
     out = class_metrics(logits, self.y, forget_classes, self.num_classes)
+    if klom_sets is not None:
+      out['klom_margins'] = {name: klom.margins(self.logits(variables, x), y) if len(y)
+                             else np.zeros(0) for name, (x, y) in klom_sets.arrays.items()}
     if mia_sets is not None:
       member_x, member_y, forget_x, forget_y = mia_sets
       keep = ~np.isin(self.y, forget_classes)
@@ -135,3 +151,61 @@ def mia_sets(retain_source, forget_source, size):
   member_x, member_y = materialize(retain_source)
   forget_x, forget_y = materialize(forget_source)
   return member_x[:size], member_y[:size], forget_x, forget_y
+
+
+@dataclasses.dataclass(frozen=True)
+class KlomSets:
+  """The examples whose margins KLOM compares in one scenario, chosen as Georgiev et al. do:
+  training examples of the forget classes (what was unlearned), training examples of the
+  other classes (what was kept) and validation examples (never trained on)."""
+  arrays: dict            # set name -> (uint8 images, int32 labels)
+  digest: str             # of the chosen examples: every file of a comparison must agree
+
+
+def _subsample(n, limit, seed):
+  if n <= limit:
+    return np.arange(n)
+  return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def klom_sets(forget, retain, val, label, limit=KLOM_MAX_EXAMPLES):
+  """:class:`KlomSets` of scenario ``label``: ``forget`` and ``retain`` are the scenario's
+  training sources, ``val`` the validation source; each set a fixed seeded subsample of at
+  most ``limit`` examples (seeded by the scenario label, so every model of the scenario is
+  evaluated on the same ones)."""
+  seed = zlib.crc32(label.encode())
+  arrays, chosen = {}, {}
+  for i, (name, source) in enumerate((('forget', forget), ('retain', retain), ('val', val))):
+    chosen[name] = _subsample(len(source), limit, [seed, i])
+    arrays[name] = materialize(SubsetSource(source, chosen[name]))
+  digest = fingerprint.digest({k: v.tolist() for k, v in chosen.items()})
+  return KlomSets(arrays, digest)
+
+
+def margins_key(row):
+  """A model's margins file name, from its result row: what determines the model (its
+  method, hyperparameters, seed and starting models) and the scenario's examples."""
+  return fingerprint.digest({k: row.get(k) for k in (
+      'scenario', 'method', 'hparams', 'model_seed', 'seed', 'model_fingerprint')})
+
+
+def save_margins(directory, row, margins, sets_digest):
+  """Writes ``{set: margins}`` of the model of ``row`` (float32, base64) atomically."""
+  record = {'row': {k: row.get(k) for k in ('scenario', 'method', 'model_seed', 'seed')},
+            'sets': sets_digest,
+            'margins': {k: base64.b64encode(np.asarray(v, '<f4').tobytes()).decode()
+                        for k, v in margins.items()}}
+  files.write_atomic(os.path.join(directory, margins_key(row) + '.json'),
+                     files.to_json(record))
+
+
+def load_margins(directory, row):
+  """``(sets digest, {set: float32 margins})`` of the model of ``row``; None if not
+  recorded (a run logged before KLOM was)."""
+  path = os.path.join(directory, margins_key(row) + '.json')
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding='utf-8') as f:
+    record = json.load(f)
+  return record['sets'], {k: np.frombuffer(base64.b64decode(v), '<f4')
+                          for k, v in record['margins'].items()}

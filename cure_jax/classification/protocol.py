@@ -5,12 +5,15 @@ compared with retrain model i mod K (docs/methods.md, "The evaluation protocol")
 One :class:`Study` holds the data, the trained models and the evaluation sets of a sweep;
 :func:`sweep` runs methods × scenarios × runs through the compiled programs of
 :mod:`cure_jax.classification.compiled_runs`, evaluates each run and appends its rows to the
-resumable log (:mod:`cure_jax.infra.sweep_log`).
+resumable log (:mod:`cure_jax.infra.sweep_log`). Each evaluated model's margins on the
+scenario's KLOM examples go to ``WORKDIR/margins`` before its unit is logged; the report
+computes KLOM from them (:mod:`cure_jax.classification.report`).
 """
 import contextlib
 import dataclasses
 import functools
 import math
+import os
 import time
 from typing import Any
 
@@ -52,6 +55,7 @@ class Scenario:
   mia_sets: Any
   retrain: list = dataclasses.field(default_factory=list)     # Trained per model seed
   references: list = dataclasses.field(default_factory=list)  # evaluator references
+  klom_sets: Any = None      # evaluate.KlomSets, None when the study keeps no margins
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +104,7 @@ class Study:
   seed_parallel: bool
   n_runs: int                # runs per method and scenario
   timings: Timings
+  margins_dir: Any = None    # where each evaluated model's KLOM margins go; None: nowhere
 
 
 def resolve_seed_parallel(value):
@@ -116,7 +121,10 @@ def _train(config, workdir, kind, data, model, mesh, classes, seed):
 
 def make_study(config, workdir, split='test', kinds=('original', 'retrain'), n_runs=None):
   """Loads the data and trains (or reuses from the model cache) every model the sweep needs.
-  ``config`` is checked first, as on the command line (a bad value: one ConfigError line)."""
+  ``config`` is checked first, as on the command line (a bad value: one ConfigError line).
+
+  A study of both kinds on another split than the validation one (tuning, which reports no
+  KLOM) keeps every evaluated model's KLOM margins in ``WORKDIR/margins``."""
   validation.validate(config, workdir)
   timings = Timings()
   with timings.phase('load'):
@@ -134,6 +142,7 @@ def make_study(config, workdir, split='test', kinds=('original', 'retrain'), n_r
         originals.append(trained(kind='original', classes=(), seed=s))
   evaluator = evaluate.Evaluator(model, data, getattr(data, split), mesh,
                                  config.train.eval_batch_size)
+  keep_margins = split != 'val' and {'original', 'retrain'} <= set(kinds)
   scenarios = []
   for label, classes in plan.scenarios(config, data.num_classes):
     forget, retain = views.forget_retain(data.train, classes)
@@ -142,6 +151,8 @@ def make_study(config, workdir, split='test', kinds=('original', 'retrain'), n_r
     sc = Scenario(label, classes, forget, retain, fx, fy,
                   np.isin(np.arange(data.num_classes), classes),
                   evaluate.mia_sets(retain, forget, size))
+    if keep_margins:
+      sc.klom_sets = evaluate.klom_sets(forget, retain, data.val, label)
     if 'retrain' in kinds:
       for s in seeds:
         console.phase('training retrain model (scenario %s, seed %d)', label, s)
@@ -153,7 +164,16 @@ def make_study(config, workdir, split='test', kinds=('original', 'retrain'), n_r
   programs = compiled_runs.programs(model, tuple(np.ravel(data.mean)),
                                     tuple(np.ravel(data.std)), mesh)
   return Study(config, data, model, mesh, seeds, originals, scenarios, evaluator, programs,
-               resolve_seed_parallel(config.seed_parallel), n_runs or config.seeds, timings)
+               resolve_seed_parallel(config.seed_parallel), n_runs or config.seeds, timings,
+               os.path.join(workdir, evaluate.MARGINS_DIR) if keep_margins else None)
+
+
+def _keep_margins(study, sc, row, metrics):
+  """Writes the KLOM margins in ``metrics`` (if any) under the model's row, before the row
+  is logged: a resumed sweep finds them beside the logged unit."""
+  margins = metrics.pop('klom_margins', None)
+  if margins is not None and study.margins_dir:
+    evaluate.save_margins(study.margins_dir, row, margins, sc.klom_sets.digest)
 
 
 def reference_rows(study):
@@ -164,7 +184,7 @@ def reference_rows(study):
       for kind, model in (('original', study.originals[k]), ('retrain', sc.retrain[k])):
         with study.timings.phase('evaluate'):
           m = study.evaluator.evaluate(model.variables, sc.forget_classes, sc.mia_sets,
-                                       sc.references[k])
+                                       sc.references[k], sc.klom_sets)
         train_s = model.train_s
         rows.append(json_safe({
             'scenario': sc.label, 'model_seed': s, 'seed': None, 'method': kind,
@@ -173,6 +193,7 @@ def reference_rows(study):
             'time_ratio': 1.0 if kind == 'retrain' and train_s else None,
             'model_fingerprint': {kind: model.fingerprint},
             'forget_classes': list(sc.forget_classes)}))
+        _keep_margins(study, sc, rows[-1], m)
   return rows
 
 
@@ -264,8 +285,9 @@ def run_unit(study, run, sc, group):
       variables = {'params': p, 'batch_stats': starts[i]['batch_stats']}
       with study.timings.phase('evaluate'):
         metrics = study.evaluator.evaluate(variables, sc.forget_classes, sc.mia_sets,
-                                           sc.references[m])
+                                           sc.references[m], sc.klom_sets)
       row.update(_metric_fields(metrics))
+      _keep_margins(study, sc, json_safe(row), metrics)
       if not math.isfinite(metrics['forget_acc']):
         row['note'] = 'no forget-class example in the evaluation split: forget_acc undefined'
         logging.warning('%s scenario %s: %s', name, sc.label, row['note'])

@@ -3,7 +3,10 @@
 - Table 1 layout: one row per method, retain / forget test accuracy per scenario (mean ± std
   over all runs); per scenario and setting the best method is bold (the threshold rule).
 - Table 3 layout, per scenario: overall / retain / forget accuracy, MIA-efficacy and run
-  time, methods grouped by setting (forget data only, with retain data).
+  time, methods grouped by setting (forget data only, with retain data); given results.json's
+  ``klom`` section, also the 95th percentile of KLOM over the forget, retain and validation
+  examples (one value per method and scenario: KLOM compares all its runs with all retrain
+  models).
 - Per scenario: the relative per-class change against the retrain model (percent, retain
   classes only) and the prediction counts of forget-class test images next to the retrain
   model's.
@@ -14,6 +17,13 @@ SETTINGS = (('forget', 'Forget data only'), ('retain', 'With retain data'))
 FINETUNE_NOTE = ('Finetune sees no forget data (it trains on retain data only); like the '
                  'paper, it is listed with the forget-data-only methods.')
 MAX_CLASS_COLUMNS = 20   # wider per-class tables are left to the plots
+KLOM_COLUMNS = (('forget', 'KLOM forget'), ('retain', 'KLOM retain'), ('val', 'KLOM val'))
+KLOM_NOTE = ("Table 3's KLOM columns (Georgiev et al. 2024): per example, KL(unlearned ‖ "
+             "retrain) between the binned distributions of its margin over a method's runs "
+             'and over the retrain models; the columns give its 95th percentile over the '
+             'forget-class and retain-class test examples and the validation examples '
+             '(original: the original models against the retrain models; p99, mean and std '
+             'in results.json). Lower is closer to retraining.')
 
 
 def _ok(rows):
@@ -110,12 +120,22 @@ def rows_setting(rows, method):
   return next(r['setting'] for r in rows if r['method'] == method)
 
 
-def table3(rows, scenario, threshold):
+def _klom_cells(klom, scenario, method):
+  """The 95th percentiles of ``klom`` (results.json's section) for one table line."""
+  group = next((g for g in klom['groups'] if (g['scenario'], g['method']) == (scenario, method)),
+               {})
+  return [f'{group[k]["p95"]:.3f}' if group.get(k) else '–' for k, _ in KLOM_COLUMNS]
+
+
+def table3(rows, scenario, threshold, klom=None):
+  """Table 3 of ``scenario``; with ``klom`` (results.json's section) its KLOM columns."""
   sub = [r for r in rows if r['scenario'] == scenario]
   stats = {k: summarize(sub, k) for k in ('overall_acc', 'retain_acc', 'forget_acc',
                                           'mia_efficacy', 'time_s', 'time_ratio')}
   best = best_methods(sub, threshold)
   cols = ('Overall', 'Retain', 'Forget', 'MIA-efficacy', 'Time (s)', 'Time / retrain')
+  if klom is not None:
+    cols += tuple(label for _, label in KLOM_COLUMNS)
 
   def method_line(m):
     name = f'**{m}**' if best.get((scenario, rows_setting(sub, m))) == m else m
@@ -125,6 +145,8 @@ def table3(rows, scenario, threshold):
     cells = [_cell(stats[k].get(key)) for k in ('overall_acc', 'retain_acc', 'forget_acc',
                                                  'mia_efficacy')]
     cells += [_cell(stats['time_s'].get(key), 2), _cell(stats['time_ratio'].get(key), 4)]
+    if klom is not None:
+      cells += _klom_cells(klom, scenario, m)
     return f'| {name}{_diverged_note(sub, scenario, m)} | ' + ' | '.join(cells) + ' |'
 
   lines = ['| Method | ' + ' | '.join(cols) + ' |', '|---|' + '---|' * len(cols)]
@@ -177,8 +199,9 @@ def prediction_count_table(rows, scenario, class_names):
   return '\n'.join(lines) + '\n'
 
 
-def markdown_report(rows, threshold, title, class_names):
-  """The whole results.md: Table 1, then per scenario Table 3 and the per-class tables."""
+def markdown_report(rows, threshold, title, class_names, klom=None):
+  """The whole results.md: Table 1, then per scenario Table 3 and the per-class tables.
+  ``klom``: results.json's KLOM section (Table 3 then has KLOM columns)."""
   scenarios = list(dict.fromkeys(r['scenario'] for r in rows))
   parts = [f'## {title}', '',
            'Test split; mean ± std over all runs (run i starts from original model i mod K '
@@ -188,8 +211,10 @@ def markdown_report(rows, threshold, title, class_names):
            table1(rows, threshold)]
   if any(r['method'] == 'finetune' for r in rows):
     parts += [FINETUNE_NOTE, '']
+  if klom is not None:
+    parts += [KLOM_NOTE, '']
   for s in scenarios:
-    parts += [f'### Scenario {s}: Table 3 layout', '', table3(rows, s, threshold)]
+    parts += [f'### Scenario {s}: Table 3 layout', '', table3(rows, s, threshold, klom)]
     change = per_class_change_table(rows, s, class_names)
     if change:
       parts += [f'Per-class test accuracy change vs the retrain model (%, retain classes, '

@@ -26,12 +26,17 @@ from cure_jax.unlearning.batch import Batch
 
 
 def get_method(name):
-  """The registry entry ``name``, refused with one line when it only fits a classifier."""
+  """The registry entry ``name``, refused with one line when it only fits a classifier or
+  runs a per-epoch schedule of passes (:mod:`cure_jax.unlearning.schedule`)."""
   method = methods.get(name)
   if method.classifier_only:
     usable = sorted(k for k, m in methods.REGISTRY.items() if not m.classifier_only)
     raise ValueError(f'Method {name!r} draws or targets whole classes and runs on classifiers '
                      f'only; for an LM choose one of {usable}.')
+  if method.schedule:   # every scheduled method is a classifier's today; this loop pairs batches
+    raise ValueError(f'Method {name!r} runs passes over the forget and retain sets, which the '
+                     'LM loop does not schedule; use cure_jax.make_unlearning_step with '
+                     'data_sizes.')
   return method
 
 

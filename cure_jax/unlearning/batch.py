@@ -43,6 +43,7 @@ class StepInputs:
   mesh: Any = None      # the device mesh the step runs on, if any
   step: Any = 0         # int32 scalar: 0-based index of this unlearning step
   aux: Any = None       # what the method's ``prepare`` returned for this run, if any
+  phase: Any = 0        # int32 scalar: the step's phase in the method's schedule (0: none)
 
 
 def view(logits, batch):

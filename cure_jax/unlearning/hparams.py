@@ -27,12 +27,14 @@ DEFAULTS = {
     # weight decay of its SGD, applied to the trained weights only.
     'salun_fraction': 0.5,
     'salun_weight_decay': 5e-4,
-    # SCRUB: min step = gamma*CE + alpha*T^2*KL_T on retain; max step = -T^2*KL_T on forget,
-    # on even steps among the first 2*scrub_max_steps.
+    # SCRUB (meghdadk/SCRUB large_scale_unlearning.ipynb): each epoch a max pass over the
+    # forget set (-T^2*KL_T, the first scrub_max_epochs epochs) then a min pass over the
+    # retain subset (gamma*CE + alpha*T^2*KL_T); SGD weight decay on both.
     'scrub_alpha': 0.001,
     'scrub_gamma': 0.99,
     'scrub_temperature': 4.0,
-    'scrub_max_steps': 8.0,
+    'scrub_max_epochs': 2.0,
+    'scrub_weight_decay': 5e-4,
     'npo_beta': 0.1,             # NPO
     'simnpo_beta': 4.5,          # SimNPO
     'simnpo_delta': 0.0,
@@ -43,6 +45,10 @@ DYNAMIC = tuple(k for k in DEFAULTS if k not in STATIC)
 IMPLEMENTATIONS = ('fast', 'vmap')
 
 
+# A count kept as a float (the compiled step takes it as float32), e.g. 2.0 epochs.
+_WHOLE = rules.Rule(lambda v: rules.nonnegative(v) and float(v).is_integer(),
+                    'use a whole number >= 0')
+
 # What each value may be (:mod:`cure_jax.infra.rules`, the vocabulary of every config check).
 RULES = {
     'lr': rules.positive, 'momentum': rules.fraction_closed_open,
@@ -52,7 +58,8 @@ RULES = {
     'lur_w_r': rules.nonnegative, 'lur_w_f': rules.nonnegative,
     'salun_fraction': rules.fraction_open_closed, 'salun_weight_decay': rules.nonnegative,
     'scrub_alpha': rules.nonnegative, 'scrub_gamma': rules.nonnegative,
-    'scrub_temperature': rules.positive, 'scrub_max_steps': rules.nonnegative,
+    'scrub_temperature': rules.positive, 'scrub_max_epochs': _WHOLE,
+    'scrub_weight_decay': rules.nonnegative,
     'npo_beta': rules.positive, 'simnpo_beta': rules.positive, 'simnpo_delta': rules.finite,
     'simnpo_gamma': rules.nonnegative,
 }

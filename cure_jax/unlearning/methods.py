@@ -9,6 +9,10 @@ builder (:mod:`cure_jax.unlearning.step`) hands it to the optimizer. A method wi
 (SalUn's saliency mask, SCRUB's frozen teacher); what it returns comes back as ``aux``.
 Losses work on logits in the batch's view, so one entry serves a ResNet and a causal LM.
 
+A method with a ``schedule`` (SCRUB, SalUn with retain data) runs its peer's per-epoch
+passes over the forget set and the retain subset instead of one step per forget batch
+(:mod:`cure_jax.unlearning.schedule`); its ``epochs`` are the peer's epochs.
+
 Names: ``<method>`` uses forget data only; ``<method>_descent`` adds ``retain_weight`` ×
 the retain NLL (what LM papers call GradDiff is ``gradasc_descent``; NPO, SimNPO, UNDIAL,
 GHR, GSR and GROGU "with a retain term" are their ``_descent`` entries).
@@ -16,7 +20,7 @@ GHR, GSR and GROGU "with a retain term" are their ``_descent`` entries).
 import dataclasses
 from typing import Any, Callable, Optional
 
-from cure_jax.unlearning import directions, objectives, peers
+from cure_jax.unlearning import directions, objectives, peers, schedule as schedule_lib
 from cure_jax.unlearning.batch import StepInputs
 
 
@@ -35,14 +39,25 @@ class Method:
   # The results table the method belongs to: 'forget' (forget data only) or 'retain' (with
   # retain data); None = 'retain' exactly when it trains on retain data.
   setting: Optional[str] = None
+  # Per-epoch passes (schedule.Phase, in order); () = one step per forget batch.
+  schedule: tuple = ()
 
   def __post_init__(self):
     if self.setting is None:
       object.__setattr__(self, 'setting', 'retain' if self.uses_retain else 'forget')
+    if self.schedule:
+      schedule_lib.check(self.schedule)
 
 
 def _loss_method(loss, with_retain=False, **kwargs):
   return Method(directions.loss_direction(loss, with_retain), uses_retain=with_retain, **kwargs)
+
+
+def _scheduled(phases, **kwargs):
+  """A method that runs ``phases`` every epoch; it reads the data its passes cover."""
+  return Method(schedule_lib.phased(phases), schedule=phases,
+                uses_forget=any(p.data == schedule_lib.FORGET for p in phases),
+                uses_retain=any(p.data == schedule_lib.RETAIN for p in phases), **kwargs)
 
 
 def _pair(name, loss, **kwargs):
@@ -56,6 +71,11 @@ _T1 = (('temperature', 1.0),)
 _SALUN = ('salun_fraction', 'salun_weight_decay')
 _LUR = ('lur_alpha', 'lur_w_r', 'lur_w_f')
 _SIMNPO = ('simnpo_beta', 'simnpo_delta', 'simnpo_gamma')
+_SCRUB = ('scrub_alpha', 'scrub_gamma', 'scrub_temperature', 'scrub_max_epochs',
+          'scrub_weight_decay')
+# The peers' SGD: SCRUB's notebooks (sgda_momentum), SalUn's unlearn/impl.py and DELETE's
+# method/delete.py all use momentum 0.9; fixed by the name, as their code fixes it.
+_PEER_SGD = (('momentum', 0.9),)
 
 REGISTRY = {
     **_pair('gradasc', objectives.gradasc),
@@ -67,7 +87,7 @@ REGISTRY = {
     **_pair('undial', objectives.undial, needs_teacher=True, own_hparams=('undial_strength',)),
     **_pair('ghr', objectives.ghr, needs_teacher=True),
     **_pair('gsr', objectives.gsr, needs_teacher=True, own_hparams=('temperature',)),
-    **_pair('delete', objectives.delete, needs_teacher=True),
+    **_pair('delete', objectives.delete, needs_teacher=True, defaults=_PEER_SGD),
     **_pair('npo', objectives.npo, needs_teacher=True, own_hparams=('npo_beta',)),
     **_pair('simnpo', objectives.simnpo, own_hparams=_SIMNPO),
     'grogu': Method(directions.grogu_direction(False), needs_teacher=True, own_hparams=_GROGU),
@@ -80,13 +100,10 @@ REGISTRY = {
     'gradrest_descent': Method(directions.gradrest_direction, uses_retain=True),
     'salun': Method(peers.salun_direction(False), prepare=peers.salun_prepare,
                     classifier_only=True, own_hparams=_SALUN),
-    'salun_descent': Method(peers.salun_direction(True), uses_retain=True,
-                            prepare=peers.salun_prepare, classifier_only=True,
-                            own_hparams=_SALUN),
-    'scrub': Method(peers.scrub_direction, uses_retain=True, needs_teacher=True,
-                    prepare=peers.scrub_prepare, classifier_only=True,
-                    own_hparams=('scrub_alpha', 'scrub_gamma', 'scrub_temperature',
-                                 'scrub_max_steps')),
+    'salun_descent': _scheduled(peers.SALUN_PASSES, prepare=peers.salun_prepare,
+                                classifier_only=True, defaults=_PEER_SGD, own_hparams=_SALUN),
+    'scrub': _scheduled(peers.SCRUB_PASSES, needs_teacher=True, prepare=peers.scrub_prepare,
+                        classifier_only=True, defaults=_PEER_SGD, own_hparams=_SCRUB),
     'lur': Method(directions.lur_direction(objectives.gradasc), uses_retain=True,
                   own_hparams=_LUR),
     'lur_randlabel': Method(directions.lur_direction(objectives.randlabel), uses_retain=True,

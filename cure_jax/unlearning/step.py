@@ -4,6 +4,8 @@ The public :func:`cure_jax.make_unlearning_step`, the compiled classification ru
 LM loop all build their update here, so a step taken by one is the computation the others
 take.
 """
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -25,8 +27,7 @@ def _accumulated(direction, micro_batches):
   def accumulated(inputs):
     def one(micro):
       forget, retain = micro
-      return direction(StepInputs(inputs.apply, inputs.params, forget, retain, inputs.rng,
-                                  inputs.hp, inputs.mesh, inputs.step, inputs.aux))
+      return direction(dataclasses.replace(inputs, forget=forget, retain=retain))
 
     def body(total, micro):
       return jax.tree.map(jnp.add, total, one(micro)), None
@@ -40,8 +41,9 @@ def _accumulated(direction, micro_batches):
 def build_update(method, static, optimizer=None, micro_batches=1, complete=None):
   """``(tx, update)`` for a registry :class:`~cure_jax.unlearning.methods.Method`.
 
-  ``update(apply, params, opt_state, forget, retain, rng, hp, mesh, step, aux) ->
-  (params, opt_state, loss)`` takes the method's direction and one optimizer step. Without
+  ``update(apply, params, opt_state, forget, retain, rng, hp, mesh, step, aux, phase=0) ->
+  (params, opt_state, loss)`` takes the method's direction and one optimizer step (``phase``:
+  the step's phase in a scheduled method's :mod:`~cure_jax.unlearning.schedule`). Without
   ``optimizer`` it is ``SGD(momentum)`` scaled by the traced ``hp.lr``; a given optimizer's
   updates are applied as they are (its own learning rate and schedule). With
   ``micro_batches > 1`` the batches carry a leading micro-batch axis and the direction (and
@@ -54,8 +56,9 @@ def build_update(method, static, optimizer=None, micro_batches=1, complete=None)
     direction = lambda inputs: method.direction(complete(inputs))
   direction = _accumulated(direction, micro_batches)
 
-  def update(apply, params, opt_state, forget, retain, rng, hp, mesh, step, aux):
-    inputs = StepInputs(apply, params, forget, retain, rng, hp, mesh, step=step, aux=aux)
+  def update(apply, params, opt_state, forget, retain, rng, hp, mesh, step, aux, phase=0):
+    inputs = StepInputs(apply, params, forget, retain, rng, hp, mesh, step=step, aux=aux,
+                        phase=phase)
     value, d = direction(inputs)
     updates, opt_state = tx.update(d, opt_state, params)
     if optimizer is None:

@@ -23,7 +23,8 @@ import optax
 from absl import logging
 
 from cure_jax.infra import sharding
-from cure_jax.unlearning import hparams as hparams_lib, methods, objectives, step as step_lib
+from cure_jax.unlearning import hparams as hparams_lib, methods, objectives, schedule
+from cure_jax.unlearning import step as step_lib
 from cure_jax.unlearning.batch import Batch
 
 
@@ -91,13 +92,27 @@ def check_params(params):
         "variables['batch_stats']}, x, train=False).")
 
 
+def _data_sizes(method, name, sizes):
+  """``(forget examples, retain examples)`` a scheduled method maps its steps with."""
+  if not method.schedule:
+    return None
+  if (not isinstance(sizes, (tuple, list)) or len(sizes) != 2
+      or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in sizes)):
+    raise ValueError(f'method {name!r} runs passes over the forget and retain sets '
+                     '(docs/methods.md): give data_sizes=(forget examples, retain examples), '
+                     f'got {sizes!r}.')
+  return tuple(int(v) for v in sizes)
+
+
 class UnlearningStep:
   """What :func:`make_unlearning_step` returns: ``init`` and the jitted ``step``."""
 
-  def __init__(self, apply_fn, name, teacher, forget_mask, hparams, optimizer, mesh):
+  def __init__(self, apply_fn, name, teacher, forget_mask, hparams, optimizer, mesh,
+               data_sizes=None):
     self.apply_fn, self.name, self.mesh = _logits_only(apply_fn), name, mesh
     self.method = methods.get(name)
     self.hparams = resolve_hparams(self.method, hparams)
+    self.data_sizes = _data_sizes(self.method, name, data_sizes)
     self.static, self._dyn = hparams_lib.split(self.hparams)
     self.tx, self._update = step_lib.build_update(self.method, self.static, optimizer)
     self._teacher = teacher
@@ -203,6 +218,34 @@ class UnlearningStep:
                                          full.forget_mask[0])
     return aux, targets
 
+  def _lengths(self, forget_batch_size, retain_batch_size=None):
+    if not self.method.schedule:
+      raise ValueError(f'method {self.name!r} takes one step per forget batch; only a '
+                       'scheduled method (SCRUB, salun_descent) has passes.')
+    return schedule.pass_lengths(*self.data_sizes, forget_batch_size,
+                                 retain_batch_size or forget_batch_size)
+
+  def data_at(self, step, forget_batch_size, retain_batch_size=None):
+    """Which set step ``step`` of a scheduled method reads, ``'forget'`` or ``'retain'``
+    (a loader advances only that stream; the step takes both batches and uses that one),
+    with the hyperparameters given to :func:`make_unlearning_step`."""
+    lengths = self._lengths(forget_batch_size, retain_batch_size)
+    at = schedule.locate(step, self.method.schedule, self.hparams, lengths)
+    return self.method.schedule[int(at.phase)].data
+
+  def total_steps(self, epochs, forget_batch_size, retain_batch_size=None):
+    """Steps of ``epochs`` epochs of a scheduled method (its passes; fractions allowed)."""
+    lengths = self._lengths(forget_batch_size, retain_batch_size)
+    return schedule.total_steps(self.method.schedule, self.hparams, epochs, lengths)
+
+  def _phase(self, state, f, r):
+    """The step's phase in the method's schedule, from its step index (0: unscheduled)."""
+    if not self.method.schedule:
+      return 0
+    hp = hparams_lib.HParams(self.static, state['hparams'])   # the state's traced values
+    lengths = self._lengths(f.inputs.shape[0], r.inputs.shape[0])
+    return schedule.locate(state['step'], self.method.schedule, hp, lengths).phase
+
   def _step(self, state, forget_batch, retain_batch=None, rng=None):
     method = self.method
     rng = jax.random.key(0) if rng is None else rng
@@ -229,14 +272,14 @@ class UnlearningStep:
                       teacher_logits=teacher, forget_mask=mask, target=target)
     params, opt_state, value = self._update(
         self.apply_fn, state['params'], state['opt_state'], f, r, rng, hp, self.mesh,
-        state['step'], state['aux'])
+        state['step'], state['aux'], self._phase(state, f, r))
     state = dict(state, params=params, opt_state=opt_state, step=state['step'] + 1)
     return state, {'loss': value, 'finite': jnp.isfinite(value)}
 
 
 def make_unlearning_step(apply_fn: Callable, method: str, *, teacher: Any, forget_mask: Any,
                          hparams: Any = None, optimizer: Optional[optax.GradientTransformation]
-                         = None, mesh: Any = None) -> UnlearningStep:
+                         = None, mesh: Any = None, data_sizes: Any = None) -> UnlearningStep:
   """A jitted unlearning step of registry method ``method`` for any Flax model.
 
   Args:
@@ -259,6 +302,12 @@ def make_unlearning_step(apply_fn: Callable, method: str, *, teacher: Any, forge
       learning rate applies and ``hparams['lr']`` is ignored. Add no weight decay for SalUn.
     mesh: the device mesh; batches are constrained to its ``'data'`` axis, and the jitted
       step takes every other sharding from its inputs.
+    data_sizes: ``(forget examples, retain examples)``, required by a method with passes
+      (``scrub``, ``salun_descent``: every epoch a pass over each set, docs/methods.md).
+      Its step maps ``state['step']`` to its pass from these sizes and the batches'
+      sizes, takes both batches and uses the one its pass reads; ``u.data_at(step,
+      forget_batch_size, retain_batch_size)`` says which (advance only that loader) and
+      ``u.total_steps(epochs, ...)`` counts the steps of ``epochs`` epochs.
 
   Returns:
     an :class:`UnlearningStep` ``u``: ``state = u.init(params, forget_data=None, rng=None)``,
@@ -266,4 +315,5 @@ def make_unlearning_step(apply_fn: Callable, method: str, *, teacher: Any, forge
     are ``{'inputs', 'labels'}`` dicts or ``(inputs, labels)`` pairs; ``metrics``:
     ``loss``, ``finite``).
   """
-  return UnlearningStep(apply_fn, method, teacher, forget_mask, hparams, optimizer, mesh)
+  return UnlearningStep(apply_fn, method, teacher, forget_mask, hparams, optimizer, mesh,
+                        data_sizes)
