@@ -8,7 +8,9 @@ r"""Copies a main-job workdir's generated results into the docs and the README.
 - ``docs/results.md``: the generated part (from ``## <dataset>: scenarios`` to
   ``## Notes on these numbers``) <- ``WORKDIR/results.md``; the hand-written notes, the
   benchmark and the cross-configuration sections stay as they are (update them by hand);
-- ``README.md``: the Table 1 block and its "Finetune sees ..." note <- the workdir's.
+- ``README.md``: the Table 1 block and its "Finetune sees ..." note <- the workdir's;
+- ``docs/claims.md``: the dataset's section (between ``<!-- claims:<dataset> -->`` markers,
+  added if absent; the other datasets' sections stay) <- ``WORKDIR/claims.md``.
 Refuses a workdir whose results.json is missing or holds a row that is neither ok nor
 diverged.
 """
@@ -20,6 +22,11 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTES = '## Notes on these numbers'
+CLAIMS_HEAD = (
+    '# The paper\'s claims, tested\n\n'
+    'Generated from the published rows by `scripts/publish_results.py` (the main job writes '
+    '`claims.md` beside `results.md`; `cure_jax/classification/claims.py` has the rules). One '
+    'section per dataset.\n')
 
 
 def _table1(md):
@@ -62,7 +69,27 @@ def publish(workdir, root=ROOT):
   old_note = next(l for l in readme.splitlines() if 'Finetune sees' in l)
   readme = readme.replace(old_note, old_note[:old_note.index('Finetune sees')] + note)
   open(readme_path, 'w').write(readme)
+  _publish_claims(workdir, root, dataset)
   print(f'published {len(data["rows"])} rows and {len(plots)} plots from {workdir}')
+
+
+def _publish_claims(workdir, root, dataset):
+  """The dataset's section of docs/claims.md <- WORKDIR/claims.md (headings one level down)."""
+  source = os.path.join(workdir, 'claims.md')
+  if not os.path.exists(source):
+    sys.exit(f'error: {source} does not exist: rerun the main job into {workdir} (claims.md '
+             'is written with results.md).')
+  body = '\n'.join('#' + line if line.startswith('#') else line
+                    for line in open(source).read().strip().splitlines())
+  begin, end = f'<!-- claims:{dataset} -->', f'<!-- /claims:{dataset} -->'
+  path = os.path.join(root, 'docs', 'claims.md')
+  doc = open(path).read() if os.path.exists(path) else CLAIMS_HEAD
+  section = f'{begin}\n{body}\n{end}'
+  if begin in doc:
+    doc = doc[:doc.index(begin)] + section + doc[doc.index(end) + len(end):]
+  else:
+    doc = doc.rstrip('\n') + '\n\n' + section + '\n'
+  open(path, 'w').write(doc)
 
 
 if __name__ == '__main__':

@@ -8,8 +8,8 @@ import stat
 import numpy as np
 import pytest
 
-from cure_jax.classification import compiled_runs, evaluate, experiment, protocol, tables
-from cure_jax.infra import entry, files
+from cure_jax.classification import compiled_runs, evaluate, protocol, tables, tuning
+from cure_jax.infra import entry, files, plan
 from tests import helpers
 
 TIMING = ('time_s', 'compile_s', 'time_ratio')
@@ -186,28 +186,28 @@ def test_tune_rule_skips_collapsed_trials(min_retain, expected):
   scored = [('collapse', {'retain_acc': 0.17, 'forget_acc': 0.0, 'min_retain_acc': 0.11}),
             ('gentle', {'retain_acc': 0.86, 'forget_acc': 0.67, 'min_retain_acc': 0.61}),
             ('gentler', {'retain_acc': 0.95, 'forget_acc': 0.83, 'min_retain_acc': 0.93})]
-  assert experiment.select(scored, 0.0, min_retain) == expected
+  assert tuning.select(scored, 0.0, min_retain) == expected
 
 
 def test_tune_rule_falls_back_when_every_trial_collapsed():
   scored = [('a', {'retain_acc': 0.15, 'forget_acc': 0.0, 'min_retain_acc': 0.11}),
             ('b', {'retain_acc': 0.20, 'forget_acc': 0.0, 'min_retain_acc': 0.12})]
-  assert experiment.select(scored, 0.0, 0.3) == 'b'
+  assert tuning.select(scored, 0.0, 0.3) == 'b'
 
 
 def test_every_method_gets_the_same_trials_and_searches_its_temperature_inside_them():
   config = tiny_config()
   config.tune.lrs, config.tune.epochs, config.tune.temperatures = (0.01, 0.03), (1, 2), (2, 8)
   config.reproduce.methods = ('ghr', 'gsr', 'grogu_t1')
-  runs = {r.name: r for r in experiment.plan.runs(config)}
-  trials = {name: [t for t, _ in experiment._trials(config, run)] for name, run in runs.items()}
+  runs = {r.name: r for r in plan.runs(config)}
+  trials = {name: [t for t, _ in tuning.trials(config, run)] for name, run in runs.items()}
   assert {len(t) for t in trials.values()} == {4}
   assert trials['ghr'] == [{'lr': lr, 'epochs': e} for lr in (0.01, 0.03) for e in (1.0, 2.0)]
   # Latin assignment: (lr i, epochs j) takes temperature (i + j) mod 2.
   assert [t['temperature'] for t in trials['gsr']] == [2.0, 8.0, 8.0, 2.0]
   assert 'temperature' not in trials['grogu_t1'][0]  # T = 1 is fixed by its name
   for name, run in runs.items():
-    for trial, trial_run in experiment._trials(config, run):
+    for trial, trial_run in tuning.trials(config, run):
       assert trial_run.hparams.lr == trial['lr'] and trial_run.hparams.epochs == trial['epochs']
 
 
@@ -227,3 +227,46 @@ def test_tune_scores_on_validation_and_records_its_rule(first):
   assert {t['temperature'] for t in doc['trials'] if t['method'] == 'gsr'} == {2.0, 4.0}
   assert choices['gsr'] in [{k: t[k] for k in ('lr', 'epochs', 'temperature')}
                             for t in doc['trials'] if t['method'] == 'gsr']
+  table = (workdir / 'tune.md').read_text()
+  assert 'the same 2 trials for every method' in table
+  for name in ('ghr', 'gsr'):
+    line = next(l for l in table.splitlines() if l.startswith(f'| {name} |'))
+    assert f'lr {choices[name]["lr"]:g}, epochs 1' in line
+    assert sum(int(v) for v in line.split('|')[-2].split('/')) == 2   # ok / diverged / collapsed
+
+
+def test_tune_markdown_names_methods_without_a_choice():
+  doc = {'rule': {'trials_per_method': 2, 'lrs': [0.1, 1.0], 'epochs': [1], 'temperatures': [2],
+                  'runs_per_scenario': 1, 'scenarios': ['1'], 'model_seeds': [0],
+                  'forget_threshold': 0.0, 'min_retain_acc': 0.3, 'seconds': 3.0},
+         'choices': {'ghr': {'lr': 0.1, 'epochs': 1.0}},
+         'trials': [{'method': 'ghr', 'lr': 0.1, 'epochs': 1.0, 'status': 'ok',
+                     'retain_acc': 0.9, 'forget_acc': 0.0, 'min_retain_acc': 0.85},
+                    {'method': 'ghr', 'lr': 1.0, 'epochs': 1.0, 'status': 'ok',
+                     'retain_acc': 0.2, 'forget_acc': 0.0, 'min_retain_acc': 0.1},
+                    {'method': 'gradasc', 'lr': 0.1, 'epochs': 1.0, 'status': 'diverged'},
+                    {'method': 'gradasc', 'lr': 1.0, 'epochs': 1.0, 'status': 'diverged'}]}
+  text = tuning.markdown(doc, ['ghr', 'gradasc'], 'toy')
+  assert '| ghr | lr 0.1, epochs 1 | 0.900 | 0.000 | yes | 1 / 0 / 1 |' in text
+  assert '| gradasc | – (every trial diverged) | – | – | – | 0 / 2 / 0 |' in text
+
+
+def test_a_run_whose_outputs_overflow_is_diverged_not_an_error(first, monkeypatch):
+  """Finite parameters whose logits overflow (a collapsed GradAsc model did this in tuning)
+  are an outcome of the run, reported as diverged; the sweep goes on."""
+  run_group = compiled_runs.run_group
+
+  def huge(*args, **kwargs):
+    params, bads, seconds, compile_s = run_group(*args, **kwargs)
+    # Every head weight and bias at 3e38 (finite): their sums overflow to inf.
+    head = lambda p: {**p, 'head': {k: np.full_like(v, 3e38) for k, v in p['head'].items()}}
+    return [head(p) for p in params], bads, seconds, compile_s
+  monkeypatch.setattr(compiled_runs, 'run_group', huge)
+  config = tiny_config()
+  config.reproduce.methods = ('ghr',)
+  config.unlearn.overrides.ghr.lr = 0.02   # another sweep unit than the committed rows
+  rows = entry.run(config, str(first[0] / 'overflow'))
+  runs = [r for r in rows if r['method'] == 'ghr']
+  assert runs and all(r['status'] == 'diverged' and 'logits non-finite' in r.get('note', r['status'])
+                      for r in runs)
+  assert all(r['status'] == 'ok' for r in rows if r['setting'] == 'reference')

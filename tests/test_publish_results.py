@@ -33,6 +33,7 @@ def _tree(tmp_path, status='ok'):
       '## Notes on these numbers\n\nHand-written notes.\n')
   (work / 'results.md').write_text(GENERATED)
   (work / 'per_class_change_1.png').write_bytes(b'png')
+  (work / 'claims.md').write_text('# toy: claims\n\n## Claim 1\n\nVerdict: holds\n')
   rows = [{'method': 'ghr', 'status': status}]
   (work / 'results.json').write_text(json.dumps(
       {'meta': {'config': {'data': {'name': 'toy'}}}, 'rows': rows}))
@@ -53,6 +54,19 @@ def test_publish_replaces_generated_parts_only(tmp_path):
   assert '[per_class_change_1](toy_per_class_change_1.png)' in doc
   assert (root / 'docs' / 'toy_per_class_change_1.png').read_bytes() == b'png'
   assert json.loads((root / 'docs' / 'results.json').read_text())['rows'][0]['method'] == 'ghr'
+  claims = (root / 'docs' / 'claims.md').read_text()
+  assert '<!-- claims:toy -->\n## toy: claims\n\n### Claim 1\n\nVerdict: holds\n' in claims
+
+
+def test_publish_replaces_only_its_datasets_claims(tmp_path):
+  root, work, script = _tree(tmp_path)
+  (root / 'docs' / 'claims.md').write_text(
+      '# Claims\n\n<!-- claims:other -->\nkept\n<!-- /claims:other -->\n\n'
+      '<!-- claims:toy -->\nstale\n<!-- /claims:toy -->\n')
+  subprocess.run([sys.executable, str(script), str(work)], check=True, capture_output=True)
+  claims = (root / 'docs' / 'claims.md').read_text()
+  assert 'kept' in claims and 'stale' not in claims and claims.count('<!-- claims:toy -->') == 1
+  assert 'Verdict: holds' in claims
 
 
 @pytest.mark.parametrize('status', [None, 'failed'])

@@ -27,6 +27,11 @@ KLOM_SETS = ('forget', 'retain', 'val')
 MARGINS_DIR = 'margins'    # WORKDIR/margins/<key>.json, one file per evaluated model
 
 
+class NonFiniteOutputs(FloatingPointError):
+  """A model with finite parameters whose outputs overflow: an outcome of its run (it
+  diverged), not an error of the evaluation."""
+
+
 def materialize(source):
   """``(images uint8 [N,H,W,C], labels int32 [N])`` of a random-access source."""
   if hasattr(source, 'images') and hasattr(source, 'labels'):
@@ -105,7 +110,13 @@ class Evaluator:
     return np.concatenate(out)
 
   def logits(self, variables, x=None):
-    return self._chunks(self._logits, variables, self.x if x is None else x)
+    """Logits of ``x`` (default: the evaluation split); :class:`NonFiniteOutputs` when any
+    is not finite."""
+    out = self._chunks(self._logits, variables, self.x if x is None else x)
+    if not np.all(np.isfinite(out)):
+      raise NonFiniteOutputs('logits non-finite although the parameters are finite '
+                             '(the outputs overflow)')
+    return out
 
   def input_grads(self, variables):
     return self._chunks(self._grads, variables, self.x, self.y)

@@ -276,16 +276,22 @@ def run_unit(study, run, sc, group):
            'model_fingerprint': {'original': study.originals[m].fingerprint,
                                  'retrain': sc.retrain[m].fingerprint},
            'forget_classes': list(sc.forget_classes)}
-    if bads[i] >= 0 or not finite:
+    metrics = None
+    if bads[i] < 0 and finite:
+      variables = {'params': p, 'batch_stats': starts[i]['batch_stats']}
+      try:
+        with study.timings.phase('evaluate'):
+          metrics = study.evaluator.evaluate(variables, sc.forget_classes, sc.mia_sets,
+                                             sc.references[m], sc.klom_sets)
+      except evaluate.NonFiniteOutputs as e:
+        why = str(e)
+    else:
+      why = f'loss non-finite at step {bads[i]}' if bads[i] >= 0 else 'parameters non-finite'
+    if metrics is None:
       row.update({k: None for k in _METRICS}, status='diverged',
-                 note=(f'loss non-finite at step {bads[i]}' if bads[i] >= 0 else
-                       'parameters non-finite') + '; lower the learning rate')
+                 note=why + '; lower the learning rate')
       logging.warning('%s scenario %s seed %d diverged (%s)', name, sc.label, s, row['note'])
     else:
-      variables = {'params': p, 'batch_stats': starts[i]['batch_stats']}
-      with study.timings.phase('evaluate'):
-        metrics = study.evaluator.evaluate(variables, sc.forget_classes, sc.mia_sets,
-                                           sc.references[m], sc.klom_sets)
       row.update(_metric_fields(metrics))
       _keep_margins(study, sc, json_safe(row), metrics)
       if not math.isfinite(metrics['forget_acc']):

@@ -1,0 +1,150 @@
+"""``mode=tune``: every method's hyperparameters chosen by one rule on the validation split.
+
+Every method gets the same trials (:func:`trials`: the ``config.tune.lrs`` × ``epochs`` grid,
+a method's own temperature searched inside it), each trial runs the protocol on the
+validation split (every scenario, ``config.tune.seeds`` runs from the K original models),
+and :func:`select` applies the paper's rule: among trials whose worst scenario's mean forget
+accuracy is at most ``config.reproduce.forget_threshold``, the best mean retain accuracy;
+diverged and collapsed trials are not eligible. Writes ``tune.json`` (the rule, the choices,
+every trial) and ``tune.md`` (the choices as a table) in the workdir.
+"""
+import dataclasses
+import itertools
+import json
+import os
+import time
+
+import numpy as np
+from absl import logging
+
+from cure_jax.classification import protocol
+from cure_jax.infra import files, sweep_log
+
+
+def _uses_temperature(run):
+  """Whether the method has a temperature of its own (grogu_t1 fixes T = 1 by name)."""
+  return ('temperature' in run.method.own_hparams
+          and 'temperature' not in dict(run.method.defaults))
+
+
+def trials(config, run):
+  """``(trial settings, the run with them)``: the same ``len(lrs) × len(epochs)`` trials for
+  every method, so that no method gets a larger search than another. A method with a
+  temperature of its own searches it inside that budget: trial ``(i, j)`` (the i-th learning
+  rate, the j-th epoch count) takes temperature ``(i + j) mod len(temperatures)``, a Latin
+  assignment that pairs every temperature with several learning rates and every epoch count."""
+  own_t = _uses_temperature(run)
+  temps = tuple(config.tune.temperatures)
+  for (i, lr), (j, epochs) in itertools.product(enumerate(config.tune.lrs),
+                                                enumerate(config.tune.epochs)):
+    temperature = temps[(i + j) % len(temps)] if own_t else run.hparams.temperature
+    hp = run.hparams.as_configdict()
+    hp.update(lr=float(lr), epochs=float(epochs), temperature=float(temperature))
+    trial = {'lr': float(lr), 'epochs': float(epochs)}
+    if own_t:
+      trial['temperature'] = float(temperature)
+    yield trial, dataclasses.replace(run, hparams=type(run.hparams)(hp))
+
+
+def select(scored, threshold, min_retain_acc=0.0, name=''):
+  """The earliest trial with the best mean retain acc among those whose worst scenario's
+  mean forget acc ≤ threshold; else the trial with the lowest forget acc. Trials with a
+  run whose retain acc is below ``min_retain_acc`` (collapsed) are not eligible unless every
+  trial collapsed (then a warning names ``name``)."""
+  kept = [t for t in scored if t[1].get('min_retain_acc', 1.0) >= min_retain_acc]
+  if kept:
+    scored = kept
+  else:
+    logging.warning('tune %s: every trial collapsed (a run below val retain %.2f); chose '
+                    'among all of them.', name, min_retain_acc)
+  ok = [i for i, (_, s) in enumerate(scored) if s['forget_acc'] <= threshold + 1e-12]
+  if ok:
+    return scored[max(ok, key=lambda i: (scored[i][1]['retain_acc'], -i))][0]
+  return min(scored, key=lambda t: t[1]['forget_acc'])[0]
+
+
+def _score(study, rows):
+  """A trial's validation score over its runs, or None when one of them diverged."""
+  ok = [r for r in rows if r['status'] == 'ok']
+  if len(ok) < len(rows):
+    return None
+  per = {sc.label: [r for r in ok if r['scenario'] == sc.label] for sc in study.scenarios}
+  return {'retain_acc': float(np.mean([r['retain_acc'] for r in ok])),
+          'forget_acc': max(float(np.mean([r['forget_acc'] for r in v])) for v in per.values()),
+          'min_retain_acc': float(min(r['retain_acc'] for r in ok))}
+
+
+def tune(config, workdir, runs):
+  """Runs every method's trials on the validation split and applies :func:`select`; writes
+  ``tune.json`` and ``tune.md`` and returns ``{method: chosen settings}`` (copy them into
+  the config's ``unlearn.overrides``). A method whose every trial diverged gets no choice
+  (a warning, and a line in tune.md), and the other methods are still tuned."""
+  study = protocol.make_study(config, workdir, split='val', n_runs=config.tune.seeds)
+  log = sweep_log.SweepLog(os.path.join(workdir, 'tune.jsonl'),
+                           protocol.sweep_key(config, extra=('tune',)))
+  threshold, choices, records = config.reproduce.forget_threshold, {}, []
+  begin = time.perf_counter()
+  for run in runs:
+    name, scored = run.name, []
+    for trial, trial_run in trials(config, run):
+      score = _score(study, protocol.sweep(study, [trial_run], log))
+      records.append({'method': name, **trial, **(score or {}),
+                      'status': 'ok' if score else 'diverged'})
+      if score:
+        scored.append((trial, score))
+        logging.info('tune %s %s: val retain %.3f (worst run %.3f) worst-scenario forget %.3f',
+                     name, trial, score['retain_acc'], score['min_retain_acc'],
+                     score['forget_acc'])
+    if scored:
+      choices[name] = select(scored, threshold, config.tune.min_retain_acc, name)
+    else:
+      logging.warning('tune %s: every trial diverged; no choice (lower config.tune.lrs).', name)
+  rule = {'trials_per_method': len(config.tune.lrs) * len(config.tune.epochs),
+          'lrs': list(config.tune.lrs), 'epochs': list(config.tune.epochs),
+          'temperatures': list(config.tune.temperatures), 'split': 'val',
+          'scenarios': [sc.label for sc in study.scenarios],
+          'model_seeds': list(study.model_seeds), 'runs_per_scenario': config.tune.seeds,
+          'forget_threshold': threshold, 'min_retain_acc': config.tune.min_retain_acc,
+          'seconds': round(time.perf_counter() - begin, 1)}
+  doc = {'rule': rule, 'choices': choices, 'trials': records}
+  files.write_atomic(os.path.join(workdir, 'tune.md'),
+                     markdown(doc, [r.name for r in runs], config.data.name))
+  files.write_atomic(os.path.join(workdir, 'tune.json'), files.to_json(doc))
+  print(json.dumps(choices, indent=1))
+  return choices
+
+
+def _setting(trial):
+  return ', '.join(f'{k} {trial[k]:g}' for k in ('lr', 'epochs', 'temperature') if k in trial)
+
+
+def markdown(doc, methods, dataset):
+  """tune.md: the rule, then per method its choice, the choice's validation score and how
+  many of its trials were eligible, diverged or collapsed."""
+  rule = doc['rule']
+  lines = [f'# {dataset}: tuning on the validation split', '',
+           f'Rule: the same {rule["trials_per_method"]} trials for every method (lr '
+           f'{rule["lrs"]} × epochs {rule["epochs"]}; a method with its own temperature '
+           f'searches {rule["temperatures"]} inside them), {rule["runs_per_scenario"]} '
+           f'run(s) per scenario {rule["scenarios"]} from the original models '
+           f'{rule["model_seeds"]}; chosen: the best mean validation retain accuracy among '
+           f'trials whose worst scenario\'s mean forget accuracy is ≤ '
+           f'{rule["forget_threshold"]:g}, else the lowest forget accuracy; diverged trials and '
+           f'trials with a run below retain {rule["min_retain_acc"]:g} (collapsed) are not '
+           f'eligible. Tuning time: {rule["seconds"]:.0f} s.', '',
+           '| Method | Chosen | Val retain | Worst-scenario val forget | Under threshold | '
+           'Trials ok / diverged / collapsed |', '|---|---|---|---|---|---|']
+  for name in methods:
+    mine = [t for t in doc['trials'] if t['method'] == name]
+    ok = [t for t in mine if t['status'] == 'ok']
+    collapsed = sum(t['min_retain_acc'] < rule['min_retain_acc'] for t in ok)
+    counts = f'{len(ok) - collapsed} / {len(mine) - len(ok)} / {collapsed}'
+    choice = doc['choices'].get(name)
+    if choice is None:
+      lines.append(f'| {name} | – (every trial diverged) | – | – | – | {counts} |')
+      continue
+    best = next(t for t in ok if all(t[k] == v for k, v in choice.items()))
+    under = 'yes' if best['forget_acc'] <= rule['forget_threshold'] + 1e-12 else 'no'
+    lines.append(f'| {name} | {_setting(choice)} | {best["retain_acc"]:.3f} | '
+                 f'{best["forget_acc"]:.3f} | {under} | {counts} |')
+  return '\n'.join(lines) + '\n'
