@@ -9,6 +9,10 @@ r"""Copies a main-job workdir's generated results into the docs and the README.
   ``## Notes on these numbers``) <- ``WORKDIR/results.md``; the hand-written notes, the
   benchmark and the cross-configuration sections stay as they are (update them by hand);
 - ``README.md``: the Table 1 block and its "Finetune sees ..." note <- the workdir's;
+- another dataset (the README has a ``<!-- results:<dataset> -->`` block): its rows and
+  report go to ``docs/results_<dataset>.json`` / ``.md`` and the block gets its Table 1 and
+  the claims' verdicts; the main dataset's README ``<!-- claims:<dataset> -->`` block, if
+  there is one, gets its verdicts;
 - ``docs/claims.md``: the dataset's section (between ``<!-- claims:<dataset> -->`` markers,
   added if absent; the other datasets' sections stay) <- ``WORKDIR/claims.md``.
 Refuses a workdir whose results.json is missing or holds a row that is neither ok nor
@@ -22,6 +26,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTES = '## Notes on these numbers'
+CLAIMS_LEAD = "The paper's claims on these rows ([docs/claims.md](docs/claims.md)):"
 CLAIMS_HEAD = (
     '# The paper\'s claims, tested\n\n'
     'Generated from the published rows by `scripts/publish_results.py` (the main job writes '
@@ -34,43 +39,98 @@ def _table1(md):
   return md[start:md.index('\n\n', start)]
 
 
-def publish(workdir, root=ROOT):
+def _block(text, tag, content, where):
+  """``text`` with what lies between ``<!-- tag -->`` and ``<!-- /tag -->`` replaced."""
+  begin, end = f'<!-- {tag} -->', f'<!-- /{tag} -->'
+  if begin not in text or end not in text:
+    sys.exit(f'error: {where} has no {begin} ... {end} block to replace; add one where the '
+             'generated text belongs.')
+  return text[:text.index(begin) + len(begin)] + '\n' + content + '\n' + text[text.index(end):]
+
+
+def _claims_summary(workdir):
+  md = open(os.path.join(workdir, 'claims.md')).read()
+  start = md.index('| Claim | Verdict')
+  end = md.find('\n\n', start)
+  return md[start:end if end >= 0 else len(md)]
+
+
+def _load(workdir):
   rows_path = os.path.join(workdir, 'results.json')
   if not os.path.exists(rows_path):
     sys.exit(f'error: {rows_path} does not exist: run the main job into {workdir} first.')
+  for name in ('results.md', 'claims.md'):
+    if not os.path.exists(os.path.join(workdir, name)):
+      sys.exit(f'error: {os.path.join(workdir, name)} does not exist: rerun the main job into '
+               f'{workdir}.')
   data = json.load(open(rows_path))
-  dataset = data['meta']['config']['data']['name']
   # A diverged run is an outcome (the tables count it); anything else is not a finished row.
   bad = [r for r in data['rows'] if r.get('status') not in ('ok', 'diverged')]
   if bad:
     sys.exit(f'error: {len(bad)} rows of {rows_path} are not ok (first: {bad[0]["method"]}, '
              f'status {bad[0].get("status")}); not publishing.')
-  generated = open(os.path.join(workdir, 'results.md')).read().strip()
+  return rows_path, data
+
+
+def _copy_plots(workdir, root, dataset, generated):
   plots = sorted(glob.glob(os.path.join(workdir, '*.png')))
   names = {os.path.basename(p): f'{dataset}_{os.path.basename(p)}' for p in plots}
   for name, target in names.items():
     generated = generated.replace(f']({name})', f']({target})')
     shutil.copyfile(os.path.join(workdir, name), os.path.join(root, 'docs', target))
-  shutil.copyfile(rows_path, os.path.join(root, 'docs', 'results.json'))
   if names:
     generated += '\n\nPlots of the same run: ' + ', '.join(
         f'[{name[:-4]}]({target})' for name, target in names.items()) + '.'
+  return generated, len(plots)
 
+
+def publish(workdir, root=ROOT):
+  rows_path, data = _load(workdir)
+  dataset = data['meta']['config']['data']['name']
+  generated = open(os.path.join(workdir, 'results.md')).read().strip()
+  generated, n_plots = _copy_plots(workdir, root, dataset, generated)
+  readme_path = os.path.join(root, 'README.md')
+  readme = open(readme_path).read()
+  if f'<!-- results:{dataset} -->' in readme:
+    _publish_beside(root, dataset, rows_path, generated)
+    readme = _block(readme, f'results:{dataset}', _table1(generated) + '\n\n' + CLAIMS_LEAD
+                    + '\n\n' + _claims_summary(workdir), 'README.md')
+  else:
+    readme = _publish_main(root, dataset, rows_path, generated, readme, workdir)
+  open(readme_path, 'w').write(readme)
+  _publish_claims(workdir, root, dataset)
+  print(f'published {len(data["rows"])} rows and {n_plots} plots from {workdir}')
+
+
+def _publish_main(root, dataset, rows_path, generated, readme, workdir):
+  """The main job's dataset: docs/results.json, the generated part of docs/results.md, and
+  the README's Table 1, its note and (if marked) its claims block."""
+  shutil.copyfile(rows_path, os.path.join(root, 'docs', 'results.json'))
   doc_path = os.path.join(root, 'docs', 'results.md')
   doc = open(doc_path).read()
   start = doc.index(f'## {dataset}: scenarios')
   doc = doc[:start] + generated + '\n\n' + doc[doc.index(NOTES):]
   open(doc_path, 'w').write(doc)
-
-  readme_path = os.path.join(root, 'README.md')
-  readme = open(readme_path).read()
   readme = readme.replace(_table1(readme), _table1(generated))
   note = next(l for l in generated.splitlines() if l.startswith('Finetune sees'))
   old_note = next(l for l in readme.splitlines() if 'Finetune sees' in l)
   readme = readme.replace(old_note, old_note[:old_note.index('Finetune sees')] + note)
-  open(readme_path, 'w').write(readme)
-  _publish_claims(workdir, root, dataset)
-  print(f'published {len(data["rows"])} rows and {len(plots)} plots from {workdir}')
+  if f'<!-- claims:{dataset} -->' in readme:
+    readme = _block(readme, f'claims:{dataset}', _claims_summary(workdir), 'README.md')
+  return readme
+
+
+def _publish_beside(root, dataset, rows_path, generated):
+  """Another dataset: docs/results_<dataset>.json and docs/results_<dataset>.md (its
+  hand-written head, up to the generated ``## <dataset>: scenarios``, stays)."""
+  shutil.copyfile(rows_path, os.path.join(root, 'docs', f'results_{dataset}.json'))
+  doc_path = os.path.join(root, 'docs', f'results_{dataset}.md')
+  head = f'# {dataset} results\n\n'
+  if os.path.exists(doc_path):
+    doc = open(doc_path).read()
+    marker = f'## {dataset}: scenarios'
+    head = doc[:doc.index(marker)] if marker in doc else head
+  open(doc_path, 'w').write(head + generated + '\n')
 
 
 def _publish_claims(workdir, root, dataset):

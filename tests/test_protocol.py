@@ -24,6 +24,8 @@ def tiny_config():
   config.model_seeds = 1
   config.seeds = 2
   config.reproduce.methods = ('ghr', 'finetune')
+  # The learning rates the committed rows were recorded with (the tuned ones change).
+  config.unlearn.overrides.ghr.lr = config.unlearn.overrides.finetune.lr = 0.003
   return config
 
 

@@ -76,3 +76,27 @@ def test_publish_refuses_rows_that_are_not_ok(tmp_path, status):
                           text=True)
   assert result.returncode == 1 and 'not publishing' in result.stderr
   assert '| old |' in (root / 'README.md').read_text()
+
+
+def test_another_dataset_goes_beside_the_main_one(tmp_path):
+  """A dataset with a README results block: its own docs/results_<name>.* and the README
+  block (Table 1 and the claims' verdicts); the main dataset's files are untouched."""
+  root, work, script = _tree(tmp_path)
+  readme = (root / 'README.md').read_text()
+  (root / 'README.md').write_text(readme + '\n## Toy\n\n<!-- results:toy -->\nold block\n'
+                                  '<!-- /results:toy -->\n\nAfter toy.\n')
+  (root / 'docs' / 'results_toy.md').write_text('# Toy\n\nHand-written toy head.\n\n'
+                                                 '## toy: scenarios OLD\n\nold\n')
+  (work / 'claims.md').write_text('# toy: claims\n\n| Claim | Verdict (pooled) |\n|---|---|\n'
+                                  '| 1. X | holds |\n\n## Claim 1\n')
+  results_before = (root / 'docs' / 'results.md').read_text()
+  subprocess.run([sys.executable, str(script), str(work)], check=True, capture_output=True)
+  readme = (root / 'README.md').read_text()
+  block = readme[readme.index('<!-- results:toy -->'):readme.index('<!-- /results:toy -->')]
+  assert '| ghr | 1 | 0.900 ± 0.000 | 0.000 ± 0.000 |' in block and '| 1. X | holds |' in block
+  assert 'old block' not in readme and readme.endswith('After toy.\n')
+  assert '| ghr | 1 | 0.1 |' in readme   # the main dataset's table stays
+  assert (root / 'docs' / 'results.md').read_text() == results_before
+  doc = (root / 'docs' / 'results_toy.md').read_text()
+  assert doc.startswith('# Toy\n\nHand-written toy head.\n\n## toy: scenarios 1') and 'OLD' not in doc
+  assert json.loads((root / 'docs' / 'results_toy.json').read_text())['rows'][0]['method'] == 'ghr'

@@ -123,8 +123,9 @@ def make_study(config, workdir, split='test', kinds=('original', 'retrain'), n_r
   """Loads the data and trains (or reuses from the model cache) every model the sweep needs.
   ``config`` is checked first, as on the command line (a bad value: one ConfigError line).
 
-  A study of both kinds on another split than the validation one (tuning, which reports no
-  KLOM) keeps every evaluated model's KLOM margins in ``WORKDIR/margins``."""
+  A study on the validation split (tuning) measures accuracies only (no MIA-efficacy,
+  per-class change, input-gradient distance or KLOM); one of both kinds on another split
+  keeps every evaluated model's KLOM margins in ``WORKDIR/margins``."""
   validation.validate(config, workdir)
   timings = Timings()
   with timings.phase('load'):
@@ -142,7 +143,10 @@ def make_study(config, workdir, split='test', kinds=('original', 'retrain'), n_r
         originals.append(trained(kind='original', classes=(), seed=s))
   evaluator = evaluate.Evaluator(model, data, getattr(data, split), mesh,
                                  config.train.eval_batch_size)
-  keep_margins = split != 'val' and {'original', 'retrain'} <= set(kinds)
+  # Tuning (the validation split) scores trials by their accuracies alone: no MIA, no
+  # comparison with the retrain models and no KLOM margins, which cost more than the run.
+  full = split != 'val'
+  keep_margins = full and {'original', 'retrain'} <= set(kinds)
   scenarios = []
   for label, classes in plan.scenarios(config, data.num_classes):
     forget, retain = views.forget_retain(data.train, classes)
@@ -150,7 +154,7 @@ def make_study(config, workdir, split='test', kinds=('original', 'retrain'), n_r
     size = int(np.sum(~np.isin(evaluator.y, classes)))  # |non-members| (SalUn's |test|)
     sc = Scenario(label, classes, forget, retain, fx, fy,
                   np.isin(np.arange(data.num_classes), classes),
-                  evaluate.mia_sets(retain, forget, size))
+                  evaluate.mia_sets(retain, forget, size) if full else None)
     if keep_margins:
       sc.klom_sets = evaluate.klom_sets(forget, retain, data.val, label)
     if 'retrain' in kinds:
@@ -159,7 +163,8 @@ def make_study(config, workdir, split='test', kinds=('original', 'retrain'), n_r
         with timings.phase('train'):
           sc.retrain.append(trained(kind='retrain', classes=classes, seed=s))
         with timings.phase('evaluate'):
-          sc.references.append(evaluator.reference(sc.retrain[-1].variables, classes))
+          sc.references.append(evaluator.reference(sc.retrain[-1].variables, classes)
+                               if full else None)
     scenarios.append(sc)
   programs = compiled_runs.programs(model, tuple(np.ravel(data.mean)),
                                     tuple(np.ravel(data.std)), mesh)
