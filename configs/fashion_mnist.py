@@ -67,6 +67,9 @@ def get_config(arg=None):
     config.unlearn.batch_size = 8
     config.unlearn.epochs = 1.0
     config.reproduce.plots = False
+    # The smoke run's own epochs must not be shadowed by tuned per-method overrides.
+    for name in config.unlearn.overrides.keys():
+      config.unlearn.overrides[name].epochs = 1.0
   elif arg == 'paper':
     config.model.name = 'resnet18_cifar'
     config.data.augment = 'crop'

@@ -2,6 +2,7 @@
 import json
 import os
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -43,6 +44,18 @@ def run_of(config, name, cli_keys=frozenset(), **hparams):
   hp = run.hparams.as_configdict()
   hp.update(hparams)
   return plan.Run(run.name, run.method, type(run.hparams)(hp))
+
+
+class BNMLP(nn.Module):
+  """A tiny classifier with the runner's model interface (``train`` flag, frozen BatchNorm
+  statistics) for tests of the compiled runs against hand-written loops."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    h = nn.Dense(16)(x.reshape(x.shape[0], -1))
+    h = nn.relu(nn.BatchNorm(use_running_average=not train)(h))
+    return nn.Dense(self.num_classes)(h)
 
 
 def single_device():

@@ -6,7 +6,6 @@ import dataclasses
 import math
 import types
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,19 +91,9 @@ def test_registry_schedules_and_peer_defaults():
 
 # ---- compiled runs against plain loops ------------------------------------------------------
 
-class BNMLP(nn.Module):
-  """The runner's model interface (``train`` flag, frozen BatchNorm statistics)."""
-
-  @nn.compact
-  def __call__(self, x, train=False):
-    h = nn.Dense(16)(x.reshape(x.shape[0], -1))
-    h = nn.relu(nn.BatchNorm(use_running_average=not train)(h))
-    return nn.Dense(K)(h)
-
-
 @pytest.fixture(scope='module')
 def env():
-  model = BNMLP()
+  model = helpers.BNMLP(K)
   variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
   rng = np.random.default_rng(0)
   data = compiled_runs.RunData(

@@ -171,19 +171,9 @@ def test_per_token_mask_rule_for_lm_logits():
 
 # ---- the runner takes the same step ----------------------------------------------------------
 
-class BNMLP(nn.Module):
-  """The runner's model interface (``train`` flag, frozen BatchNorm statistics)."""
-
-  @nn.compact
-  def __call__(self, x, train=False):
-    h = nn.Dense(16)(x.reshape(x.shape[0], -1))
-    h = nn.relu(nn.BatchNorm(use_running_average=not train)(h))
-    return nn.Dense(K)(h)
-
-
 @pytest.mark.parametrize('name', ['grogu_descent', 'salun'])
 def test_step_equals_the_runners_step(name):
-  model, b, n, m, steps = BNMLP(), 8, 12, 20, 2
+  model, b, n, m, steps = helpers.BNMLP(K), 8, 12, 20, 2
   variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
   rng = np.random.default_rng(0)
   forget_x = rng.integers(0, 256, (16, 8, 8, 1), dtype=np.uint8)
