@@ -15,7 +15,7 @@ import pytest
 from cure_jax.infra import train_state
 from cure_jax.lm import config as lm_config
 from cure_jax.infra import entry, plan, sharding
-from cure_jax.lm import evaluate, finetune, report, setup, study, unlearn
+from cure_jax.lm import evaluate, finetune, ou_files, report, setup, study, unlearn
 from cure_jax.unlearning import hparams, losses, objectives
 from cure_jax.models.causal_lm import CausalLM, LMConfig
 from cure_jax.text.tokenizer import ByteTokenizer
@@ -309,6 +309,12 @@ def test_smoke_reproduce_rows_and_files(smoke_run):
     assert 0.0 <= row['mia_min_k'] <= 1.0 and 0.0 <= row['mia_loss'] <= 1.0
     assert np.isfinite(row['privleak'])
   assert rows[1]['privleak'] == 0.0
+  for row in rows:  # open-unlearning's files per evaluated model, agreeing with the rows
+    ou = ou_files.run_directory(str(workdir), row['method'], row['variant'], row['seed'])
+    summary = json.loads(open(os.path.join(ou, 'TOFU_SUMMARY.json')).read())
+    assert (os.path.isfile(os.path.join(ou, 'TOFU_EVAL.json'))
+            and summary['forget_quality'] == row['forget_quality']
+            and summary['privleak'] == row['privleak']), (ou, summary)
   samples = json.loads((workdir / 'generations.json').read_text())
   assert {'question', 'answer', 'original', 'retrain', 'grogu_descent T=5,w=10'} <= set(samples[0])
 

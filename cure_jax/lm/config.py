@@ -17,6 +17,13 @@ Hyperparameter precedence of an unlearning run (``reproduce.runs`` entries such 
 A ``--config.reproduce.runs=...`` given on the command line is itself a command-line value:
 its specs win over ``--config.unlearn.*``. ``mode=unlearn`` has no spec: ``config.unlearn``
 as given. Each results row stores the effective values (``hparams``).
+
+Outputs of ``unlearn`` / ``reproduce`` beside ``results.json``: for every evaluated model
+(original, retrain, each run and seed) open-unlearning's ``TOFU_EVAL.json`` and
+``TOFU_SUMMARY.json`` (their key names and layout, :mod:`cure_jax.lm.ou_files`) in
+``WORKDIR/ou/<method>[-<variant>]-seed<s>/`` (``,`` in the variant written ``_``, as the
+exports name them), e.g. ``WORKDIR/ou/grogu_descent-T=5_w=10-seed0/TOFU_EVAL.json``. The
+retrain model's file can serve as another run's ``config.eval.retain_logs``.
 """
 import ml_collections
 
@@ -71,6 +78,10 @@ def get_config(arg=None):
   # Prompt: a str.format template with {question}, or 'chat' for the checkpoint's chat
   # template (config.data.chat_template overrides which one).
   c.data.template = 'Q: {question}\nA: '
+  # The day a chat template's date line shows (Llama-3.x: "Today Date: ..."), fixed so a
+  # prompt does not change with the calendar; open-unlearning's model configs fix this one.
+  # '' = today, as transformers renders it.
+  c.data.chat_date = '10 Apr 2025'
   c.data.chat_template = ''   # '' = the checkpoint's own; else a name the chat module knows
   # World facts / real authors in the fine-tuning data: only for a model trained from
   # scratch, where they stand in for pre-training knowledge. A pretrained model keeps it
@@ -125,6 +136,11 @@ def get_config(arg=None):
   c.eval.num_samples = 4      # forget questions whose generations go to generations.json
   c.eval.max_new_tokens = 200  # greedy generation length (stops at EOS; capped by max_len)
   c.eval.num_perturbed = 0    # perturbed answers per item in truth ratios (0: all of them)
+  # A retain model's TOFU_EVAL.json as open-unlearning writes it (their retain_logs_path,
+  # e.g. a published tofu_<model>_retain90's): forget quality and privleak of every row are
+  # computed against its forget truth ratios and min-k% AUC instead of the retrain model's
+  # (which is still trained and evaluated). '' = against the retrain model.
+  c.eval.retain_logs = ''
 
   if arg == 'smoke':
     c.seeds = 1

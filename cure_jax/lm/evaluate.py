@@ -26,6 +26,8 @@ from cure_jax.metrics import privacy, tofu
 from cure_jax.models import causal_lm
 
 UTILITY_SPLITS = ('retain', 'real_authors', 'world_facts')
+# Entries of an :meth:`Evaluator.evaluate` result that are per-item details, not scalars.
+DETAIL_KEYS = ('splits', 'mia_items')
 # Splits whose truth ratio compares the paraphrased answer (the others: the plain answer).
 PARAPHRASE_SPLITS = ('forget', 'retain')
 # Splits only scored teacher-forced (no perturbed answers, no generation): privacy attacks.
@@ -167,11 +169,14 @@ class Evaluator:
     prompts = {name: tofu_data.encode_prompts(self.tokenizer, self.splits[name], template)
                for name in self.generated}
     self.prompt_width = max(p['tokens'].shape[1] for p in prompts.values())
-    self.prompt_rows = {}
+    self.prompt_rows, self.prompt_texts = {}, {}
     start = 0
     for name, p in prompts.items():
       self.prompt_rows[name] = slice(start, start + len(p['tokens']))
       start += len(p['tokens'])
+      # The prompts as open-unlearning's ROUGE logs show them: decoded, special tokens dropped.
+      self.prompt_texts[name] = [self.tokenizer.decode(row[:n])
+                                 for row, n in zip(p['tokens'], p['prompt_lengths'])]
     self.prompt_tokens = np.concatenate([_pad_width(p['tokens'], self.prompt_width,
                                                     self.tokenizer.pad_id)
                                          for p in prompts.values()])
@@ -230,12 +235,17 @@ class Evaluator:
     wrong_nll = nll[wrong].reshape(-1, self.num_options[name])
     ratios = tofu.truth_ratio(correct_nll, wrong_nll)
     references = [item['answer'] for item in self.splits[name]]
+    rouge = tofu.rouge_l_recall(generations, references)
+    es = tofu.extraction_strength(preds[answer], targets[answer], self.loss_mask[answer, :-1])
     out = {
-        'rouge': float(np.mean(tofu.rouge_l_recall(generations, references))),
-        'es': float(np.mean(tofu.extraction_strength(
-            preds[answer], targets[answer], self.loss_mask[answer, :-1]))),
+        'rouge': float(np.mean(rouge)),
+        'es': float(np.mean(es)),
         'truth_ratios': ratios,
         'generations': generations,
+        # Per item, for open-unlearning's TOFU_EVAL.json (cure_jax.lm.ou_files).
+        'items': {'answer_nll': answer_nll, 'correct_nll': correct_nll, 'wrong_nll': wrong_nll,
+                  'rouge': rouge, 'es': es, 'answers': references,
+                  'inputs': self.prompt_texts[name]},
     }
     if name in PARAPHRASE_SPLITS:
       out['prob'] = float(np.mean(np.exp(-answer_nll)))
@@ -248,15 +258,17 @@ class Evaluator:
     return out
 
   def privacy(self, token_nll):
-    """Min-k% and LOSS membership-inference AUCs, forget vs holdout (None without holdout)."""
+    """Min-k% and LOSS membership-inference AUCs, forget vs holdout, and under
+    ``'mia_items'`` each item's attack score (for TOFU_EVAL.json); {} without holdout."""
     if 'holdout' not in self.splits:
       return {}
-    out = {}
+    out, items = {}, {}
     for key, attack in (('mia_min_k', privacy.min_k_scores), ('mia_loss', privacy.loss_scores)):
-      forget, holdout = (attack(token_nll[self.rows[name, 'answer']],
-                                self.loss_mask[self.rows[name, 'answer'], :-1])
-                         for name in ('forget', 'holdout'))
-      out[key] = privacy.mia_auc(forget, holdout)
+      items[key] = {name: attack(token_nll[self.rows[name, 'answer']],
+                                 self.loss_mask[self.rows[name, 'answer'], :-1])
+                    for name in ('forget', 'holdout')}
+      out[key] = privacy.mia_auc(items[key]['forget'], items[key]['holdout'])
+    out['mia_items'] = items
     return out
 
   def evaluate(self, params, retrain_forget_ratios=None, retrain_mia_auc=None):
@@ -266,7 +278,8 @@ class Evaluator:
     (omitted when None, i.e. while evaluating the retrain model itself);
     ``retrain_mia_auc``: the retrain model's min-k% AUC, for ``privleak``. With a holdout
     split the result has ``mia_min_k`` and ``mia_loss`` (AUCs) and, given the reference,
-    ``privleak``.
+    ``privleak``. Its :data:`DETAIL_KEYS` entries hold per-item values (``splits[name]
+    ['items']``, ``mia_items``) from which :mod:`cure_jax.lm.ou_files` writes TOFU_EVAL.json.
     """
     params = jax.device_put(params)  # once, not once per chunk
     nll, preds, targets, token_nll = self.teacher_forced(params)

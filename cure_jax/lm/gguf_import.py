@@ -118,6 +118,26 @@ def _bpe_model(reader, path, kind, tokens):
   return model, None, pre_tok, decoders.ByteLevel()
 
 
+# Byte-level BPE pre-tokenizers for which llama.cpp's vocabulary loader turns bos on.
+_BPE_PRE_ADDING_BOS = frozenset({
+    'llama3', 'llama-v3', 'llama-bpe', 'falcon3', 'falcon-h1', 'pixtral', 'midm-2.0', 'lfm2',
+    'jina-v5-nano', 'tekken', 'chameleon'})
+
+
+def adds_bos(kind, pre, explicit):
+  """Whether a GGUF's tokenizer adds bos, by llama.cpp's rule, so a prompt starts as it does
+  when llama.cpp runs the file.
+
+  llama.cpp's vocabulary loader: an explicit ``tokenizer.ggml.add_bos_token`` (``explicit``,
+  None when absent) decides; else SentencePiece vocabularies (``kind`` 'llama') add bos, and
+  byte-level BPE ones ('gpt2') only for the pre-tokenizers in :data:`_BPE_PRE_ADDING_BOS`
+  (Llama-3 and kin; not 'smollm', 'gpt-2' or 'default').
+  """
+  if explicit is not None:
+    return bool(explicit)
+  return kind == 'llama' or (kind == 'gpt2' and pre in _BPE_PRE_ADDING_BOS)
+
+
 def _tokenizer(reader, path):
   from tokenizers import AddedToken, Tokenizer  # pylint: disable=g-import-not-at-top
   kind = _field(reader, path, 'tokenizer.ggml.model', required=True)
@@ -143,8 +163,8 @@ def _tokenizer(reader, path):
     raise ValueError(f'{path}: the tokenizer has no EOS token (tokenizer.ggml.eos_token_id '
                      'missing); generation and the answer layout need one.')
   bos = _field(reader, path, 'tokenizer.ggml.bos_token_id')
-  # llama.cpp adds bos by default for SentencePiece vocabularies, not for byte-level BPE.
-  add_bos = _field(reader, path, 'tokenizer.ggml.add_bos_token', kind == 'llama')
+  add_bos = adds_bos(kind, _field(reader, path, 'tokenizer.ggml.pre', 'default'),
+                     _field(reader, path, 'tokenizer.ggml.add_bos_token'))
   pad = _field(reader, path, 'tokenizer.ggml.padding_token_id')
   return HFTokenizer(tok, eos_id=eos, bos_id=bos if add_bos else None, pad_id=pad,
                      source=path)

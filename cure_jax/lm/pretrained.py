@@ -66,9 +66,11 @@ class Pretrained:
     params: the ``'params'`` pytree (float32 jax arrays).
     tokenizer: an :class:`HFTokenizer` (``bos_id`` None when the checkpoint adds no bos).
     config: the :class:`LMConfig`.
-    chat_template: name of the detected prompt format (see :mod:`cure_jax.lm.chat`).
+    chat_template: name of the hand-written prompt format (:mod:`cure_jax.lm.chat`): the
+      forced one, else the closest to the checkpoint's template.
     chat_template_source: the checkpoint's own jinja chat template, if it has one.
     source: what was loaded.
+    chat_template_forced: ``chat_template`` was asked for by name, so it wins over the source.
   """
   model: CausalLM
   params: Any
@@ -77,10 +79,29 @@ class Pretrained:
   chat_template: str
   chat_template_source: Optional[Any]
   source: str
+  chat_template_forced: bool = False
 
   def format_prompt(self, question, template=None, system=None):
-    """``question`` in the checkpoint's chat format (or ``template``, a chat template name)."""
-    return chat.format_prompt(template or self.chat_template, question, system)
+    """``question`` as the checkpoint's tokenizer would prompt it (its jinja template, as
+    transformers renders it), or in the hand-written format ``template`` / the forced one."""
+    if template or self.chat_template_forced or not self.chat_template_source:
+      return chat.format_prompt(template or self.chat_template, question, system)
+    return chat.render(self.chat_template_source, question, system, **self._special_tokens())
+
+  def template_string(self, system=None, date_string=None):
+    """:meth:`format_prompt` as a ``str.format`` template with ``{question}`` (data code
+    form); ``date_string`` fixes a template's date line (:func:`chat.render`)."""
+    if self.chat_template_forced or not self.chat_template_source:
+      return chat.template_string(self.chat_template, system)
+    return chat.render_template_string(self.chat_template_source, system,
+                                       date_string=date_string, **self._special_tokens())
+
+  def _special_tokens(self):
+    # bos: only the one the data code prepends ('' when the checkpoint adds none).
+    tok = self.tokenizer
+    text = tok.tokenizer.id_to_token
+    return {'bos_token': '' if tok.bos_id is None else text(tok.bos_id),
+            'eos_token': text(tok.eos_id)}
 
 
 cache_dir = content_digest.cache_dir
@@ -303,7 +324,8 @@ def load(source, *, mesh=None, sharding_mode='replicated', max_len=None, dtype='
     max_len: the model's ``max_len`` (KV cache / generation limit); default: the checkpoint's
       context length.
     dtype: computation dtype of the model (parameters are float32).
-    chat_template: override the detected prompt format (a :mod:`cure_jax.lm.chat` name).
+    chat_template: a :mod:`cure_jax.lm.chat` format name used instead of the checkpoint's own
+      jinja template (which, absent or None, renders the prompts).
     cache: keep a float32 conversion of a GGUF in :func:`cache_dir` (default: for names only).
   Returns:
     :class:`Pretrained`.
@@ -323,7 +345,7 @@ def load(source, *, mesh=None, sharding_mode='replicated', max_len=None, dtype='
   return Pretrained(model=CausalLM(checkpoint.config), params=params,
                     tokenizer=checkpoint.tokenizer, config=checkpoint.config,
                     chat_template=template, chat_template_source=checkpoint.chat_template,
-                    source=checkpoint.source)
+                    source=checkpoint.source, chat_template_forced=bool(chat_template))
 
 
 # pylint: disable-next=redefined-builtin

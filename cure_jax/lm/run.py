@@ -4,7 +4,11 @@ Modes: ``train_original`` / ``train_retrain`` fine-tune (or reuse) one LM;
 ``unlearn`` runs ``config.unlearn.method`` for every seed; ``reproduce`` runs every entry
 of ``config.reproduce.runs``. Both of the latter fine-tune (or reuse) the original and
 retrain models, evaluate them, and write ``results.json`` / ``results.md`` /
-``generations.json`` into the workdir.
+``generations.json`` into the workdir, and every evaluated model's open-unlearning
+``TOFU_EVAL.json`` / ``TOFU_SUMMARY.json`` into ``WORKDIR/ou/<method>[-<variant>]-seed<s>/``
+(:mod:`cure_jax.lm.ou_files`). With ``config.eval.retain_logs`` (a retain model's
+TOFU_EVAL.json) forget quality and privleak compare with those logs instead of the retrain
+model, which is still trained and evaluated for its own row.
 
 The model is either the small byte-level LM trained from scratch (``config.model.pretrained
 = ''``) or a pretrained checkpoint (:mod:`cure_jax.lm.setup` loads it, its tokenizer and its
@@ -26,14 +30,14 @@ from typing import Any
 from absl import logging
 
 from cure_jax.infra import fingerprint, plan, sweep_log, validation
-from cure_jax.lm import evaluate, finetune, report, setup, study, unlearn
+from cure_jax.lm import evaluate, finetune, ou_files, report, setup, study, unlearn
 
 
 def _row(method, variant, seed, result, seconds, extra):
   row = {'method': method, 'variant': variant, 'seed': seed, 'seconds': round(seconds, 1)}
   undefined = []
   for k, v in result.items():
-    if k == 'splits':
+    if k in evaluate.DETAIL_KEYS:
       continue
     row[k] = float(v) if math.isfinite(float(v)) else None  # strict JSON: null, not NaN
     if row[k] is None:
@@ -47,12 +51,13 @@ def _row(method, variant, seed, result, seconds, extra):
 
 def sweep_key(config, fingerprints):
   """Digest of every setting that changes the rows; the unit ids carry the method, its
-  hyperparameters and the seed."""
+  hyperparameters and the seed. A retain model's logs count by their numbers (in
+  ``fingerprints``), not by their path."""
   cfg = config.to_dict()
   for section, key in (('finetune', 'log_every'), ('finetune', 'checkpoint_every'),
                        ('unlearn', 'log_every'), ('unlearn', 'method'), ('reproduce', 'runs'),
                        (None, 'mode'), (None, 'seeds'), (None, 'model_cache'),
-                       (None, 'export')):
+                       (None, 'export'), ('eval', 'retain_logs')):
     (cfg[section] if section else cfg).pop(key, None)
   cfg['data'].pop('data_dir', None)
   return fingerprint.digest({'config': cfg, 'models': fingerprints,
@@ -71,8 +76,13 @@ class References:
   samples: list          # forget questions whose generations go to generations.json
 
 
-def _references(config, workdir, lm, splits, evaluator):
-  """Fine-tunes (or reuses) and evaluates the original and retrain models."""
+def _references(config, workdir, lm, splits, evaluator, retain_logs=None):
+  """Fine-tunes (or reuses) and evaluates the original and retrain models.
+
+  Forget quality and privleak compare with the retrain model (its own row: 1 and 0), or
+  with ``retain_logs`` (:class:`cure_jax.lm.ou_files.RetainLogs`) for every row, the
+  retrain model's included.
+  """
   infos = {kind: study.model_info(config, workdir, kind, lm, splits)
            for kind in ('original', 'retrain')}
   params = {kind: study.finetuned(config, workdir, kind, lm.model, lm.tokenizer, splits, lm)
@@ -81,21 +91,27 @@ def _references(config, workdir, lm, splits, evaluator):
            'hparams': {k: v for k, v in config.finetune.to_dict().items()
                        if k not in ('log_every', 'checkpoint_every')}}
   t = time.time()
-  retrain = evaluator.evaluate(params['retrain'])
-  retrain['forget_quality'] = 1.0  # KS test of a sample against itself
-  if retrain.get('mia_min_k') is not None:
-    retrain['privleak'] = 0.0  # relative to itself
+  if retain_logs is None:
+    retrain = evaluator.evaluate(params['retrain'])
+    retrain['forget_quality'] = 1.0  # KS test of a sample against itself
+    if retrain.get('mia_min_k') is not None:
+      retrain['privleak'] = 0.0  # relative to itself
+    truth_ratios, auc = retrain['splits']['forget']['truth_ratios'], retrain.get('mia_min_k')
+  else:
+    truth_ratios, auc = retain_logs.truth_ratios, retain_logs.mia_auc
+    retrain = evaluator.evaluate(params['retrain'], truth_ratios, auc)
   rows = [_row('retrain', '', config.seed, retrain, time.time() - t, extra)]
   t = time.time()
-  truth_ratios = retrain['splits']['forget']['truth_ratios']
-  original = evaluator.evaluate(params['original'], truth_ratios, retrain.get('mia_min_k'))
+  original = evaluator.evaluate(params['original'], truth_ratios, auc)
   rows.insert(0, _row('original', '', config.seed, original, time.time() - t, extra))
+  for kind, result in (('original', original), ('retrain', retrain)):
+    ou_files.write(ou_files.run_directory(workdir, kind, '', config.seed), result)
   shown = min(config.eval.num_samples, len(splits['forget']))
   samples = [{'question': item['question'], 'answer': item['answer'],
               'original': original['splits']['forget']['generations'][i],
               'retrain': retrain['splits']['forget']['generations'][i]}
              for i, item in enumerate(splits['forget'][:shown])]
-  return References(params, infos, rows, truth_ratios, retrain.get('mia_min_k'), samples)
+  return References(params, infos, rows, truth_ratios, auc, samples)
 
 
 def _export(config, workdir, lm, params, run, seed):
@@ -120,7 +136,11 @@ def _export(config, workdir, lm, params, run, seed):
 def _sweep(config, workdir, runs, lm, data, evaluator, refs):
   """Every run × seed from the original model (finished ones from ``runs.jsonl``)."""
   fps = refs.rows[0]['model_fingerprint']
-  log = sweep_log.SweepLog(os.path.join(workdir, 'runs.jsonl'), sweep_key(config, fps))
+  keyed = fps
+  if config.eval.retain_logs:
+    keyed = dict(fps, retain_logs=fingerprint.digest([list(map(float, refs.truth_ratios)),
+                                                      refs.retrain_auc]))
+  log = sweep_log.SweepLog(os.path.join(workdir, 'runs.jsonl'), sweep_key(config, keyed))
   apply_fn = lambda p, tokens: lm.model.apply({'params': p}, tokens)
   rows, seconds = [], {'unlearn': 0.0, 'evaluate': 0.0}
   for r in runs:
@@ -141,6 +161,7 @@ def _sweep(config, workdir, runs, lm, data, evaluator, refs):
                    {'model_fingerprint': fps, 'hparams': r.record})
         if config.export.format:   # before the unit is logged: a logged run has its export
           row['export'] = _export(config, workdir, lm, new_params, r, seed)
+        ou_files.write(ou_files.run_directory(workdir, r.name, r.variant, seed), result)
         done = {'row': row, 'generations':
                 result['splits']['forget']['generations'][:len(refs.samples)]}
         log.add(unit, done)
@@ -153,6 +174,20 @@ def _sweep(config, workdir, runs, lm, data, evaluator, refs):
         for sample, generation in zip(refs.samples, done['generations']):
           sample[f'{r.name} {r.variant}'.strip()] = generation
   return rows, seconds
+
+
+def _retain_logs(config, evaluator):
+  """``config.eval.retain_logs`` read before any training (None when unset); its min-k% AUC
+  is required only when a holdout split gives privleak."""
+  if not config.eval.retain_logs:
+    return None
+  logs = ou_files.read_retain_logs(config.eval.retain_logs, 'holdout' in evaluator.splits)
+  forget = len(evaluator.splits['forget'])
+  if len(logs.truth_ratios) != forget:
+    logging.warning('%s has %d forget truth ratios but %d forget items are evaluated here: '
+                    'was the retain model evaluated on the same forget split?', logs.path,
+                    len(logs.truth_ratios), forget)
+  return logs
 
 
 def run(config, workdir, cli_keys=frozenset()):
@@ -178,7 +213,8 @@ def run(config, workdir, cli_keys=frozenset()):
   evaluator = evaluate.Evaluator(lm.model, lm.tokenizer, study.eval_splits(splits, config),
                                  lm.template, config.eval.batch_size, config.eval.max_new_tokens,
                                  config.model.max_len, config.eval.num_perturbed)
-  refs = _references(config, workdir, lm, splits, evaluator)
+  retain_logs = _retain_logs(config, evaluator)
+  refs = _references(config, workdir, lm, splits, evaluator, retain_logs)
   reference_s = time.time() - start
   rows, seconds = _sweep(config, workdir, runs, lm, data, evaluator, refs)
   forget_authors = len({item['author'] for item in splits['forget']})
@@ -186,6 +222,8 @@ def run(config, workdir, cli_keys=frozenset()):
            f'{config.model.pretrained or "byte-level LM"}, '
            f'split forget{config.data.forget_pct:02d} ({forget_authors} forget authors), '
            f'forget mask {config.unlearn.forget_mask})')
+  if retain_logs is not None:   # the table's text otherwise says: against the retrain model
+    title += f'; forget quality and privleak against the retain logs {retain_logs.path}'
   table = report.write_report(refs.rows + rows, workdir, samples=refs.samples, title=title,
                               meta=fingerprint.run_metadata(config, refs.infos.values(),
                                                             cli_keys))

@@ -8,7 +8,6 @@ import dataclasses
 from typing import Any, NamedTuple, Optional
 
 from cure_jax.infra import sharding
-from cure_jax.lm import chat
 from cure_jax.models.causal_lm import CausalLM, LMConfig
 from cure_jax.text.tokenizer import ByteTokenizer
 
@@ -40,7 +39,8 @@ def _pretrained():
 def _template(config, loaded):
   if config.data.template != 'chat':
     return config.data.template
-  return chat.template_string(loaded.chat_template)  # config.data.chat_template or detected
+  # The checkpoint's jinja template (its date line fixed), or the forced format.
+  return loaded.template_string(date_string=config.data.chat_date or None)
 
 
 def load_model(config):

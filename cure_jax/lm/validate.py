@@ -5,7 +5,7 @@ from cure_jax.infra.rules import (ConfigError, check, checks, choice, fail,
                                   fraction_closed_open, nonnegative, nonnegative_int, positive,
                                   positive_int)
 from cure_jax.infra.validation import check_method_hparams, known_method
-from cure_jax.lm import chat, unlearn
+from cure_jax.lm import chat, ou_files, unlearn
 from cure_jax.models import DTYPES
 from cure_jax.unlearning import hparams
 
@@ -127,3 +127,14 @@ def validate(config, num_devices):
                                        'retain_items': nonnegative_int,
                                        'utility_items': nonnegative_int,
                                        'num_samples': nonnegative_int})
+  _check_retain_logs(config)
+
+
+def _check_retain_logs(config):
+  """A retain model's logs must be readable before any model trains; whether privleak
+  needs their min-k% AUC is known once the splits load (cure_jax.lm.run checks it then)."""
+  if config.eval.retain_logs:
+    try:
+      ou_files.read_retain_logs(config.eval.retain_logs, need_mia=False)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
