@@ -15,7 +15,8 @@ import configs.digits as digits_config
 
 
 # *_descent twins that only add the retain term, whose code path other methods already run.
-SAME_PATH_TWINS = ('randlabel_descent', 'delete_descent', 'npo_descent', 'simnpo_descent')
+SAME_PATH_TWINS = ('randlabel_descent', 'delete_descent', 'npo_descent', 'simnpo_descent',
+                   'wga_descent', 'satimp_descent', 'ceu_descent')
 
 
 def smoke_config(**train_overrides):

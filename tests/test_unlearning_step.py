@@ -108,9 +108,9 @@ def test_every_method_runs_on_user_models(setups, model, name):
     assert np.isfinite(metrics['loss']) and bool(metrics['finite'])
   assert int(state['step']) == 3
   assert np.all(np.isfinite(_flat(state['params'])))
-  # The fitted model's CE gradient is tiny: finetune's (retain) and simnpo's (x 0.125) updates
-  # round away in float32 within three steps.
-  if name not in ('finetune', 'simnpo'):
+  # The fitted model's CE gradient is tiny: finetune's (retain), simnpo's (x 0.125) and
+  # satimp's (x 0.1 p^5 (1 - p)) updates round away in float32 within three steps.
+  if name not in ('finetune', 'simnpo', 'satimp'):
     assert np.any(_flat(state['params']) != _flat(params))
   if name in CURE:
     assert _forget_acc(apply_fn, state['params'], forget) <= before

@@ -39,6 +39,14 @@ DEFAULTS = {
     'simnpo_beta': 4.5,          # SimNPO
     'simnpo_delta': 0.0,
     'simnpo_gamma': 0.125,
+    # open-unlearning's WGA, SatImp and CEU trainer configs. Their gamma
+    # weighs the forget loss (here inside it); their alpha is our retain_weight (1.0 in both).
+    'wga_beta': 1.0,
+    'wga_gamma': 1.0,
+    'satimp_beta1': 5.0,
+    'satimp_beta2': 1.0,
+    'satimp_gamma': 0.1,
+    'ceu_ignore_first': 1.0,     # answer tokens each sequence leaves out of CE-U
 }
 STATIC = ('momentum', 'grogu_impl')
 DYNAMIC = tuple(k for k in DEFAULTS if k not in STATIC)
@@ -62,6 +70,9 @@ RULES = {
     'scrub_weight_decay': rules.nonnegative,
     'npo_beta': rules.positive, 'simnpo_beta': rules.positive, 'simnpo_delta': rules.finite,
     'simnpo_gamma': rules.nonnegative,
+    'wga_beta': rules.nonnegative, 'wga_gamma': rules.nonnegative,
+    'satimp_beta1': rules.nonnegative, 'satimp_beta2': rules.nonnegative,
+    'satimp_gamma': rules.nonnegative, 'ceu_ignore_first': _WHOLE,
 }
 
 

@@ -15,7 +15,9 @@ passes over the forget set and the retain subset instead of one step per forget 
 
 Names: ``<method>`` uses forget data only; ``<method>_descent`` adds ``retain_weight`` ×
 the retain NLL (what LM papers call GradDiff is ``gradasc_descent``; NPO, SimNPO, UNDIAL,
-GHR, GSR and GROGU "with a retain term" are their ``_descent`` entries).
+GHR, GSR and GROGU "with a retain term" are their ``_descent`` entries; open-unlearning's
+WGA and SatImp, ``γ`` · forget + ``α`` · retain, are ``wga_descent`` / ``satimp_descent`` with
+``γ`` = ``wga_gamma`` / ``satimp_gamma`` inside the forget loss and ``α`` = ``retain_weight``).
 """
 import dataclasses
 from typing import Any, Callable, Optional
@@ -71,6 +73,8 @@ _T1 = (('temperature', 1.0),)
 _SALUN = ('salun_fraction', 'salun_weight_decay')
 _LUR = ('lur_alpha', 'lur_w_r', 'lur_w_f')
 _SIMNPO = ('simnpo_beta', 'simnpo_delta', 'simnpo_gamma')
+_WGA = ('wga_beta', 'wga_gamma')
+_SATIMP = ('satimp_beta1', 'satimp_beta2', 'satimp_gamma')
 _SCRUB = ('scrub_alpha', 'scrub_gamma', 'scrub_temperature', 'scrub_max_epochs',
           'scrub_weight_decay')
 # The peers' SGD: SCRUB's notebooks (sgda_momentum), SalUn's unlearn/impl.py and DELETE's
@@ -90,6 +94,11 @@ REGISTRY = {
     **_pair('delete', objectives.delete, needs_teacher=True, defaults=_PEER_SGD),
     **_pair('npo', objectives.npo, needs_teacher=True, own_hparams=('npo_beta',)),
     **_pair('simnpo', objectives.simnpo, own_hparams=_SIMNPO),
+    # open-unlearning's WGA, SatImp and CE-U (their WGA and SatImp load a reference model
+    # that their losses never read: no teacher here).
+    **_pair('wga', objectives.wga, own_hparams=_WGA),
+    **_pair('satimp', objectives.satimp, own_hparams=_SATIMP),
+    **_pair('ceu', objectives.ceu, own_hparams=('ceu_ignore_first',)),
     'grogu': Method(directions.grogu_direction(False), needs_teacher=True, own_hparams=_GROGU),
     'grogu_t1': Method(directions.grogu_direction(False), needs_teacher=True, defaults=_T1,
                        own_hparams=_GROGU),
