@@ -167,3 +167,22 @@ def test_explicit_name_wins_over_the_checkpoint_template(tmp_path):
   # A format named in the call wins too; without either, the source renders.
   assert pretrained.load(directory).format_prompt('q?', template='llama3') == \
       chat.format_prompt('llama3', 'q?')
+
+
+def test_a_run_passes_its_system_turn_and_date_to_the_template():
+  """config.data.chat_system / chat_date reach the checkpoint's template; '' means none."""
+  from cure_jax.lm import config as lm_config
+  from cure_jax.lm import setup
+  seen = []
+
+  class Loaded:
+    def template_string(self, system=None, date_string=None):
+      seen.append((system, date_string))
+      return '{question}'
+
+  config = lm_config.get_config()
+  config.data.template = 'chat'
+  setup._template(config, Loaded())
+  config.data.chat_system, config.data.chat_date = 'Be brief.', ''
+  setup._template(config, Loaded())
+  assert seen == [(None, '10 Apr 2025'), ('Be brief.', None)]

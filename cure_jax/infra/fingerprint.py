@@ -55,6 +55,10 @@ def model_settings(config, kind, seed, forget_classes, data_digest):
 
 
 _FINETUNE_COSMETIC = ('log_every', 'checkpoint_every')
+# Fine-tuning switches added after models were keyed, at the values that were the only
+# behaviour before them: such a model is the one trained before, so it keeps its fingerprint.
+_FINETUNE_BEFORE_SWITCHES = {'lr_schedule': 'cosine', 'drop_last': True, 'decay_norms': True,
+                             'adam_b2': 0.98}
 
 
 # Content digests of embedded pretrained checkpoints whose fine-tuned models were keyed
@@ -73,10 +77,13 @@ def lm_model_settings(config, kind, architecture, template, items, weights_diges
   """
   data = config.data.to_dict()
   data.pop('data_dir', None)  # where the files live; the items digest covers what they hold
+  for key in ('chat_date', 'chat_system'):  # they show in the resolved template, keyed below
+    data.pop(key, None)
   model = {k: v for k, v in config.model.to_dict().items()
            if k not in ('sharding', 'original', 'retrain')}  # placement, other models
   finetune = {k: v for k, v in config.finetune.to_dict().items()
-              if k not in _FINETUNE_COSMETIC}
+              if k not in _FINETUNE_COSMETIC
+              and not (k in _FINETUNE_BEFORE_SWITCHES and v == _FINETUNE_BEFORE_SWITCHES[k])}
   settings = {'kind': kind, 'data': data, 'model': model, 'architecture': architecture,
               'template': template, 'items': digest(items, 32), 'finetune': finetune,
               'seed': int(config.seed), 'train_code_version': TRAIN_CODE_VERSION}

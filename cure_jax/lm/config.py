@@ -82,6 +82,8 @@ def get_config(arg=None):
   # prompt does not change with the calendar; open-unlearning's model configs fix this one.
   # '' = today, as transformers renders it.
   c.data.chat_date = '10 Apr 2025'
+  # A system turn for chat prompts ('' = none: the template's own default, if it has one).
+  c.data.chat_system = ''
   c.data.chat_template = ''   # '' = the checkpoint's own; else a name the chat module knows
   # World facts / real authors in the fine-tuning data: only for a model trained from
   # scratch, where they stand in for pre-training knowledge. A pretrained model keeps it
@@ -98,6 +100,14 @@ def get_config(arg=None):
   c.finetune.warmup_fraction = 0.05
   c.finetune.weight_decay = 0.0
   c.finetune.grad_clip = 1.0
+  # open-unlearning's recipe point by point (configs/tofu.py sets theirs and cites each):
+  # 'cosine' (to a tenth of lr) | 'linear' (HF's decay to 0); drop_last=True drops each
+  # epoch's last partial batch, False follows HF Trainer's micro-batch stream; decay_norms
+  # False spares norm scales and biases from weight decay (HF); AdamW's beta2 (HF: 0.999).
+  c.finetune.lr_schedule = 'cosine'
+  c.finetune.drop_last = True
+  c.finetune.decay_norms = True
+  c.finetune.adam_b2 = 0.98
   c.finetune.log_every = 50
   c.finetune.checkpoint_every = 200
 
@@ -117,6 +127,19 @@ def get_config(arg=None):
   c.unlearn.warmup_fraction = 0.1
   c.unlearn.weight_decay = 0.0
   c.unlearn.temperature = 5.0        # GSR / GROGU (the core's default is 4)
+  # open-unlearning's recipe point by point (configs/tofu.py sets theirs and cites each), here
+  # at this loop's own choices: after the warm-up 'constant' | 'linear' (HF's decay to 0);
+  # drop_last as in config.finetune; loss_mean 'sequence' (mean of per-sequence answer
+  # means) | 'token' (HF's token mean per micro-batch) for gradient ascent's NLL and every
+  # retain NLL; undial_positions 'answer' | 'all' (their UNDIAL: every position of the
+  # micro-batch); decay_norms as in config.finetune; grad_clip: the gradient's global norm
+  # cap (0: none; HF's max_grad_norm is 1).
+  c.unlearn.lr_schedule = 'constant'
+  c.unlearn.drop_last = True
+  c.unlearn.loss_mean = 'sequence'
+  c.unlearn.undial_positions = 'answer'
+  c.unlearn.decay_norms = True
+  c.unlearn.grad_clip = 0.0
   c.unlearn.log_every = 10
 
   c.reproduce = ml_collections.ConfigDict()

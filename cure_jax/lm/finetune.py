@@ -36,9 +36,42 @@ def warmup_steps(fraction, total_steps):
   return 0 if fraction == 0 else max(1, int(fraction * total_steps))
 
 
+# The open-unlearning recipe switches (config.py documents each) at the values that keep
+# this fine-tuning's own behaviour, for settings written before the switches existed.
+RECIPE_DEFAULTS = {'lr_schedule': 'cosine', 'drop_last': True, 'decay_norms': True,
+                   'adam_b2': 0.98}
+
+
+def recipe(cfg, key):
+  """``cfg.<key>`` of a recipe switch, its :data:`RECIPE_DEFAULTS` value where absent."""
+  return getattr(cfg, key, RECIPE_DEFAULTS[key])
+
+
+def hf_linear_schedule(lr, warmup, total_steps):
+  """Hugging Face's ``get_linear_schedule_with_warmup`` (their default ``lr_scheduler_type``):
+  ``lr · step / max(1, warmup)`` during the warm-up, then
+  ``lr · max(0, (total - step) / max(1, total - warmup))``, step 0-based."""
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    rise = step / max(1, warmup)
+    fall = jnp.maximum(0.0, (total_steps - step) / max(1, total_steps - warmup))
+    return lr * jnp.where(step < warmup, rise, fall)
+  return schedule
+
+
+def decay_mask(params):
+  """Where AdamW decays: every weight but the norm scales and biases, as Hugging Face's
+  ``Trainer.get_decay_parameter_names`` (Llama's RMSNorm is one of its layer norms)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], 'key', None) not in ('scale', 'bias'), params)
+
+
 def lr_schedule(cfg, total_steps):
-  """Linear warmup then cosine decay to a tenth of ``cfg.lr``."""
+  """Linear warmup then cosine decay to a tenth of ``cfg.lr`` (``lr_schedule='cosine'``) or
+  Hugging Face's linear decay to 0 (``'linear'``, open-unlearning's TOFU fine-tuning)."""
   warmup = warmup_steps(cfg.warmup_fraction, total_steps)
+  if recipe(cfg, 'lr_schedule') == 'linear':
+    return hf_linear_schedule(cfg.lr, warmup, total_steps)
   if warmup == 0:
     return optax.cosine_decay_schedule(cfg.lr, max(total_steps, 1), alpha=0.1)
   return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, max(total_steps, warmup + 1),
@@ -64,15 +97,20 @@ def micro_batches(batch, grad_accum):
 
 
 @functools.lru_cache(maxsize=8)
-def _optimizer_and_step(model, weight_decay, grad_clip):
+def _optimizer_and_step(model, weight_decay, grad_clip, decay_norms=True, b2=0.98):
   """AdamW whose learning rate is an input of the jitted step.
 
   The schedule is evaluated on the host, so the original and retrain runs (different step
-  counts) share one compiled step.
+  counts) share one compiled step. ``decay_norms=False`` spares the norm scales (and any
+  bias) from weight decay, as Hugging Face's Trainer.
   """
-  tx = optax.chain(optax.clip_by_global_norm(grad_clip),
-                   optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, b2=0.98,
-                                                         weight_decay=weight_decay))
+  if decay_norms:
+    adamw = optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, b2=b2,
+                                                  weight_decay=weight_decay)
+  else:
+    adamw = optax.inject_hyperparams(optax.adamw, static_args=('mask',))(
+        learning_rate=0.0, b2=b2, weight_decay=weight_decay, mask=decay_mask)
+  tx = optax.chain(optax.clip_by_global_norm(grad_clip), adamw)
 
   def step(state, batch_AxB, lr):
     def loss_fn(params, batch):
@@ -102,6 +140,37 @@ def batch_indices(num_items, batch_size, step, seed):
   return order[within * batch_size:(within + 1) * batch_size]
 
 
+def stream_steps(num_items, micro, grad_accum, epochs):
+  """HF Trainer's ``max_steps``: ``epochs × max(micro-batches per epoch // grad_accum, 1)``."""
+  return epochs * max(-(-num_items // micro) // grad_accum, 1)
+
+
+def check_stream(num_items, micro, grad_accum, section, what):
+  """One line when ``drop_last=False`` cannot follow HF: a partial micro-batch would need a
+  second compiled shape, and an epoch of fewer than ``grad_accum`` micro-batches makes HF
+  step on a partial accumulation (its ``is_last_step_and_steps_less_than_grad_acc``)."""
+  if num_items % micro or num_items // micro < grad_accum:
+    raise ValueError(f'config.{section}.drop_last=False needs the {num_items} {what} to split '
+                     f'into whole micro-batches of {micro}, at least grad_accum={grad_accum} '
+                     f'of them; choose config.{section}.batch_size / grad_accum to fit or set '
+                     'drop_last=True.')
+
+
+def stream_indices(num_items, micro, grad_accum, step, seed):
+  """The rows of step ``step`` as Hugging Face Trainer 4.45 draws them (``drop_last=False``):
+  each epoch's order (the one :func:`batch_indices` uses) cut into micro-batches of
+  ``micro``, every ``grad_accum`` consecutive ones a step, counted across epoch ends (their
+  ``total_batched_samples``), so a step may span two epochs. A function of the step, so a
+  resume is exact; ``num_items`` is a whole number of micro-batches (checked before)."""
+  per_epoch = num_items // micro
+  rows = []
+  for j in range(step * grad_accum, (step + 1) * grad_accum):
+    epoch, within = divmod(j, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(num_items)
+    rows.append(order[within * micro:(within + 1) * micro])
+  return np.concatenate(rows)
+
+
 def batch_width(lengths, multiple=32):
   """A batch's width: its longest row rounded up (a few compiled shapes in all)."""
   return -(-int(np.max(lengths)) // multiple) * multiple
@@ -115,7 +184,10 @@ def _steps(encoded, cfg, seed, grad_accum, mesh, step_fn, schedule):
                       for m in encoded['loss_mask']])
 
   def batch(step):
-    idx = batch_indices(num_items, cfg.batch_size, step, seed)
+    if recipe(cfg, 'drop_last'):
+      idx = batch_indices(num_items, cfg.batch_size, step, seed)
+    else:
+      idx = stream_indices(num_items, cfg.batch_size // grad_accum, grad_accum, step, seed)
     # Right padding beyond a batch's longest row changes no loss term: cut it.
     cut = min(width, batch_width(lengths[idx]))
     return micro_batches({k: encoded[k][idx, :cut] for k in ('tokens', 'loss_mask')},
@@ -138,7 +210,8 @@ def finetune(model, encoded, cfg, seed, directory, settings, mesh=None, name='fi
     model: the :class:`~cure_jax.models.causal_lm.CausalLM`.
     encoded: ``tokens`` / ``loss_mask`` numpy arrays (see ``cure_jax.data.tofu.encode_qa``).
     cfg: ``config.finetune`` (lr, epochs, batch_size (effective), grad_accum,
-      warmup_fraction, weight_decay, grad_clip, log_every, checkpoint_every).
+      warmup_fraction, weight_decay, grad_clip, log_every, checkpoint_every and the recipe
+      switches, :data:`RECIPE_DEFAULTS` where absent).
     seed: initialisation and batch order.
     directory, settings: where the model lives and the JSON-able settings that determine it
       (:func:`cure_jax.infra.trainer.fit`).
@@ -158,8 +231,15 @@ def finetune(model, encoded, cfg, seed, directory, settings, mesh=None, name='fi
                      f'config.finetune.batch_size={cfg.batch_size}.')
   sharding.check_batch_size(cfg.batch_size // grad_accum, mesh,
                             'config.finetune.batch_size / grad_accum')
-  total = cfg.epochs * (num_items // cfg.batch_size)
-  tx, step_fn = _optimizer_and_step(model, float(cfg.weight_decay), float(cfg.grad_clip))
+  if recipe(cfg, 'drop_last'):
+    total = cfg.epochs * (num_items // cfg.batch_size)
+  else:   # HF Trainer's steps (stream_indices)
+    check_stream(num_items, cfg.batch_size // grad_accum, grad_accum, 'finetune',
+                 f'{name} items')
+    total = stream_steps(num_items, cfg.batch_size // grad_accum, grad_accum, cfg.epochs)
+  tx, step_fn = _optimizer_and_step(model, float(cfg.weight_decay), float(cfg.grad_clip),
+                                    bool(recipe(cfg, 'decay_norms')),
+                                    float(recipe(cfg, 'adam_b2')))
   if init_params is None:
     # Initialised eagerly, not under jit: XLA fuses the 0.02 scale of the normal initialiser
     # into the sampler there, which moves about a quarter of the values by one ulp and with

@@ -40,7 +40,8 @@ def _template(config, loaded):
   if config.data.template != 'chat':
     return config.data.template
   # The checkpoint's jinja template (its date line fixed), or the forced format.
-  return loaded.template_string(date_string=config.data.chat_date or None)
+  return loaded.template_string(system=config.data.chat_system or None,
+                                 date_string=config.data.chat_date or None)
 
 
 def load_model(config):

@@ -12,6 +12,11 @@ from cure_jax.unlearning import hparams
 MODES = ('train_original', 'train_retrain', 'unlearn', 'reproduce')
 SHARDINGS = sharding.MODES
 FORGET_MASKS = ('answer_token', 'author_names')
+FINETUNE_SCHEDULES = ('cosine', 'linear')
+UNLEARN_SCHEDULES = ('constant', 'linear')
+LOSS_MEANS = ('sequence', 'token')
+UNDIAL_POSITIONS = ('answer', 'all')
+BOOLS = (True, False)
 _MODEL_RULES = {'num_layers': positive_int, 'd_model': positive_int, 'num_heads': positive_int,
                 'num_kv_heads': positive_int, 'd_ff': positive_int, 'max_len': positive_int,
                 'rope_base': positive, 'norm_eps': positive}
@@ -66,13 +71,17 @@ def _check_finetune(config, num_devices):
                                  'log_every': positive_int, 'checkpoint_every': positive_int,
                                  'grad_accum': positive_int})
   check('config.finetune.batch_size', f.batch_size, positive_int)
+  choice('config.finetune.lr_schedule', f.lr_schedule, FINETUNE_SCHEDULES)
+  choice('config.finetune.drop_last', f.drop_last, BOOLS)
+  choice('config.finetune.decay_norms', f.decay_norms, BOOLS)
+  check('config.finetune.adam_b2', f.adam_b2, fraction_closed_open)
   if f.batch_size % f.grad_accum or (num_devices and (f.batch_size // f.grad_accum)
                                      % num_devices):
     fail('config.finetune.batch_size', f.batch_size,
           f'use a multiple of grad_accum × devices ({f.grad_accum} × {num_devices})')
 
 
-def _check_unlearn(config):
+def _check_unlearn(config, num_devices):
   u = config.unlearn
   checks(u, 'config.unlearn', {'epochs': positive_int, 'batch_size': positive_int,
                                 'warmup_fraction': fraction_closed_open,
@@ -81,6 +90,17 @@ def _check_unlearn(config):
   check_method_hparams(u, 'config.unlearn')
   choice('config.unlearn.optimizer', u.optimizer, ('adamw', 'sgd'))
   choice('config.unlearn.forget_mask', u.forget_mask, FORGET_MASKS)
+  choice('config.unlearn.lr_schedule', u.lr_schedule, UNLEARN_SCHEDULES)
+  choice('config.unlearn.drop_last', u.drop_last, BOOLS)
+  choice('config.unlearn.loss_mean', u.loss_mean, LOSS_MEANS)
+  choice('config.unlearn.undial_positions', u.undial_positions, UNDIAL_POSITIONS)
+  choice('config.unlearn.decay_norms', u.decay_norms, BOOLS)
+  check('config.unlearn.grad_clip', u.grad_clip, nonnegative)
+  if not u.drop_last and (u.batch_size % u.grad_accum or (
+      num_devices and (u.batch_size // u.grad_accum) % num_devices)):
+    fail('config.unlearn.batch_size', u.batch_size,
+         f'with drop_last=False use a multiple of grad_accum × devices ({u.grad_accum} × '
+         f'{num_devices})')
   entries = [('config.unlearn.method', u.method, {})]
   for spec in config.reproduce.runs:
     field = f'config.reproduce.runs entry {spec!r}'
@@ -121,7 +141,7 @@ def validate(config, num_devices):
   _check_model(config)
   _check_data(config)
   _check_finetune(config, num_devices)
-  _check_unlearn(config)
+  _check_unlearn(config, num_devices)
   _check_export(config)
   checks(config.eval, 'config.eval', {'batch_size': positive_int,
                                        'retain_items': nonnegative_int,

@@ -4,7 +4,9 @@ A batch is the same for every model. ``inputs`` is what ``apply`` takes (images,
 ``label`` is one class per example (a classifier) or the token ids themselves (a causal
 LM, whose targets are the next tokens); ``weights`` is None for a classifier and the answer
 mask ``BxL`` for an LM. :func:`view` gives every loss the same per-position frame, so one
-method definition serves both.
+method definition serves both. ``token_mean`` (an LM's, static) makes the NLL terms
+(gradient ascent, the retain term) Hugging Face's loss, the token mean over the micro-batch,
+instead of the mean of per-sequence means; a classifier never sets it.
 """
 import dataclasses
 from typing import Any, Callable, Optional
@@ -25,11 +27,12 @@ class Batch:
   forget_mask: Optional[jax.Array] = None
   target: Optional[jax.Array] = None        # AGE's fixed target labels
   weights: Optional[jax.Array] = None       # an LM's answer mask [B, L]; None: a classifier
+  token_mean: bool = False                  # an LM's NLL as a token mean (see above)
 
 
 jax.tree_util.register_dataclass(
     Batch, data_fields=['inputs', 'label', 'teacher_logits', 'forget_mask', 'target',
-                        'weights'], meta_fields=[])
+                        'weights'], meta_fields=['token_mean'])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,12 +74,26 @@ def per_example_sum(values, weights):
   return values if weights is None else losses.sequence_sum(values, weights)
 
 
-def nll(logits, batch):
-  """Per-example NLL of the batch's own targets (CE of a classifier, answer NLL of an LM)."""
+def token_mean_per_example(values, weights):
+  """``[B]`` values whose mean is the token mean over the whole batch,
+  ``B · Σ_t v·w / Σ_{b,t} w``: Hugging Face's loss of one micro-batch (a batch without answer
+  tokens gives 0 where theirs would be NaN)."""
+  return values.shape[0] * losses.sequence_sum(values, weights) / jnp.maximum(
+      jnp.sum(weights), 1.0)
+
+
+def nll(logits, batch, token_mean=False):
+  """Per-example NLL of the batch's own targets (CE of a classifier, answer NLL of an LM);
+  ``token_mean`` (an LM's): values whose batch mean is the micro-batch's token mean."""
   logits, targets, weights = view(logits, batch)
-  return per_example(losses.cross_entropy(logits, targets), weights)
+  values = losses.cross_entropy(logits, targets)
+  if token_mean and weights is not None:
+    return token_mean_per_example(values, weights)
+  return per_example(values, weights)
 
 
 def retain_loss(inputs, params):
-  """Mean NLL of the retain batch: the descent term every ``*_descent`` method adds."""
-  return jnp.mean(nll(inputs.apply(params, inputs.retain.inputs), inputs.retain))
+  """Mean NLL of the retain batch: the descent term every ``*_descent`` method adds (as the
+  token mean when the batch asks for it, as open-unlearning's ``outputs.loss``)."""
+  retain = inputs.retain
+  return jnp.mean(nll(inputs.apply(params, retain.inputs), retain, retain.token_mean))

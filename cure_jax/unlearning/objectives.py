@@ -12,8 +12,9 @@ from cure_jax.unlearning.batch import nll, per_example, per_example_sum, teacher
 
 
 def gradasc(logits, b, rng, hp):
-  """Gradient ascent: the negated NLL of the example's own targets."""
-  return -nll(logits, b)
+  """Gradient ascent: the negated NLL of the example's own targets (an LM batch with
+  ``token_mean``: values whose mean is the micro-batch's token mean, Hugging Face's loss)."""
+  return -nll(logits, b, b.token_mean)
 
 
 def randlabel(logits, b, rng, hp):
