@@ -298,11 +298,12 @@ def run_unit(study, run, sc, group):
       logging.warning('%s scenario %s seed %d diverged (%s)', name, sc.label, s, row['note'])
     else:
       row.update(_metric_fields(metrics))
-      _keep_margins(study, sc, json_safe(row), metrics)
       if not math.isfinite(metrics['forget_acc']):
         row['note'] = 'no forget-class example in the evaluation split: forget_acc undefined'
         logging.warning('%s scenario %s: %s', name, sc.label, row['note'])
     rows.append(json_safe(row))
+    if metrics is not None:
+      _keep_margins(study, sc, rows[-1], metrics)
   return rows
 
 
