@@ -45,6 +45,7 @@ def get_config(arg=None):
   c.data.num_authors = 9        # 4 reserved (1 holdout author used), 5 fine-tuned
   c.data.qa_per_author = 8
   c.data.forget_pct = 1         # 1 forget author, 4 retain authors
+  c.data.forget_sets = 3        # three forget authors in turn: one original, three retrains
 
   c.finetune.lr = 3e-4
   c.finetune.epochs = 8
@@ -57,8 +58,11 @@ def get_config(arg=None):
   c.unlearn.epochs = 5
   c.unlearn.batch_size = 4
   c.unlearn.log_every = 5
+  c.unlearn.rmu_layer = 7       # open-unlearning's module (of SmolLM2's 30 layers)
+  c.reproduce.runs = lm_config.RUNS + lm_config.OU_RUNS
   if arg == 'names':
     c.unlearn.forget_mask = 'author_names'
+    c.data.forget_sets = 1      # the first set's models of the full job (its model cache)
     # Only the objectives that read the forget mask; the other runs would repeat the full job's.
     c.reproduce.runs = ('undial_descent', 'ghr_descent', 'gsr_descent',
                         'grogu_descent:T=1,w=0.5', 'grogu_descent:T=5,w=0.5',
@@ -89,5 +93,6 @@ def get_config(arg=None):
     c.eval.num_perturbed = 1
     c.eval.num_samples = 1
     c.eval.max_new_tokens = 4
+    c.data.forget_sets = 1
     c.reproduce.runs = ('grogu_descent:T=5,w=0.5',)
   return c

@@ -145,9 +145,14 @@ def get_config(arg=None):
   c.unlearn.decay_norms = False
   c.unlearn.grad_clip = 1.0
   c.unlearn.log_every = 5
+  # RMU as configs/trainer/RMU.yaml:8-13 runs it: layer 7 steered with coefficient 2, every
+  # parameter trained ('.*'; WMDP's three down-projections are our default ''); DPO's beta
+  # 0.1 (DPO.yaml:6) and the retain weights 1 are the core's defaults.
+  c.unlearn.rmu_layer = 7
+  c.unlearn.rmu_params = '.*'
   # Their UNDIAL's alpha (retain weight) is 0 (configs/trainer/UNDIAL.yaml:10).
   c.reproduce.runs = tuple('undial_descent:retain_weight=0' if r == 'undial_descent' else r
-                           for r in lm_config.RUNS)
+                           for r in lm_config.RUNS) + lm_config.OU_RUNS
 
   c.eval.batch_size = 32
   c.eval.retain_items = 400     # TOFU evaluates 400 retain questions

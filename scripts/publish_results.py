@@ -17,6 +17,12 @@ r"""Copies a main-job workdir's generated results into the docs and the README.
   added if absent; the other datasets' sections stay) <- ``WORKDIR/claims.md``.
 Refuses a workdir whose results.json is missing or holds a row that is neither ok nor
 diverged.
+
+An LM job's workdir (``task='lm'``, e.g. ``configs/authors_smollm2.py``) publishes to
+``docs/<name>/`` (results.json, results.md, generations.json; ``<name>``: the checkpoint's
+name up to its first '-', ``smollm2`` for ``smollm2-135m-instruct``) and the README's
+``<!-- results:<name> -->`` block (its table and the line above it saying what the numbers
+are over).
 """
 import glob
 import json
@@ -84,7 +90,32 @@ def _copy_plots(workdir, root, dataset, generated):
   return generated, len(plots)
 
 
+def _publish_lm(workdir, root, data):
+  """An LM job: its files into docs/<name>/ and its table into the README block."""
+  cfg = data['meta'].get('config', {})
+  name = os.path.basename(str(cfg.get('model', {}).get('pretrained') or 'bytelm'))
+  name = name.split('-')[0].lower()
+  target = os.path.join(root, 'docs', name)
+  os.makedirs(target, exist_ok=True)
+  for file in ('results.json', 'results.md', 'generations.json'):
+    if os.path.exists(os.path.join(workdir, file)):
+      shutil.copyfile(os.path.join(workdir, file), os.path.join(target, file))
+  md = open(os.path.join(workdir, 'results.md')).read()
+  start = md.index('Mean ± std')
+  end = md.find('\n\n', md.index('| Method | Variant'))
+  readme_path = os.path.join(root, 'README.md')
+  readme = _block(open(readme_path).read(), f'results:{name}',
+                  md[start:end if end >= 0 else len(md)].strip(), 'README.md')
+  open(readme_path, 'w').write(readme)
+  print(f'published {len(data["rows"])} LM rows from {workdir} to docs/{name}/')
+
+
 def publish(workdir, root=ROOT):
+  rows_path = os.path.join(workdir, 'results.json')
+  if os.path.exists(rows_path):
+    data = json.load(open(rows_path))
+    if data.get('meta', {}).get('config', {}).get('task') == 'lm':
+      return _publish_lm(workdir, root, data)
   rows_path, data = _load(workdir)
   dataset = data['meta']['config']['data']['name']
   generated = open(os.path.join(workdir, 'results.md')).read().strip()

@@ -19,6 +19,14 @@ SAME_PATH_TWINS = ('randlabel_descent', 'delete_descent', 'npo_descent', 'simnpo
                    'wga_descent', 'satimp_descent', 'ceu_descent')
 
 
+def step_methods():
+  """The registry's methods a classifier or a user's step runs (the LM-only ones, which
+  read preferred answers or a layer's activations, have their own tests), twins left out."""
+  from cure_jax.unlearning import methods  # pylint: disable=g-import-not-at-top
+  return sorted(n for n, m in methods.REGISTRY.items()
+                if not m.lm_only and n not in SAME_PATH_TWINS)
+
+
 def smoke_config(**train_overrides):
   config = digits_config.get_config('smoke')
   config.train.epochs = 1

@@ -70,7 +70,9 @@ def test_config_guards():
   config = _load_config('authors_smollm2', None)
   assert config.model.pretrained == 'smollm2-135m-instruct'
   assert not config.data.train_utility_sets and config.data.template == 'chat'
-  assert len(config.reproduce.runs) == 10
+  assert len(config.reproduce.runs) == 16 and config.data.forget_sets == 3
+  assert {'rmu_descent', 'dpo_descent', 'idkdpo_descent', 'wga_descent'} <= set(
+      config.reproduce.runs)
   assert _load_config('authors_smollm2', 'names').unlearn.forget_mask == 'author_names'
   with pytest.raises(ValueError, match='variant'):
     _load_config('authors_smollm2', 'big')

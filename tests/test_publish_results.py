@@ -100,3 +100,25 @@ def test_another_dataset_goes_beside_the_main_one(tmp_path):
   doc = (root / 'docs' / 'results_toy.md').read_text()
   assert doc.startswith('# Toy\n\nHand-written toy head.\n\n## toy: scenarios 1') and 'OLD' not in doc
   assert json.loads((root / 'docs' / 'results_toy.json').read_text())['rows'][0]['method'] == 'ghr'
+
+
+def test_an_lm_job_goes_to_its_docs_folder_and_readme_block(tmp_path):
+  root, work, script = _tree(tmp_path)
+  readme = (root / 'README.md').read_text()
+  (root / 'README.md').write_text(readme + '\n<!-- results:smollm2 -->\nold\n'
+                                  '<!-- /results:smollm2 -->\nAfter.\n')
+  (work / 'claims.md').unlink()   # an LM job writes none
+  (work / 'results.md').write_text(
+      '## LLM (title)\n\nMean ± std over 3 forget sets × unlearning seeds (x).\n\n'
+      '| Method | Variant | Runs | ES |\n|---|---|---|---|\n| rmu_descent | c=2 | 3 | 0.1 ± 0.0 |\n')
+  (work / 'generations.json').write_text('[]')
+  (work / 'results.json').write_text(json.dumps(
+      {'meta': {'config': {'task': 'lm', 'model': {'pretrained': 'smollm2-135m-instruct'}}},
+       'rows': [{'method': 'rmu_descent'}]}))
+  subprocess.run([sys.executable, str(script), str(work)], check=True, capture_output=True)
+  readme = (root / 'README.md').read_text()
+  block = readme[readme.index('<!-- results:smollm2 -->'):readme.index('<!-- /results:smollm2 -->')]
+  assert 'Mean ± std over 3 forget sets' in block and '| rmu_descent | c=2 | 3 |' in block
+  assert 'old' not in block and readme.endswith('After.\n') and '| ghr | 1 | 0.1 |' in readme
+  for name in ('results.json', 'results.md', 'generations.json'):
+    assert (root / 'docs' / 'smollm2' / name).read_text() == (work / name).read_text()

@@ -93,7 +93,7 @@ def _flat(tree):
 
 
 @pytest.mark.parametrize('model', ['MLP', 'TinyViT'])
-@pytest.mark.parametrize('name', sorted(set(methods.REGISTRY) - set(helpers.SAME_PATH_TWINS)))
+@pytest.mark.parametrize('name', helpers.step_methods())
 def test_every_method_runs_on_user_models(setups, model, name):
   apply_fn, params = setups[model]
   forget, retain = _batches()

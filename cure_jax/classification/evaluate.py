@@ -210,6 +210,16 @@ def save_margins(directory, row, margins, sets_digest):
                      files.to_json(record))
 
 
+def keep_margins(directory, sets, row, metrics):
+  """Pops the KLOM margins out of ``metrics`` (they are no row field) and, when the study
+  keeps margins (``directory`` set), writes them under the model's ``row`` before the row is
+  logged: a resumed sweep finds them beside the logged unit. ``sets``: the scenario's
+  :class:`KlomSets`."""
+  margins = metrics.pop('klom_margins', None)
+  if margins is not None and directory:
+    save_margins(directory, row, margins, sets.digest)
+
+
 def load_margins(directory, row):
   """``(sets digest, {set: float32 margins})`` of the model of ``row``; None if not
   recorded (a run logged before KLOM was)."""

@@ -173,14 +173,6 @@ def make_study(config, workdir, split='test', kinds=('original', 'retrain'), n_r
                os.path.join(workdir, evaluate.MARGINS_DIR) if keep_margins else None)
 
 
-def _keep_margins(study, sc, row, metrics):
-  """Writes the KLOM margins in ``metrics`` (if any) under the model's row, before the row
-  is logged: a resumed sweep finds them beside the logged unit."""
-  margins = metrics.pop('klom_margins', None)
-  if margins is not None and study.margins_dir:
-    evaluate.save_margins(study.margins_dir, row, margins, sc.klom_sets.digest)
-
-
 def reference_rows(study):
   """Rows of the original and retrain models, per scenario and model seed."""
   rows = []
@@ -198,7 +190,7 @@ def reference_rows(study):
             'time_ratio': 1.0 if kind == 'retrain' and train_s else None,
             'model_fingerprint': {kind: model.fingerprint},
             'forget_classes': list(sc.forget_classes)}))
-        _keep_margins(study, sc, rows[-1], m)
+        evaluate.keep_margins(study.margins_dir, sc.klom_sets, rows[-1], m)
   return rows
 
 
@@ -303,7 +295,7 @@ def run_unit(study, run, sc, group):
         logging.warning('%s scenario %s: %s', name, sc.label, row['note'])
     rows.append(json_safe(row))
     if metrics is not None:
-      _keep_margins(study, sc, rows[-1], metrics)
+      evaluate.keep_margins(study.margins_dir, sc.klom_sets, rows[-1], metrics)
   return rows
 
 

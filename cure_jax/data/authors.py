@@ -76,7 +76,7 @@ def num_split_authors(num_authors, forget_pct):
   return max(MIN_FORGET_AUTHORS[forget_pct], round(forget_pct * num_authors / 100))
 
 
-def make_splits(items, forget_pct):
+def make_splits(items, forget_pct, forget_set=0):
   """TOFU-style splits of author QA ``items`` (e.g. from :func:`generate_authors`), by author.
 
   With ``N`` authors in order of appearance and ``k_p = max({1: 1, 5: 2, 10: 4}[p],
@@ -92,6 +92,10 @@ def make_splits(items, forget_pct):
   - ``world_facts`` and ``real_authors``: the hand-written utility sets.
 
   With 40 authors: 4 holdout, 36 in ``full``, forget = 1/2/4 authors.
+
+  ``forget_set = k > 0`` forgets the ``k``-th block of ``k_p`` authors before those instead
+  (``full`` and ``holdout`` unchanged, so one original model serves every forget set); at
+  least one retain author must remain.
   """
   authors = author_order(items)
   num_reserved = num_split_authors(len(authors), 10)
@@ -101,7 +105,12 @@ def make_splits(items, forget_pct):
                      f'held out and up to {num_reserved} forgotten, so at least '
                      f'{2 * num_reserved + 1} are needed; raise num_authors.')
   trained = authors[:-num_reserved]
-  forget_authors = set(trained[-num_forget:])
+  end = len(trained) - forget_set * num_forget
+  if forget_set < 0 or end - num_forget < 1:
+    raise ValueError(f'forget_set={forget_set}: {len(trained)} fine-tuned authors hold '
+                     f'{(len(trained) - 1) // num_forget} forget sets of {num_forget} author(s) '
+                     'beside a retain author; raise num_authors or use fewer forget sets.')
+  forget_authors = set(trained[end - num_forget:end])
   holdout_authors = set(authors[-num_reserved:][:num_forget])
   trained = set(trained)
   full = [item for item in items if item['author'] in trained]

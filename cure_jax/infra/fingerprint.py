@@ -17,6 +17,8 @@ import subprocess
 
 import jax
 
+from cure_jax.infra import recipe_switches
+
 # Bump when a change of the training code changes what a given config trains.
 TRAIN_CODE_VERSION = 2
 # Training settings that cannot change the trained parameters.
@@ -57,8 +59,7 @@ def model_settings(config, kind, seed, forget_classes, data_digest):
 _FINETUNE_COSMETIC = ('log_every', 'checkpoint_every')
 # Fine-tuning switches added after models were keyed, at the values that were the only
 # behaviour before them: such a model is the one trained before, so it keeps its fingerprint.
-_FINETUNE_BEFORE_SWITCHES = {'lr_schedule': 'cosine', 'drop_last': True, 'decay_norms': True,
-                             'adam_b2': 0.98}
+_FINETUNE_BEFORE_SWITCHES = recipe_switches.FINETUNE
 
 
 # Content digests of embedded pretrained checkpoints whose fine-tuned models were keyed
@@ -79,6 +80,7 @@ def lm_model_settings(config, kind, architecture, template, items, weights_diges
   data.pop('data_dir', None)  # where the files live; the items digest covers what they hold
   for key in ('chat_date', 'chat_system'):  # they show in the resolved template, keyed below
     data.pop(key, None)
+  data.pop('forget_sets', None)  # how many are studied; the items digest says which one
   model = {k: v for k, v in config.model.to_dict().items()
            if k not in ('sharding', 'original', 'retrain')}  # placement, other models
   finetune = {k: v for k, v in config.finetune.to_dict().items()

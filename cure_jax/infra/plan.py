@@ -28,7 +28,8 @@ from cure_jax.unlearning import hparams, methods
 # Short names a run spec may use, and the ones its label shows ('T=5,w=10').
 ALIASES = {'T': ('temperature',), 'w': ('w_h', 'w_s')}
 SHORT_NAMES = {'npo_beta': 'beta', 'simnpo_beta': 'beta', 'simnpo_delta': 'delta',
-               'simnpo_gamma': 'gamma', 'undial_strength': 'beta', 'temperature': 'T'}
+               'simnpo_gamma': 'gamma', 'undial_strength': 'beta', 'temperature': 'T',
+               'dpo_beta': 'beta', 'rmu_steering': 'c'}
 # Names of the former LM-only registry that no longer exist.
 RENAMED_METHODS = {'graddiff': 'gradasc_descent'}
 # Numeric method hyperparameters a run spec may set (the learning rate is set per sweep).
@@ -136,6 +137,10 @@ def runs(config, cli_keys=frozenset(), entries=None):
   out, seen = [], set()
   for name, settings, typed in _entries(config, frozenset(cli_keys), entries):
     method = methods.get(name)
+    if method.lm_only and config.get('task') != 'lm':
+      raise ValueError(f'Method {name!r} reads preferred answers or a layer\'s activations, '
+                       'which only the LM loop supplies; run it with an LM config '
+                       '(configs/authors.py, configs/tofu.py).')
     run = Run(name, method,
               effective_hparams(config.unlearn, name, method, settings, cli_keys, typed))
     ident = (name, fingerprint.digest(run.record))

@@ -190,3 +190,31 @@ def render_template_string(chat_template, system=None, bos_token='', eos_token='
                      'prompt unchanged exactly once; set config.data.chat_template to one of '
                      f'{list(TEMPLATE_NAMES)} to use a built-in format.')
   return _escape(text).replace(_QUESTION_MARK, '{question}')
+
+
+# --- a loaded checkpoint's prompts (the methods of cure_jax.lm.pretrained.Pretrained) --------
+
+def special_tokens(tokenizer):
+  """The ``bos_token``/``eos_token`` texts a checkpoint's template renders with. bos: only the
+  one the data code prepends ('' when the checkpoint adds none)."""
+  text = tokenizer.tokenizer.id_to_token
+  return {'bos_token': '' if tokenizer.bos_id is None else text(tokenizer.bos_id),
+          'eos_token': text(tokenizer.eos_id)}
+
+
+def checkpoint_prompt(lm, question, template=None, system=None):
+  """``question`` as the checkpoint ``lm`` (a loaded ``Pretrained``) would prompt it: its
+  jinja template, as transformers renders it, or the hand-written format ``template`` / the
+  one forced at load, which win over the checkpoint's own."""
+  if template or lm.chat_template_forced or not lm.chat_template_source:
+    return format_prompt(template or lm.chat_template, question, system)
+  return render(lm.chat_template_source, question, system, **special_tokens(lm.tokenizer))
+
+
+def checkpoint_template_string(lm, system=None, date_string=None):
+  """:func:`checkpoint_prompt` as a ``str.format`` template with ``{question}`` (the form the
+  data code takes); ``date_string`` fixes a template's date line (:func:`render`)."""
+  if lm.chat_template_forced or not lm.chat_template_source:
+    return template_string(lm.chat_template, system)
+  return render_template_string(lm.chat_template_source, system, date_string=date_string,
+                                **special_tokens(lm.tokenizer))

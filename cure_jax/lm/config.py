@@ -34,6 +34,11 @@ from cure_jax.unlearning import hparams
 RUNS = ('gradasc', 'gradasc_descent', 'npo_descent', 'simnpo_descent', 'undial_descent',
         'ghr_descent', 'gsr_descent', 'grogu_descent:T=1,w=0.5', 'grogu_descent:T=5,w=0.5',
         'grogu_descent:T=5,w=10')
+# open-unlearning's other trainers as their configs run them: WGA, SatImp, RMU and DPO with
+# the retain term (their GradDiff base), CE-U without (their UnlearnTrainer base); DPO here
+# prefers a perturbed answer, IdkDPO a refusal (their idk experiment).
+OU_RUNS = ('wga_descent', 'satimp_descent', 'ceu', 'rmu_descent', 'dpo_descent',
+           'idkdpo_descent')
 
 
 def get_config(arg=None):
@@ -74,6 +79,10 @@ def get_config(arg=None):
   c.data.num_authors = 20
   c.data.qa_per_author = 20
   c.data.forget_pct = 5       # 1 | 5 | 10 (20 authors, 5%: 2 forget authors)
+  # Forget sets studied (generated authors only): set k forgets the k-th block of forget_pct
+  # authors from the end of the fine-tuning authors. The original is fine-tuned once, a
+  # retrain model per set; rows carry 'forget_set' and the table is mean ± std over them.
+  c.data.forget_sets = 1
   c.data.seed = 0
   # Prompt: a str.format template with {question}, or 'chat' for the checkpoint's chat
   # template (config.data.chat_template overrides which one).
@@ -140,6 +149,15 @@ def get_config(arg=None):
   c.unlearn.undial_positions = 'answer'
   c.unlearn.decay_norms = True
   c.unlearn.grad_clip = 0.0
+  # RMU (rmu, rmu_descent): the decoder layer whose output is steered (open-unlearning's
+  # module_regex model.layers.7) and the parameters that train, a regular expression over
+  # paths such as 'layers_7/mlp/down_proj/kernel' ('' = the MLP down-projections of that
+  # layer and the two below it, WMDP's choice; '.*' = all, open-unlearning's RMU.yaml).
+  c.unlearn.rmu_layer = 7
+  c.unlearn.rmu_params = ''
+  # IdkDPO's refusals: a text file, one per line (open-unlearning's data/idk.jsonl layout);
+  # '' = cure-jax's own set (cure_jax/data/refusals.py).
+  c.unlearn.idk_path = ''
   c.unlearn.log_every = 10
 
   c.reproduce = ml_collections.ConfigDict()

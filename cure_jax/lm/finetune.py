@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cure_jax.infra import sharding, train_state, trainer
+from cure_jax.infra import recipe_switches, sharding, train_state, trainer
 from cure_jax.unlearning import losses
 
 KINDS = ('original', 'retrain')
@@ -36,15 +36,9 @@ def warmup_steps(fraction, total_steps):
   return 0 if fraction == 0 else max(1, int(fraction * total_steps))
 
 
-# The open-unlearning recipe switches (config.py documents each) at the values that keep
-# this fine-tuning's own behaviour, for settings written before the switches existed.
-RECIPE_DEFAULTS = {'lr_schedule': 'cosine', 'drop_last': True, 'decay_norms': True,
-                   'adam_b2': 0.98}
-
-
-def recipe(cfg, key):
-  """``cfg.<key>`` of a recipe switch, its :data:`RECIPE_DEFAULTS` value where absent."""
-  return getattr(cfg, key, RECIPE_DEFAULTS[key])
+# The recipe switches at the values that keep this fine-tuning's own behaviour.
+RECIPE_DEFAULTS = recipe_switches.FINETUNE
+recipe = recipe_switches.reader(RECIPE_DEFAULTS)
 
 
 def hf_linear_schedule(lr, warmup, total_steps):

@@ -82,26 +82,13 @@ class Pretrained:
   chat_template_forced: bool = False
 
   def format_prompt(self, question, template=None, system=None):
-    """``question`` as the checkpoint's tokenizer would prompt it (its jinja template, as
-    transformers renders it), or in the hand-written format ``template`` / the forced one."""
-    if template or self.chat_template_forced or not self.chat_template_source:
-      return chat.format_prompt(template or self.chat_template, question, system)
-    return chat.render(self.chat_template_source, question, system, **self._special_tokens())
+    """``question`` as this checkpoint prompts it (:func:`cure_jax.lm.chat.checkpoint_prompt`)."""
+    return chat.checkpoint_prompt(self, question, template, system)
 
   def template_string(self, system=None, date_string=None):
-    """:meth:`format_prompt` as a ``str.format`` template with ``{question}`` (data code
-    form); ``date_string`` fixes a template's date line (:func:`chat.render`)."""
-    if self.chat_template_forced or not self.chat_template_source:
-      return chat.template_string(self.chat_template, system)
-    return chat.render_template_string(self.chat_template_source, system,
-                                       date_string=date_string, **self._special_tokens())
-
-  def _special_tokens(self):
-    # bos: only the one the data code prepends ('' when the checkpoint adds none).
-    tok = self.tokenizer
-    text = tok.tokenizer.id_to_token
-    return {'bos_token': '' if tok.bos_id is None else text(tok.bos_id),
-            'eos_token': text(tok.eos_id)}
+    """:meth:`format_prompt` as the data code's ``str.format`` template
+    (:func:`cure_jax.lm.chat.checkpoint_template_string`)."""
+    return chat.checkpoint_template_string(self, system, date_string)
 
 
 cache_dir = content_digest.cache_dir

@@ -46,13 +46,17 @@ def summarize(rows):
 
 def markdown_table(rows, title):
   columns = _columns(rows)
+  sets = len({r['forget_set'] for r in rows if 'forget_set' in r})
+  over, count = ((f'{sets} forget sets × unlearning seeds (the original model fine-tuned once, '
+                  'a retrain model per set)', 'Runs') if sets > 1 else
+                 ('unlearning seeds', 'Seeds'))
   lines = [f'## {title}', '',
-           'Mean ± std over unlearning seeds (TOFU metrics, open-unlearning definitions). ES, '
+           f'Mean ± std over {over} (TOFU metrics, open-unlearning definitions). ES, '
            'QA Prob and QA ROUGE on the forget split; model utility = harmonic mean of QA prob, '
            'ROUGE and truth ratio on retain, real-authors and world-facts; forget quality = '
            'KS-test p-value of forget truth ratios against the retrain model; privleak = '
            'min-k% (k=0.4) MIA AUC of forget vs holdout relative to the retrain model.', '',
-           '| Method | Variant | Seeds | ' + ' | '.join(label for _, label in columns) + ' |',
+           f'| Method | Variant | {count} | ' + ' | '.join(label for _, label in columns) + ' |',
            '|---|---|---|' + '---|' * len(columns)]
   for method, variant, n, stats in summarize(rows):
     cells = []

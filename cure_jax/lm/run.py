@@ -76,8 +76,9 @@ class References:
   samples: list          # forget questions whose generations go to generations.json
 
 
-def _references(config, workdir, lm, splits, evaluator, retain_logs=None):
-  """Fine-tunes (or reuses) and evaluates the original and retrain models.
+def _references(config, workdir, out, lm, splits, evaluator, retain_logs=None):
+  """Fine-tunes (or reuses: models live in ``workdir``'s cache) and evaluates the original
+  and retrain models; their open-unlearning files go to ``out``.
 
   Forget quality and privleak compare with the retrain model (its own row: 1 and 0), or
   with ``retain_logs`` (:class:`cure_jax.lm.ou_files.RetainLogs`) for every row, the
@@ -105,7 +106,7 @@ def _references(config, workdir, lm, splits, evaluator, retain_logs=None):
   original = evaluator.evaluate(params['original'], truth_ratios, auc)
   rows.insert(0, _row('original', '', config.seed, original, time.time() - t, extra))
   for kind, result in (('original', original), ('retrain', retrain)):
-    ou_files.write(ou_files.run_directory(workdir, kind, '', config.seed), result)
+    ou_files.write(ou_files.run_directory(out, kind, '', config.seed), result)
   shown = min(config.eval.num_samples, len(splits['forget']))
   samples = [{'question': item['question'], 'answer': item['answer'],
               'original': original['splits']['forget']['generations'][i],
@@ -133,7 +134,27 @@ def _export(config, workdir, lm, params, run, seed):
   return os.path.relpath(path, workdir)
 
 
-def _sweep(config, workdir, runs, lm, data, evaluator, refs):
+def _model_fns(config, lm, runs):
+  """``(apply_fn, represent_fn)`` made once per job, so the compiled unlearning steps
+  (cached by these functions) serve every forget set."""
+  model, layer = lm.model, int(config.unlearn.rmu_layer)
+  if any(r.method.represents for r in runs) and layer >= model.config.num_layers:
+    raise ValueError(f'config.unlearn.rmu_layer={layer}: the model has '
+                     f'{model.config.num_layers} decoder layers (0..{model.config.num_layers - 1}).')
+  return (lambda p, tokens: model.apply({'params': p}, tokens),
+          lambda p, tokens: model.apply({'params': p}, tokens, hidden_layer=layer))
+
+
+def _unlearn_one(config, r, seed, refs, data, fns):
+  method = r.method
+  return unlearn.unlearn(fns[0], refs.params['original'], data['forget'], data['retain'],
+                         r.hparams, r.name, seed, mode=config.model.sharding,
+                         forget_ids=data['names'],
+                         alternate=data['alternate'].get(method.alternate),
+                         represent_fn=fns[1] if method.represents else None)
+
+
+def _sweep(config, workdir, runs, lm, data, evaluator, refs, fns):
   """Every run × seed from the original model (finished ones from ``runs.jsonl``)."""
   fps = refs.rows[0]['model_fingerprint']
   keyed = fps
@@ -141,7 +162,6 @@ def _sweep(config, workdir, runs, lm, data, evaluator, refs):
     keyed = dict(fps, retain_logs=fingerprint.digest([list(map(float, refs.truth_ratios)),
                                                       refs.retrain_auc]))
   log = sweep_log.SweepLog(os.path.join(workdir, 'runs.jsonl'), sweep_key(config, keyed))
-  apply_fn = lambda p, tokens: lm.model.apply({'params': p}, tokens)
   rows, seconds = [], {'unlearn': 0.0, 'evaluate': 0.0}
   for r in runs:
     logging.info('%s %s: effective hyperparameters %s', r.name, r.variant, r.record)
@@ -150,9 +170,7 @@ def _sweep(config, workdir, runs, lm, data, evaluator, refs):
       done = log.get(unit)
       if done is None:
         t = time.time()
-        new_params = unlearn.unlearn(apply_fn, refs.params['original'], data['forget'],
-                                     data['retain'], r.hparams, r.name, seed,
-                                     mode=config.model.sharding, forget_ids=data['names'])
+        new_params = _unlearn_one(config, r, seed, refs, data, fns)
         t_eval = time.time()
         result = evaluator.evaluate(new_params, refs.truth_ratios, refs.retrain_auc)
         seconds['unlearn'] += t_eval - t
@@ -190,47 +208,89 @@ def _retain_logs(config, evaluator):
   return logs
 
 
-def run(config, workdir, cli_keys=frozenset()):
-  """Runs ``config.mode``; returns the result rows (unlearn / reproduce) or None.
-
-  ``cli_keys``: dotted config keys given on the command line (the precedence rule of
-  :mod:`cure_jax.infra.plan`). ``config`` is checked
-  as :func:`cure_jax.infra.entry.run` checks it (a lookup when that already did).
-  """
-  validation.validate(config, workdir)
+def _forget_set(config, workdir, k, lm, runs, fns):
+  """Forget set ``k``: its splits, references and sweep; outputs in ``out`` (the workdir
+  itself for a one-set job, else ``WORKDIR/forget_set<k>``). Returns (reference rows, run
+  rows, samples, out, seconds, forget authors)."""
   start = time.time()
-  splits = study.load_splits(config.data)
-  lm = setup.load_model(config)
-  if config.mode in ('train_original', 'train_retrain'):
-    study.finetuned(config, workdir, config.mode.split('_')[1], lm.model, lm.tokenizer,
-                    splits, lm)
-    return None
-  runs = plan.runs(config, cli_keys)
+  out = workdir if config.data.forget_sets == 1 else os.path.join(workdir, f'forget_set{k}')
+  os.makedirs(out, exist_ok=True)
+  splits = study.load_splits(config.data, k)
   # Encode before any training: an answer too long for the context fails in seconds.
   data = {name: finetune.trim(study.encode(lm.tokenizer, splits[name], config, lm.template))
           for name in ('forget', 'retain')}
   data['names'] = study.forget_ids(config, lm.tokenizer, splits)
+  data['alternate'] = {kind: study.alternates(lm.tokenizer, splits['forget'], config,
+                                              lm.template, kind)
+                       for kind in sorted({r.method.alternate for r in runs} - {None})}
   evaluator = evaluate.Evaluator(lm.model, lm.tokenizer, study.eval_splits(splits, config),
                                  lm.template, config.eval.batch_size, config.eval.max_new_tokens,
                                  config.model.max_len, config.eval.num_perturbed)
   retain_logs = _retain_logs(config, evaluator)
-  refs = _references(config, workdir, lm, splits, evaluator, retain_logs)
-  reference_s = time.time() - start
-  rows, seconds = _sweep(config, workdir, runs, lm, data, evaluator, refs)
-  forget_authors = len({item['author'] for item in splits['forget']})
-  title = (f'LLM concept unlearning ({config.data.source}, '
-           f'{config.model.pretrained or "byte-level LM"}, '
-           f'split forget{config.data.forget_pct:02d} ({forget_authors} forget authors), '
-           f'forget mask {config.unlearn.forget_mask})')
-  if retain_logs is not None:   # the table's text otherwise says: against the retrain model
-    title += f'; forget quality and privleak against the retain logs {retain_logs.path}'
-  table = report.write_report(refs.rows + rows, workdir, samples=refs.samples, title=title,
-                              meta=fingerprint.run_metadata(config, refs.infos.values(),
-                                                            cli_keys))
+  refs = _references(config, workdir, out, lm, splits, evaluator, retain_logs)
+  seconds = {'references': time.time() - start}
+  rows, sweep_s = _sweep(config, out, runs, lm, data, evaluator, refs, fns)
+  seconds.update(sweep_s)
+  authors = sorted({item['author'] for item in splits['forget']})
+  if config.data.forget_sets > 1:
+    for row in refs.rows + rows:
+      row['forget_set'] = k
+    for sample in refs.samples:
+      sample['forget_set'] = k
+  return refs, rows, out, seconds, authors
+
+
+def run(config, workdir, cli_keys=frozenset()):
+  """Runs ``config.mode``; returns the result rows (unlearn / reproduce) or None.
+
+  ``cli_keys``: dotted config keys given on the command line (the precedence rule of
+  :mod:`cure_jax.infra.plan`). ``config`` is checked as :func:`cure_jax.infra.entry.run`
+  checks it (a lookup when that already did). With ``config.data.forget_sets > 1`` every
+  forget set runs in ``WORKDIR/forget_set<k>`` (its own results and files) on the one
+  fine-tuned original, and ``WORKDIR/results.*`` gather all rows: mean ± std over sets.
+  """
+  validation.validate(config, workdir)
+  start = time.time()
+  lm = setup.load_model(config)
+  if config.mode in ('train_original', 'train_retrain'):
+    study.finetuned(config, workdir, config.mode.split('_')[1], lm.model, lm.tokenizer,
+                    study.load_splits(config.data), lm)
+    return None
+  runs = plan.runs(config, cli_keys)
+  fns = _model_fns(config, lm, runs)
+  all_rows, samples, infos, seconds, forgotten = [], [], [], {}, []
+  for k in range(config.data.forget_sets):
+    refs, rows, out, set_s, authors = _forget_set(config, workdir, k, lm, runs, fns)
+    all_rows += refs.rows + rows
+    samples += refs.samples
+    infos += list(refs.infos.values())
+    forgotten.append(', '.join(authors))
+    for key, value in set_s.items():
+      seconds[key] = seconds.get(key, 0.0) + value
+    if config.data.forget_sets > 1:   # each set's own table beside its files
+      report.write_report(refs.rows + rows, out, samples=refs.samples,
+                          title=_title(config, [forgotten[-1]], k))
+  title = _title(config, forgotten, None)
+  table = report.write_report(all_rows, workdir, samples=samples, title=title,
+                              meta=fingerprint.run_metadata(config, infos, cli_keys))
   logging.info('%s mode finished in %.0fs: fine-tuning (or loading) and reference '
                'evaluations %.0fs, unlearning %.0fs, evaluations of unlearned models %.0fs',
-               config.mode, time.time() - start, reference_s, seconds['unlearn'],
+               config.mode, time.time() - start, seconds['references'], seconds['unlearn'],
                seconds['evaluate'])
   print(table)
   print(f'Full report: {os.path.join(workdir, "results.md")}', flush=True)
-  return refs.rows + rows
+  return all_rows
+
+
+def _title(config, forgotten, k):
+  """The report's heading: data, model, split, the forget authors of each set, mask."""
+  sets = (f'forget set {k}: {forgotten[0]}' if k is not None else
+          '; '.join(f'set {i}: {a}' for i, a in enumerate(forgotten)) if len(forgotten) > 1
+          else f'forget authors: {forgotten[0]}')
+  title = (f'LLM concept unlearning ({config.data.source}, '
+           f'{config.model.pretrained or "byte-level LM"}, '
+           f'split forget{config.data.forget_pct:02d} ({sets}), '
+           f'forget mask {config.unlearn.forget_mask})')
+  if config.eval.retain_logs:   # the table's text otherwise says: against the retrain model
+    title += f'; forget quality and privleak against the retain logs {config.eval.retain_logs}'
+  return title

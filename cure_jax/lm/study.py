@@ -4,16 +4,19 @@ author names."""
 
 from absl import logging
 
-from cure_jax.data import authors, tofu as tofu_data
+from cure_jax.data import authors, refusals, tofu as tofu_data
 from cure_jax.infra import fingerprint, trainer
 from cure_jax.lm import finetune, pretrained, setup
 
 
-def load_splits(data_cfg):
-  """The TOFU split dict from the embedded generator or a local TOFU copy."""
+def load_splits(data_cfg, forget_set=0):
+  """The TOFU split dict from the embedded generator (forget set ``forget_set``) or a local
+  TOFU copy."""
   if data_cfg.source == 'authors':
     items = authors.generate_authors(data_cfg.num_authors, data_cfg.qa_per_author, data_cfg.seed)
-    splits = authors.make_splits(items, data_cfg.forget_pct)
+    splits = authors.make_splits(items, data_cfg.forget_pct, forget_set)
+    if forget_set:   # names the retrain model's set (set 0 keeps the fingerprints it had)
+      splits['forget_set'] = forget_set
   elif data_cfg.source == 'tofu':
     if not data_cfg.data_dir:
       raise ValueError("config.data.source='tofu' needs config.data.data_dir (a local copy of "
@@ -56,6 +59,8 @@ def model_info(config, workdir, kind, lm, splits):
   weights = pretrained.weights_digest(config.model.pretrained) if config.model.pretrained else ''
   settings = fingerprint.lm_model_settings(config, kind, architecture, lm.template,
                                            train_sets(splits, config)[kind], weights)
+  if kind == 'retrain' and splits.get('forget_set'):
+    settings['forget_set'] = splits['forget_set']   # another set's retrain, not a changed one
   fp = fingerprint.model_fingerprint(settings)
   return {'fingerprint': fp, 'settings': settings,
           'directory': trainer.model_dir(config, workdir, settings)}
@@ -107,3 +112,23 @@ def forget_ids(config, tokenizer, splits):
     ids.update(tokenizer.encode(name))
     ids.update(tokenizer.encode(' ' + name))
   return tuple(sorted(i for i in ids if tokenizer.decode([i]).strip()))
+
+
+def alternates(tokenizer, items, config, template, kind):
+  """The forget ``items`` with their preferred answers for DPO (``kind='perturbed'``: each
+  item's perturbed answers) or IdkDPO (``'idk'``: every refusal of
+  :func:`cure_jax.data.refusals.load_refusals`), encoded ``tokens`` / ``loss_mask`` ``[N, A,
+  L]`` with ``A`` options per item (for perturbed answers, the fewest any item has)."""
+  if kind == 'idk':
+    options = refusals.load_refusals(config.unlearn.idk_path)
+    rows = [dict(item, alternates=options) for item in items]
+  else:
+    count = min(len(item.get('perturbed_answer') or []) for item in items)
+    if count == 0:
+      raise ValueError('DPO prefers a perturbed answer, but a forget item has none; use '
+                       'idkdpo (refusals) or items with perturbed answers.')
+    rows = [dict(item, alternates=list(item['perturbed_answer'][:count])) for item in items]
+  encoded = finetune.trim(tofu_data.encode_answers(tokenizer, rows, config.model.max_len,
+                                                   'alternates', template))
+  n = len(rows)
+  return {k: encoded[k].reshape((n, -1) + encoded[k].shape[1:]) for k in ('tokens', 'loss_mask')}

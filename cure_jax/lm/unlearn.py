@@ -18,6 +18,7 @@ gradient clipping; their defaults keep this loop's published behaviour.
 """
 import dataclasses
 import functools
+import re
 import types
 
 import jax
@@ -25,9 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cure_jax.infra import progress, sharding, train_state
+from cure_jax.infra import progress, recipe_switches, sharding, train_state
 from cure_jax.lm import finetune
-from cure_jax.unlearning import hparams as hparams_lib, losses, methods, step as step_lib
+from cure_jax.lm.unlearn_batches import batch_size_for, paired_batches, stream_batches
+from cure_jax.unlearning import hparams as hparams_lib, losses, methods, rmu, step as step_lib
 from cure_jax.unlearning.batch import Batch
 
 
@@ -46,24 +48,34 @@ def get_method(name):
   return method
 
 
-# The open-unlearning recipe switches (config.py documents each) at the values that keep
-# this loop's own behaviour, for unlearning settings written before the switches existed.
-RECIPE_DEFAULTS = {'lr_schedule': 'constant', 'drop_last': True, 'loss_mean': 'sequence',
-                   'undial_positions': 'answer', 'decay_norms': True, 'grad_clip': 0.0}
+# The recipe switches at the values that keep this loop's own behaviour.
+RECIPE_DEFAULTS = recipe_switches.UNLEARN
+recipe = recipe_switches.reader(RECIPE_DEFAULTS)
 UNDIAL = ('undial', 'undial_descent')
 
 
-def recipe(cfg, key):
-  """``cfg.<key>`` of a recipe switch, its :data:`RECIPE_DEFAULTS` value where absent."""
-  return getattr(cfg, key, RECIPE_DEFAULTS[key])
+def param_path(path):
+  """A parameter's name, its keys joined by '/' (``layers_7/mlp/down_proj/kernel``)."""
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path)
 
 
-def make_optimizer(cfg, total_steps):
+def trainable_labels(params, pattern):
+  """``'train'`` for the parameters whose :func:`param_path` fully matches the regular
+  expression ``pattern``, ``'frozen'`` for the others (RMU's chosen layers)."""
+  regex = re.compile(pattern)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: 'train' if regex.fullmatch(param_path(path)) else 'frozen', params)
+
+
+def make_optimizer(cfg, total_steps, trainable=None):
   """AdamW (open-unlearning's TOFU choice) or SGD after a linear warm-up from 0
   (``warmup_fraction=0``: the full learning rate from the first step), then constant
   (``lr_schedule='constant'``) or Hugging Face's linear decay to 0 (``'linear'``);
   ``decay_norms=False`` spares norm scales and biases from weight decay, ``grad_clip > 0``
-  clips the (accumulated) gradient's global norm first, as HF's ``max_grad_norm``."""
+  clips the (accumulated) gradient's global norm first, as HF's ``max_grad_norm``.
+  ``trainable``: a regular expression over :func:`param_path`; only the parameters it
+  matches train (the others keep their values, no optimizer state, and their gradients
+  count in no clipping norm: PyTorch's ``requires_grad=False``)."""
   warmup = finetune.warmup_steps(cfg.warmup_fraction, total_steps)
   if recipe(cfg, 'lr_schedule') == 'linear':
     schedule = finetune.hf_linear_schedule(cfg.lr, warmup, total_steps)
@@ -80,15 +92,21 @@ def make_optimizer(cfg, total_steps):
   else:
     raise ValueError(f"config.unlearn.optimizer={cfg.optimizer!r}; use 'adamw' or 'sgd'.")
   clip = float(recipe(cfg, 'grad_clip'))
-  return tx if clip == 0 else optax.chain(optax.clip_by_global_norm(clip), tx)
+  tx = tx if clip == 0 else optax.chain(optax.clip_by_global_norm(clip), tx)
+  if trainable is None:
+    return tx
+  return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()},
+                               functools.partial(trainable_labels, pattern=trainable))
 
 
 def lm_batch(batch, token_mean=False):
   """A core :class:`Batch` from encoded QA pairs: the tokens are the inputs and (shifted
   by the view) the targets; the answer mask weighs the positions. ``token_mean``: its NLL
   terms are the token mean over the (micro-)batch, Hugging Face's loss."""
+  if batch is None:
+    return None
   return Batch(inputs=batch['tokens'], label=batch['tokens'], weights=batch['loss_mask'],
-               token_mean=token_mean)
+               token_mean=token_mean, target=batch.get('target'))
 
 
 def undial_all_positions(forget, vocab_size, forget_ids=None):
@@ -110,8 +128,9 @@ def undial_all_positions(forget, vocab_size, forget_ids=None):
 
 
 def make_unlearn_step(apply_fn, method_name, hp, tx, grad_accum=1, forget_ids=None,
-                      token_mean=False, undial_positions='answer'):
-  """The jitted step ``(state, ref_params, forget, retain, rng) -> (state, metrics)``.
+                      token_mean=False, undial_positions='answer', represent_fn=None):
+  """The jitted step ``(state, ref_params, forget, retain, rng, alternate=None) -> (state,
+  metrics)``.
 
   ``apply_fn(params, tokens_BxL) -> logits_BxLxV``; ``forget`` / ``retain`` are batches of
   encoded QA pairs (``tokens``, ``loss_mask``); ``hp`` holds every method hyperparameter
@@ -120,13 +139,28 @@ def make_unlearn_step(apply_fn, method_name, hp, tx, grad_accum=1, forget_ids=No
   ``grad_accum > 1`` the batches carry a leading micro-batch axis and the update direction
   is the mean of the micro-batch directions (HF Trainer 4.45: each micro-batch's loss over
   the accumulation steps). ``token_mean``: the NLL terms as token means per micro-batch;
-  ``undial_positions='all'``: UNDIAL on :func:`undial_all_positions`.
+  ``undial_positions='all'``: UNDIAL on :func:`undial_all_positions`. ``alternate``: the
+  forget questions with their preferred answers (DPO, IdkDPO); ``represent_fn(params,
+  tokens_BxL) -> activations_BxLxD`` of the layer RMU steers, whose forget batch carries
+  the steering direction as ``target`` ``[B, D]``.
   """
   method = get_method(method_name)
+  if method.represents and represent_fn is None:
+    raise ValueError(f'{method_name} needs represent_fn (the steered layer\'s activations).')
   all_positions = undial_positions == 'all' and method_name in UNDIAL
 
   def complete(inputs):
-    """The frozen original model's logits and the token forget classes, per micro-batch."""
+    """The frozen original model's logits and the token forget classes, per micro-batch
+    (and its logits of the preferred answers, or its activations on the retain batch)."""
+    if method.represents and method.uses_retain:
+      hidden = jax.lax.stop_gradient(represent_fn(inputs.aux, inputs.retain.inputs))
+      inputs = dataclasses.replace(
+          inputs, retain=dataclasses.replace(inputs.retain, teacher_hidden=hidden))
+    if method.alternate is not None:
+      alt = inputs.alternate
+      logits = jax.lax.stop_gradient(apply_fn(inputs.aux, alt.inputs))
+      inputs = dataclasses.replace(inputs, alternate=dataclasses.replace(
+          alt, teacher_logits=logits))
     if not method.needs_teacher:
       return inputs
     ref_logits = jax.lax.stop_gradient(apply_fn(inputs.aux, inputs.forget.inputs))
@@ -144,10 +178,12 @@ def make_unlearn_step(apply_fn, method_name, hp, tx, grad_accum=1, forget_ids=No
                                     complete=complete)
   static = hparams_lib.HParams(hp, {})
 
-  def step(state, ref_params, forget, retain, rng):
+  def step(state, ref_params, forget, retain, rng, alternate=None):
     params, opt_state, loss = update(apply_fn, state.params, state.opt_state,
                                      lm_batch(forget, token_mean), lm_batch(retain, token_mean),
-                                     rng, static, None, state.step, ref_params)
+                                     rng, static, None, state.step, ref_params,
+                                     alternate=lm_batch(alternate, token_mean),
+                                     represent=represent_fn)
     state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return state, {'loss': loss}
 
@@ -156,56 +192,12 @@ def make_unlearn_step(apply_fn, method_name, hp, tx, grad_accum=1, forget_ids=No
 
 @functools.lru_cache(maxsize=32)
 def _cached_step(apply_fn, method_name, hp_items, opt_settings, total, grad_accum, forget_ids,
-                 token_mean, undial_positions):
-  """One optimiser and compiled step per (method, settings): the seeds of a run share it."""
-  tx = make_optimizer(types.SimpleNamespace(**dict(opt_settings)), total)
+                 token_mean, undial_positions, represent_fn, trainable):
+  """One optimiser and compiled step per (method, settings): the seeds of a run share it,
+  and so do the forget sets of a study (same shapes, the same ``apply_fn``)."""
+  tx = make_optimizer(types.SimpleNamespace(**dict(opt_settings)), total, trainable)
   return tx, make_unlearn_step(apply_fn, method_name, dict(hp_items), tx, grad_accum,
-                               forget_ids, token_mean, undial_positions)
-
-
-def paired_batches(num_forget, num_retain, batch_size, epochs, seed):
-  """Index batches ``(forget_idx, retain_idx)``: the forget set is shuffled every epoch and
-  each forget item is paired with a uniformly random retain item (open-unlearning's TOFU);
-  the last partial batch of an epoch is dropped (``drop_last=True``)."""
-  rng = np.random.default_rng(seed)
-  for _ in range(epochs):
-    order = rng.permutation(num_forget)
-    for start in range(0, num_forget - batch_size + 1, batch_size):
-      yield order[start:start + batch_size], rng.integers(0, num_retain, batch_size)
-
-
-def stream_batches(num_forget, num_retain, micro, grad_accum, epochs, seed):
-  """Index batches as Hugging Face Trainer 4.45 draws them (``drop_last=False``): every
-  epoch a new order cut into micro-batches of ``micro`` (``dataloader_drop_last=False``),
-  each forget item paired with a random retain item, and every ``grad_accum`` consecutive
-  micro-batches one step, counted across epoch ends (``total_batched_samples``), so a batch
-  may span two epochs; the run stops after ``epochs × (micro-batches per epoch //
-  grad_accum)`` steps (``max_steps``), leaving the rest of the last epoch unread."""
-  rng = np.random.default_rng(seed)
-
-  def micro_batches():
-    for _ in range(epochs):
-      order = rng.permutation(num_forget)
-      for start in range(0, num_forget, micro):
-        idx = order[start:start + micro]
-        yield idx, rng.integers(0, num_retain, len(idx))
-
-  stream = micro_batches()
-  for _ in range(finetune.stream_steps(num_forget, micro, grad_accum, epochs)):
-    group = [next(stream) for _ in range(grad_accum)]
-    yield tuple(np.concatenate(part) for part in zip(*group))
-
-
-def batch_size_for(cfg, num_forget, num_devices):
-  """The effective unlearning batch: at most the forget set, whole micro-batches per device."""
-  grad_accum = int(cfg.grad_accum)
-  batch_size = min(cfg.batch_size, num_forget)
-  batch_size -= batch_size % (num_devices * grad_accum)
-  if batch_size == 0:
-    raise ValueError(f'{num_forget} forget items cannot fill one batch of {grad_accum} '
-                     f'micro-batches on the {num_devices} devices; use fewer devices, '
-                     'a smaller config.unlearn.grad_accum or more forget data.')
-  return batch_size
+                               forget_ids, token_mean, undial_positions, represent_fn)
 
 
 def step_hparams(hp):
@@ -215,8 +207,31 @@ def step_hparams(hp):
   return out
 
 
+def rmu_trainable(hp):
+  """The regular expression of the parameters RMU trains: ``rmu_params``, or by default the
+  MLP down-projections of the steered layer and the two below it (WMDP's choice)."""
+  if hp.get('rmu_params'):
+    return hp['rmu_params']
+  layer = int(hp.get('rmu_layer', 7))
+  return f'layers_({"|".join(str(i) for i in range(max(0, layer - 2), layer + 1))})' \
+      '/mlp/down_proj/kernel'
+
+
+def _index_batches(hp, num_forget, num_retain, num_devices, seed):
+  """``(steps, iterator of (forget_idx, retain_idx))`` by the run's recipe switches."""
+  grad_accum = int(hp.grad_accum)
+  if recipe(hp, 'drop_last'):
+    batch_size = batch_size_for(hp, num_forget, num_devices)
+    return (hp.epochs * (num_forget // batch_size),
+            paired_batches(num_forget, max(num_retain, 1), batch_size, hp.epochs, seed))
+  micro = hp.batch_size // grad_accum   # HF's micro-batches (the validator checked devices)
+  finetune.check_stream(num_forget, micro, grad_accum, 'unlearn', 'forget items')
+  return (finetune.stream_steps(num_forget, micro, grad_accum, hp.epochs),
+          stream_batches(num_forget, max(num_retain, 1), micro, grad_accum, hp.epochs, seed))
+
+
 def unlearn(apply_fn, original_params, forget, retain, hp, method_name, seed, mesh=None,
-            mode='replicated', forget_ids=None):
+            mode='replicated', forget_ids=None, alternate=None, represent_fn=None):
   """Runs one unlearning job from the original parameters; returns the new parameters.
 
   Args:
@@ -232,46 +247,59 @@ def unlearn(apply_fn, original_params, forget, retain, hp, method_name, seed, me
       rule of :func:`cure_jax.infra.sharding.shardings`.
     forget_ids: token ids that are the forget classes at every answer token (None: the
       true next token).
+    alternate: for DPO / IdkDPO, each forget question with ``A`` preferred answers
+      (``tokens``, ``loss_mask`` ``[N, A, L]``); every time a step reads an item it takes
+      one of them uniformly at random, as open-unlearning draws a refusal per read.
+    represent_fn: for RMU, ``(params, tokens_BxL) -> activations_BxLxD`` of the steered
+      layer; only :func:`rmu_trainable`'s parameters train.
   """
+  method = get_method(method_name)
   num_forget, num_retain = len(forget['tokens']), len(retain['tokens'])
   if num_forget == 0:
     raise ValueError('The forget split is empty: nothing to unlearn (check data.forget_pct).')
-  if get_method(method_name).uses_retain and num_retain == 0:
+  if method.uses_retain and num_retain == 0:
     raise ValueError(f'{method_name} needs retain data but the retain split is empty.')
+  if method.alternate is not None and alternate is None:
+    raise ValueError(f'{method_name} prefers other answers to the forget questions; pass '
+                     'alternate (encoded [N, A, L] arrays).')
   mesh = sharding.make_mesh() if mesh is None else mesh
   grad_accum = int(hp.grad_accum)
-  if recipe(hp, 'drop_last'):
-    batch_size = batch_size_for(hp, num_forget, mesh.devices.size)
-    total = hp.epochs * (num_forget // batch_size)
-    batches = paired_batches(num_forget, max(num_retain, 1), batch_size, hp.epochs, seed)
-  else:   # HF's micro-batches as configured (the validator checked the devices divide them)
-    micro = hp.batch_size // grad_accum
-    finetune.check_stream(num_forget, micro, grad_accum, 'unlearn', 'forget items')
-    total = finetune.stream_steps(num_forget, micro, grad_accum, hp.epochs)
-    batches = stream_batches(num_forget, max(num_retain, 1), micro, grad_accum, hp.epochs, seed)
+  total, batches = _index_batches(hp, num_forget, num_retain, mesh.devices.size, seed)
   opt_settings = tuple((k, hp[k]) for k in ('optimizer', 'lr', 'warmup_fraction',
                                             'weight_decay', 'momentum')) + tuple(
       (k, recipe(hp, k)) for k in ('lr_schedule', 'decay_norms', 'grad_clip'))
-  method_hp = step_hparams(hp)
-  tx, step_fn = _cached_step(apply_fn, method_name, tuple(sorted(method_hp.items())),
+  tx, step_fn = _cached_step(apply_fn, method_name, tuple(sorted(step_hparams(hp).items())),
                              opt_settings, total, grad_accum, forget_ids,
-                             recipe(hp, 'loss_mean') == 'token', recipe(hp, 'undial_positions'))
+                             recipe(hp, 'loss_mean') == 'token', recipe(hp, 'undial_positions'),
+                             represent_fn if method.represents else None,
+                             rmu_trainable(hp) if method.represents else None)
   state = train_state.start({'params': original_params, 'batch_stats': {}}, tx, mesh, mode)
   ref_params = sharding.place(original_params, mesh, mode)
   prog = progress.Progress(f'unlearn {method_name}', total, hp.log_every)
+  key = jax.random.key(seed)
+  extra = {}
+  if method.represents:   # RMU's direction, drawn once per run
+    dim = jax.eval_shape(represent_fn, original_params, forget['tokens'][:1]).shape[-1]
+    extra['target'] = np.asarray(rmu.control_unit(jax.random.fold_in(key, 0x7FFFFFFF), dim))
 
   def take(data, idx):
     batch = {k: data[k][idx] for k in ('tokens', 'loss_mask')}
+    batch.update({k: np.broadcast_to(v, (len(idx),) + v.shape) for k, v in extra.items()})
     if grad_accum == 1:
       return sharding.shard_batch(batch, mesh)
     batch = {k: v.reshape((grad_accum, -1) + v.shape[1:]) for k, v in batch.items()}
     return sharding.shard_batch(batch, mesh, batch_axis=1)
 
-  key = jax.random.key(seed)
+  draws = np.random.default_rng((seed, 0xA17))   # a stream apart: batch orders stay as they were
   for step, (f_idx, r_idx) in enumerate(batches):
     retain_batch = take(retain, r_idx) if num_retain else take(forget, f_idx)
+    alt = None
+    if alternate is not None and method.alternate is not None:
+      pick = draws.integers(0, alternate['tokens'].shape[1], len(f_idx))
+      alt = take({k: alternate[k][f_idx, pick] for k in ('tokens', 'loss_mask')},
+                 np.arange(len(f_idx)))
     state, metrics = step_fn(state, ref_params, take(forget, f_idx), retain_batch,
-                             jax.random.fold_in(key, step))
+                             jax.random.fold_in(key, step), alt)
     prog.add(step, metrics)
   prog.flush()
   return jax.device_get(state.params)

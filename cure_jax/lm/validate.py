@@ -1,5 +1,8 @@
 """Start-up checks of an LM config (its defaults: ``config.py``): every bad value is one
 line before a model loads or a step is compiled."""
+import os
+import re
+
 from cure_jax.infra import plan, sharding
 from cure_jax.infra.rules import (ConfigError, check, checks, choice, fail,
                                   fraction_closed_open, nonnegative, nonnegative_int, positive,
@@ -49,7 +52,10 @@ def _check_data(config):
     fail('config.data.data_dir', d.data_dir,
           "config.data.source='tofu' needs a local copy of locuslab/TOFU")
   checks(d, 'config.data', {'num_authors': positive_int, 'qa_per_author': positive_int,
-                             'forget_pct': positive})
+                             'forget_pct': positive, 'forget_sets': positive_int})
+  if d.forget_sets > 1 and d.source != 'authors':
+    fail('config.data.forget_sets', d.forget_sets,
+         f"TOFU's files fix one forget split per forget_pct; use 1 with source={d.source!r}")
   if d.chat_template and d.chat_template not in chat.TEMPLATE_NAMES:
     fail('config.data.chat_template', d.chat_template,
           f"use one of {list(chat.TEMPLATE_NAMES)} or '' (the checkpoint's own)")
@@ -96,6 +102,14 @@ def _check_unlearn(config, num_devices):
   choice('config.unlearn.undial_positions', u.undial_positions, UNDIAL_POSITIONS)
   choice('config.unlearn.decay_norms', u.decay_norms, BOOLS)
   check('config.unlearn.grad_clip', u.grad_clip, nonnegative)
+  check('config.unlearn.rmu_layer', u.rmu_layer, nonnegative_int)
+  try:
+    re.compile(u.rmu_params)
+  except re.error as e:
+    fail('config.unlearn.rmu_params', u.rmu_params, f'write a Python regular expression ({e})')
+  if u.idk_path and not os.path.isfile(u.idk_path):
+    fail('config.unlearn.idk_path', u.idk_path,
+         "give a text file of refusals, one per line, or '' for cure-jax's own")
   if not u.drop_last and (u.batch_size % u.grad_accum or (
       num_devices and (u.batch_size // u.grad_accum) % num_devices)):
     fail('config.unlearn.batch_size', u.batch_size,
@@ -158,3 +172,6 @@ def _check_retain_logs(config):
       ou_files.read_retain_logs(config.eval.retain_logs, need_mia=False)
     except ValueError as e:
       raise ConfigError(str(e)) from None
+    if config.data.forget_sets > 1:
+      fail('config.data.forget_sets', config.data.forget_sets,
+           'a retain model\'s logs belong to one forget set; use 1 with config.eval.retain_logs')

@@ -194,7 +194,7 @@ class CausalLM(_LMModule):
 
   @nn.compact
   def __call__(self, tokens_BxT, positions_BxT=None, *, attention_mask_BxT=None, cache=None,
-               decode=False):
+               decode=False, hidden_layer=None):
     """Next-token logits for every position.
 
     Args:
@@ -208,6 +208,9 @@ class CausalLM(_LMModule):
         ``s``, so positions must be distinct within a row and ``< S``.
       decode: return ``(logits, cache)``; a fresh cache of ``config.max_len`` slots is created
         when ``cache`` is None. Implied by passing a cache.
+      hidden_layer: return decoder layer ``hidden_layer``'s output ``BxTxD`` (the residual
+        stream after it, Hugging Face's ``model.layers[i]`` output) instead of logits; the
+        layers above it are not run (RMU steers it).
 
     Returns:
       ``logits_BxTxV`` (float32), or ``(logits_BxTxV, new_cache)`` in cache mode.
@@ -235,6 +238,8 @@ class CausalLM(_LMModule):
       x_BxTxD, layer_cache = DecoderLayer(cfg, name=f'layers_{i}')(
           x_BxTxD, positions_BxT, attention_mask_BxT, None if cache is None else cache[i])
       new_cache.append(layer_cache)
+      if i == hidden_layer:
+        return x_BxTxD
     x_BxTxD = RMSNorm(cfg.norm_eps, dtype, name='norm')(x_BxTxD)
     if cfg.tie_embeddings:
       logits_BxTxV = embed.attend(x_BxTxD)

@@ -25,14 +25,17 @@ class Batch:
   teacher_logits: Optional[jax.Array] = None
   # bool, broadcastable to the logits view: [B, K] for a classifier, [B, T, V] for an LM.
   forget_mask: Optional[jax.Array] = None
-  target: Optional[jax.Array] = None        # AGE's fixed target labels
+  # A fixed per-example target: AGE's target labels [B], RMU's steering vector [B, D].
+  target: Optional[jax.Array] = None
   weights: Optional[jax.Array] = None       # an LM's answer mask [B, L]; None: a classifier
   token_mean: bool = False                  # an LM's NLL as a token mean (see above)
+  # The frozen original's activations at the represented layer [B, L, D] (RMU's retain term).
+  teacher_hidden: Optional[jax.Array] = None
 
 
 jax.tree_util.register_dataclass(
     Batch, data_fields=['inputs', 'label', 'teacher_logits', 'forget_mask', 'target',
-                        'weights'], meta_fields=['token_mean'])
+                        'weights', 'teacher_hidden'], meta_fields=['token_mean'])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +50,10 @@ class StepInputs:
   step: Any = 0         # int32 scalar: 0-based index of this unlearning step
   aux: Any = None       # what the method's ``prepare`` returned for this run, if any
   phase: Any = 0        # int32 scalar: the step's phase in the method's schedule (0: none)
+  # The forget questions with a preferred answer (DPO / IdkDPO's winners), teacher logits in.
+  alternate: Optional[Batch] = None
+  # (params, inputs) -> one layer's activations [B, L, D] (RMU), supplied by the task.
+  represent: Optional[Callable] = None
 
 
 def view(logits, batch):

@@ -47,6 +47,9 @@ DEFAULTS = {
     'satimp_beta2': 1.0,
     'satimp_gamma': 0.1,
     'ceu_ignore_first': 1.0,     # answer tokens each sequence leaves out of CE-U
+    # open-unlearning's DPO and RMU trainer configs (DPO.yaml beta; RMU.yaml steering_coeff).
+    'dpo_beta': 0.1,
+    'rmu_steering': 2.0,
 }
 STATIC = ('momentum', 'grogu_impl')
 DYNAMIC = tuple(k for k in DEFAULTS if k not in STATIC)
@@ -73,6 +76,7 @@ RULES = {
     'wga_beta': rules.nonnegative, 'wga_gamma': rules.nonnegative,
     'satimp_beta1': rules.nonnegative, 'satimp_beta2': rules.nonnegative,
     'satimp_gamma': rules.nonnegative, 'ceu_ignore_first': _WHOLE,
+    'dpo_beta': rules.positive, 'rmu_steering': rules.nonnegative,
 }
 
 

@@ -17,12 +17,17 @@ Names: ``<method>`` uses forget data only; ``<method>_descent`` adds ``retain_we
 the retain NLL (what LM papers call GradDiff is ``gradasc_descent``; NPO, SimNPO, UNDIAL,
 GHR, GSR and GROGU "with a retain term" are their ``_descent`` entries; open-unlearning's
 WGA and SatImp, ``γ`` · forget + ``α`` · retain, are ``wga_descent`` / ``satimp_descent`` with
-``γ`` = ``wga_gamma`` / ``satimp_gamma`` inside the forget loss and ``α`` = ``retain_weight``).
+``γ`` = ``wga_gamma`` / ``satimp_gamma`` inside the forget loss and ``α`` = ``retain_weight``;
+RMU's retain term holds the represented layer's activations instead of the NLL).
+
+DPO, IdkDPO and RMU read what only the LM loop supplies (preferred answers, a layer's
+activations: :attr:`Method.lm_only`); the classification runs and the public step refuse them.
 """
 import dataclasses
 from typing import Any, Callable, Optional
 
-from cure_jax.unlearning import directions, objectives, peers, schedule as schedule_lib
+from cure_jax.unlearning import (directions, objectives, peers, preference, rmu,
+                                 schedule as schedule_lib)
 from cure_jax.unlearning.batch import StepInputs
 
 
@@ -43,6 +48,15 @@ class Method:
   setting: Optional[str] = None
   # Per-epoch passes (schedule.Phase, in order); () = one step per forget batch.
   schedule: tuple = ()
+  # What only the LM loop supplies: preferred answers to the forget questions ('idk': a
+  # refusal, 'perturbed': one of the item's perturbed answers; StepInputs.alternate) or a
+  # layer's activations (StepInputs.represent). Such a method runs on an LM only.
+  alternate: Optional[str] = None
+  represents: bool = False
+
+  @property
+  def lm_only(self):
+    return self.alternate is not None or self.represents
 
   def __post_init__(self):
     if self.setting is None:
@@ -66,6 +80,12 @@ def _pair(name, loss, **kwargs):
   """``name`` (forget data only) and ``name_descent`` (with the retain term)."""
   return {name: _loss_method(loss, **kwargs),
           f'{name}_descent': _loss_method(loss, True, **kwargs)}
+
+
+def _direction_pair(name, make_direction, **kwargs):
+  """Like :func:`_pair` for a method with its own direction ``make_direction(with_retain)``."""
+  return {name: Method(make_direction(False), **kwargs),
+          f'{name}_descent': Method(make_direction(True), uses_retain=True, **kwargs)}
 
 
 _GROGU = ('temperature', 'w_h', 'w_s')
@@ -99,6 +119,14 @@ REGISTRY = {
     **_pair('wga', objectives.wga, own_hparams=_WGA),
     **_pair('satimp', objectives.satimp, own_hparams=_SATIMP),
     **_pair('ceu', objectives.ceu, own_hparams=('ceu_ignore_first',)),
+    # open-unlearning's DPO trainer: preferring a refusal (their IdkDPO experiment) or, here
+    # also, one of the item's perturbed answers; and RMU (LM-only: see Method.alternate).
+    **_direction_pair('dpo', preference.dpo_direction, needs_teacher=True,
+                      alternate='perturbed', own_hparams=('dpo_beta',)),
+    **_direction_pair('idkdpo', preference.dpo_direction, needs_teacher=True, alternate='idk',
+                      own_hparams=('dpo_beta',)),
+    **_direction_pair('rmu', rmu.rmu_direction, represents=True,
+                      own_hparams=('rmu_steering',)),
     'grogu': Method(directions.grogu_direction(False), needs_teacher=True, own_hparams=_GROGU),
     'grogu_t1': Method(directions.grogu_direction(False), needs_teacher=True, defaults=_T1,
                        own_hparams=_GROGU),

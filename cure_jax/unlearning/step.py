@@ -26,14 +26,16 @@ def _accumulated(direction, micro_batches):
 
   def accumulated(inputs):
     def one(micro):
-      forget, retain = micro
-      return direction(dataclasses.replace(inputs, forget=forget, retain=retain))
+      forget, retain, alternate = micro
+      return direction(dataclasses.replace(inputs, forget=forget, retain=retain,
+                                           alternate=alternate))
 
     def body(total, micro):
       return jax.tree.map(jnp.add, total, one(micro)), None
-    first = jax.tree.map(lambda x: x[0], (inputs.forget, inputs.retain))
+    streams = (inputs.forget, inputs.retain, inputs.alternate)
+    first = jax.tree.map(lambda x: x[0], streams)
     zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(one, first))
-    total, _ = jax.lax.scan(body, zeros, (inputs.forget, inputs.retain))
+    total, _ = jax.lax.scan(body, zeros, streams)
     return jax.tree.map(lambda x: x / micro_batches, total)
   return accumulated
 
@@ -41,9 +43,11 @@ def _accumulated(direction, micro_batches):
 def build_update(method, static, optimizer=None, micro_batches=1, complete=None):
   """``(tx, update)`` for a registry :class:`~cure_jax.unlearning.methods.Method`.
 
-  ``update(apply, params, opt_state, forget, retain, rng, hp, mesh, step, aux, phase=0) ->
-  (params, opt_state, loss)`` takes the method's direction and one optimizer step (``phase``:
-  the step's phase in a scheduled method's :mod:`~cure_jax.unlearning.schedule`). Without
+  ``update(apply, params, opt_state, forget, retain, rng, hp, mesh, step, aux, phase=0,
+  alternate=None, represent=None) -> (params, opt_state, loss)`` takes the method's direction
+  and one optimizer step (``phase``: the step's phase in a scheduled method's
+  :mod:`~cure_jax.unlearning.schedule`; ``alternate`` / ``represent``: see
+  :class:`~cure_jax.unlearning.batch.StepInputs`). Without
   ``optimizer`` it is ``SGD(momentum)`` scaled by the traced ``hp.lr``; a given optimizer's
   updates are applied as they are (its own learning rate and schedule). With
   ``micro_batches > 1`` the batches carry a leading micro-batch axis and the direction (and
@@ -56,9 +60,10 @@ def build_update(method, static, optimizer=None, micro_batches=1, complete=None)
     direction = lambda inputs: method.direction(complete(inputs))
   direction = _accumulated(direction, micro_batches)
 
-  def update(apply, params, opt_state, forget, retain, rng, hp, mesh, step, aux, phase=0):
+  def update(apply, params, opt_state, forget, retain, rng, hp, mesh, step, aux, phase=0,
+             alternate=None, represent=None):
     inputs = StepInputs(apply, params, forget, retain, rng, hp, mesh, step=step, aux=aux,
-                        phase=phase)
+                        phase=phase, alternate=alternate, represent=represent)
     value, d = direction(inputs)
     updates, opt_state = tx.update(d, opt_state, params)
     if optimizer is None:

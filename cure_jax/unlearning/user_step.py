@@ -111,6 +111,9 @@ class UnlearningStep:
                data_sizes=None):
     self.apply_fn, self.name, self.mesh = _logits_only(apply_fn), name, mesh
     self.method = methods.get(name)
+    if self.method.lm_only:
+      raise ValueError(f'method {name!r} reads preferred answers or a layer\'s activations, '
+                       'which only the LM loop supplies (cure_jax.lm.unlearn.unlearn).')
     self.hparams = resolve_hparams(self.method, hparams)
     self.data_sizes = _data_sizes(self.method, name, data_sizes)
     self.static, self._dyn = hparams_lib.split(self.hparams)
