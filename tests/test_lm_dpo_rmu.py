@@ -200,6 +200,16 @@ def test_rmu_trains_only_the_chosen_parameters(pattern, trained):
   assert float(loss(new)) < float(loss(ref))
 
 
+def test_rmu_refuses_a_pattern_that_matches_no_parameter():
+  model, ref = _model()
+  with pytest.raises(ValueError, match='matches no parameter'):
+    unlearn.unlearn(lambda p, t: model.apply({'params': p}, t), ref,
+                    {'tokens': TOKENS, 'loss_mask': LOSS_MASK},
+                    {'tokens': TOKENS, 'loss_mask': LOSS_MASK},
+                    _run_hp(lr=1e-2, epochs=1, rmu_params='layers_7/mlp/.*'), 'rmu', 0,
+                    mesh=_one_device(), represent_fn=lambda p, t: t)
+
+
 def test_lm_only_methods_are_refused_where_nothing_supplies_them():
   from configs import digits as digits_config
   from cure_jax import make_unlearning_step

@@ -262,6 +262,11 @@ def unlearn(apply_fn, original_params, forget, retain, hp, method_name, seed, me
   if method.alternate is not None and alternate is None:
     raise ValueError(f'{method_name} prefers other answers to the forget questions; pass '
                      'alternate (encoded [N, A, L] arrays).')
+  if method.represents and 'train' not in jax.tree.leaves(
+      trainable_labels(original_params, rmu_trainable(hp))):
+    raise ValueError(f'config.unlearn.rmu_params={rmu_trainable(hp)!r} matches no parameter; '
+                     "write a regular expression over paths such as "
+                     "'layers_7/mlp/down_proj/kernel'.")
   mesh = sharding.make_mesh() if mesh is None else mesh
   grad_accum = int(hp.grad_accum)
   total, batches = _index_batches(hp, num_forget, num_retain, mesh.devices.size, seed)
