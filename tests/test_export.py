@@ -111,6 +111,9 @@ def test_sharded_bfloat16_save_writes_an_index_that_load_reads(tmp_path, source)
   assert back.config == lm.config
   assert _relative_error(lm, back) < 1.2e-2  # bfloat16 weights, as GGUF BF16 below
   _same_tokenizer(lm, back)
+  # Every file readable by others, as a model directory on a shared server must be
+  # (safetensors writes its files 0600).
+  assert all(os.stat(os.path.join(out, n)).st_mode & 0o044 == 0o044 for n in os.listdir(out))
 
 
 # GGUF tensor types: 2-D tensors in the requested type (Q8_0 rows of 48 fall back to F16, as

@@ -153,6 +153,9 @@ def _write_atomically(target, is_directory, write):
   try:
     os.chmod(tmp, 0o755 if is_directory else 0o644)  # mkdtemp/mkstemp's 0700/0600 hide it
     write(tmp)
+    if is_directory:   # safetensors' save_file leaves its files 0600: readable by all, as HF's
+      for file in os.listdir(tmp):
+        os.chmod(os.path.join(tmp, file), 0o644)
     os.replace(tmp, target)  # a directory replaces only an empty one
   except BaseException:  # a refusal, a full disk, Ctrl-C: leave nothing behind
     if is_directory:
