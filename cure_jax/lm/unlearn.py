@@ -207,6 +207,20 @@ def step_hparams(hp):
   return out
 
 
+def _step_for(apply_fn, method_name, hp, total, forget_ids, represent_fn):
+  """``(tx, step)`` of a run's settings from :func:`_cached_step` (RMU: its layer function
+  and trained parameters; other methods leave both out of the cache key)."""
+  represents = get_method(method_name).represents
+  opt_settings = tuple((k, hp[k]) for k in ('optimizer', 'lr', 'warmup_fraction',
+                                            'weight_decay', 'momentum')) + tuple(
+      (k, recipe(hp, k)) for k in ('lr_schedule', 'decay_norms', 'grad_clip'))
+  return _cached_step(apply_fn, method_name, tuple(sorted(step_hparams(hp).items())),
+                      opt_settings, total, int(hp.grad_accum), forget_ids,
+                      recipe(hp, 'loss_mean') == 'token', recipe(hp, 'undial_positions'),
+                      represent_fn if represents else None,
+                      rmu_trainable(hp) if represents else None)
+
+
 def rmu_trainable(hp):
   """The regular expression of the parameters RMU trains: ``rmu_params``, or by default the
   MLP down-projections of the steered layer and the two below it (WMDP's choice)."""
@@ -270,26 +284,19 @@ def unlearn(apply_fn, original_params, forget, retain, hp, method_name, seed, me
   mesh = sharding.make_mesh() if mesh is None else mesh
   grad_accum = int(hp.grad_accum)
   total, batches = _index_batches(hp, num_forget, num_retain, mesh.devices.size, seed)
-  opt_settings = tuple((k, hp[k]) for k in ('optimizer', 'lr', 'warmup_fraction',
-                                            'weight_decay', 'momentum')) + tuple(
-      (k, recipe(hp, k)) for k in ('lr_schedule', 'decay_norms', 'grad_clip'))
-  tx, step_fn = _cached_step(apply_fn, method_name, tuple(sorted(step_hparams(hp).items())),
-                             opt_settings, total, grad_accum, forget_ids,
-                             recipe(hp, 'loss_mean') == 'token', recipe(hp, 'undial_positions'),
-                             represent_fn if method.represents else None,
-                             rmu_trainable(hp) if method.represents else None)
+  tx, step_fn = _step_for(apply_fn, method_name, hp, total, forget_ids, represent_fn)
   state = train_state.start({'params': original_params, 'batch_stats': {}}, tx, mesh, mode)
   ref_params = sharding.place(original_params, mesh, mode)
   prog = progress.Progress(f'unlearn {method_name}', total, hp.log_every)
   key = jax.random.key(seed)
-  extra = {}
+  steering = {}   # RMU's forget batches only
   if method.represents:   # RMU's direction, drawn once per run
     dim = jax.eval_shape(represent_fn, original_params, forget['tokens'][:1]).shape[-1]
-    extra['target'] = np.asarray(rmu.control_unit(jax.random.fold_in(key, 0x7FFFFFFF), dim))
+    steering['target'] = np.asarray(rmu.control_unit(jax.random.fold_in(key, 0x7FFFFFFF), dim))
 
-  def take(data, idx):
+  def take(data, idx, added=None):
     batch = {k: data[k][idx] for k in ('tokens', 'loss_mask')}
-    batch.update({k: np.broadcast_to(v, (len(idx),) + v.shape) for k, v in extra.items()})
+    batch.update({k: np.broadcast_to(v, (len(idx),) + v.shape) for k, v in (added or {}).items()})
     if grad_accum == 1:
       return sharding.shard_batch(batch, mesh)
     batch = {k: v.reshape((grad_accum, -1) + v.shape[1:]) for k, v in batch.items()}
@@ -303,7 +310,7 @@ def unlearn(apply_fn, original_params, forget, retain, hp, method_name, seed, me
       pick = draws.integers(0, alternate['tokens'].shape[1], len(f_idx))
       alt = take({k: alternate[k][f_idx, pick] for k in ('tokens', 'loss_mask')},
                  np.arange(len(f_idx)))
-    state, metrics = step_fn(state, ref_params, take(forget, f_idx), retain_batch,
+    state, metrics = step_fn(state, ref_params, take(forget, f_idx, steering), retain_batch,
                              jax.random.fold_in(key, step), alt)
     prog.add(step, metrics)
   prog.flush()
