@@ -78,7 +78,7 @@ def get_config(arg=None):
       'age_descent': {'lr': 0.03, 'epochs': 2.0},
       'undial_descent': {'lr': 0.03, 'epochs': 2.0},
       'salun_descent': {'lr': 0.001, 'epochs': 1.0},
-      'scrub': {'lr': 0.0003, 'epochs': 1.0},
+      'scrub': {'lr': 0.001, 'epochs': 2.0},
       'lur': {'lr': 0.001, 'epochs': 1.0},
       'lur_randlabel': {'lr': 0.1, 'epochs': 2.0},
       'ghr_descent': {'lr': 0.03, 'epochs': 1.0},

@@ -52,14 +52,18 @@ def test_salun_descent_steps_alternate_whole_passes():
   assert _positions('salun_descent', 3, 5, 2, 15) == want
 
 
-@pytest.mark.parametrize('epochs,k,steps', [(3, 2, 18), (2.5, 2, 16), (1e-6, 2, 1),
-                                            (2, 0, 8), (0.5, 0, 2)])
-def test_total_steps_counts_the_passes(epochs, k, steps):
+@pytest.mark.parametrize('epochs,k,steps,scrub_steps', [
+    (3, 2, 18, 5), (2.5, 2, 16, 5), (1e-6, 2, 1, 1), (2, 0, 8, 2), (0.5, 0, 2, 1)])
+def test_total_steps_counts_the_passes(epochs, k, steps, scrub_steps):
   lengths = schedule.pass_lengths(5, 7, 2, 2)   # passes of 3 (forget) and 4 (retain) steps
   phases = methods.get('scrub').schedule
   run = types.SimpleNamespace(scrub_max_epochs=float(k))
   assert schedule.total_steps(phases, run, epochs, lengths) == steps
-  assert compiled_runs.total_steps(epochs, 5, 2, methods.get('scrub'), run, 7) == steps
+  # SCRUB's own batch sizes (512, 256) hold each set whole: passes of one step each.
+  assert compiled_runs.total_steps(epochs, 5, 2, methods.get('scrub'), run, 7) == scrub_steps
+  wide = dataclasses.replace(methods.get('scrub'), defaults=(('forget_batch', 2),
+                                                              ('retain_batch', 2)))
+  assert compiled_runs.total_steps(epochs, 5, 2, wide, run, 7) == steps
   # An unscheduled method still takes epochs * n / b steps, whatever the retain subset.
   assert compiled_runs.total_steps(3, 5, 2, methods.get('ghr_descent'), run, 7) == 8
 
@@ -80,8 +84,14 @@ def test_registry_schedules_and_peer_defaults():
   assert [p.data for p in get('scrub').schedule] == ['forget', 'retain']
   assert get('scrub').schedule[0].first_epochs == 'scrub_max_epochs'
   assert [p.data for p in get('salun_descent').schedule] == ['forget', 'retain']
-  for name in ('scrub', 'salun_descent', 'delete', 'delete_descent'):
+  for name in ('salun_descent', 'delete', 'delete_descent'):
     assert dict(get(name).defaults) == {'momentum': 0.9}, name
+  # SCRUB's code: forget batches of 512, retain batches of 256, each capped at its set.
+  assert dict(get('scrub').defaults) == {'momentum': 0.9, 'forget_batch': 512,
+                                         'retain_batch': 256}
+  assert methods.batch_sizes(get('scrub'), 32, 6000, 18000) == (512, 256)
+  assert methods.batch_sizes(get('scrub'), 32, 180, 100) == (180, 100)
+  assert methods.batch_sizes(get('salun_descent'), 32, 6000, 18000) == (32, 32)
   assert not get('salun').schedule and not get('salun').defaults   # our variant, unchanged
   assert hparams.problem('scrub_max_epochs', 2.5) == 'use a whole number >= 0'
   assert hparams.problem('scrub_max_epochs', 3.0) is None
@@ -106,10 +116,21 @@ def env():
   return variables, data, programs, apply
 
 
-def _run(env, name, epochs, **hp):
+def _with_loaders(run, loaders):
+  """``run`` with its method's (forget, retain) batch sizes fixed to ``loaders``."""
+  fixed = dict(run.method.defaults, forget_batch=loaders[0], retain_batch=loaders[1])
+  return dataclasses.replace(run, method=dataclasses.replace(
+      run.method, defaults=tuple(fixed.items())))
+
+
+def _run(env, name, epochs, loaders=None, **hp):
+  """A compiled run of registry method ``name``; ``loaders``: other (forget, retain) batch
+  sizes fixed by the name."""
   variables, data, programs, _ = env
   run = helpers.run_of(defaults.classification_config(), name, batch_size=B, epochs=epochs,
                        lr=0.05, **hp)
+  if loaders is not None:
+    run = _with_loaders(run, loaders)
   assert run.hparams.momentum == 0.9 or not run.method.defaults   # the peers' SGD
   key = np.asarray(jax.random.key_data(jax.random.key(1)))
   [params], [bad], _, _ = compiled_runs.run_group(programs, run, data, [variables], [key],
@@ -134,18 +155,20 @@ def _passes(epochs, max_epochs):
                                                   else ('retain',))]
 
 
-def _plain_loop(env, epochs, max_epochs, direction, lr=0.05, momentum=0.9):
-  """SGD with momentum by hand over the passes; ``direction(params, data, x, y, step)``.
-  Returns the final parameters and the step list ``[(data, x, y)]``."""
+def _plain_loop(env, epochs, max_epochs, direction, lr=0.05, momentum=0.9, batches=(B, B)):
+  """SGD with momentum by hand over the passes; ``direction(params, data, x, y, step)``;
+  ``batches``: the forget and the retain batch size. Returns the final parameters and the
+  step list ``[(data, x, y)]``."""
   variables, data, _, _ = env
   key = jax.random.wrap_key_data(np.asarray(jax.random.key_data(jax.random.key(1))))
   params, trace, step, taken = variables['params'], None, 0, []
   for name, index in _passes(epochs, max_epochs):
-    x_all, y_all, n, stream = ((data.forget_x, data.forget_y, N, 1 << 20) if name == 'forget'
-                               else (data.retain_x[0], data.retain_y[0], M, 1 << 21))
+    x_all, y_all, n, stream, b = (
+        (data.forget_x, data.forget_y, N, 1 << 20, batches[0]) if name == 'forget'
+        else (data.retain_x[0], data.retain_y[0], M, 1 << 21, batches[1]))
     order = _order(key, stream, index, n, len(y_all))
-    for j in range(math.ceil(n / B)):
-      idx = order[(j * B + np.arange(B)) % n]
+    for j in range(math.ceil(n / b)):
+      idx = order[(j * b + np.arange(b)) % n]
       x, y = _norm(x_all[idx]), y_all[idx]
       g = direction(params, name, x, y, jax.random.fold_in(key, step))
       trace = g if trace is None else jax.tree.map(lambda t, gi: gi + momentum * t, trace, g)
@@ -181,12 +204,19 @@ def _scrub_direction(env, t=4.0, alpha=0.001, gamma=0.99, wd=0.01):
   return lambda params, name, x, y, rng: grad(params, name == 'forget', x, y)
 
 
-@pytest.mark.parametrize('epochs', [1, 3])
-def test_compiled_scrub_equals_max_then_min_passes_by_hand(env, epochs):
-  got, hp = _run(env, 'scrub', float(epochs), scrub_weight_decay=0.01)
+@pytest.mark.parametrize('epochs,loaders,batches,first', [
+    # SCRUB's own 512 and 256 capped at the 6 forget and 10 retain examples: one step a pass.
+    (1, None, (N, M), ['forget', 'retain']), (3, None, (N, M), ['forget', 'retain']),
+    # Sizes under the sets (forget passes of 2 steps, the last topped up; retain of 4).
+    (3, (4, 3), (4, 3), ['forget'] * 2 + ['retain'] * 4)])
+def test_compiled_scrub_equals_max_then_min_passes_by_hand(env, epochs, loaders, batches,
+                                                            first):
+  got, hp = _run(env, 'scrub', float(epochs), loaders, scrub_weight_decay=0.01)
   assert hp.scrub_max_epochs == 2 and hp.momentum == 0.9
-  want, taken = _plain_loop(env, epochs, 2, _scrub_direction(env))
-  assert [d for d, _, _ in taken][:5] == ['forget'] * 2 + ['retain'] * 3
+  want, taken = _plain_loop(env, epochs, 2, _scrub_direction(env), batches=batches)
+  assert [d for d, _, _ in taken][:len(first)] == first
+  assert [len(y) for _, _, y in taken][:len(first)] == [
+      batches[d == 'retain'] for d in first]
   np.testing.assert_allclose(_flat(got), _flat(want), rtol=1e-6, atol=1e-6)
   assert np.abs(_flat(got) - _flat(env[0]['params'])).max() > 1e-3
 
@@ -195,8 +225,8 @@ def test_fused_loop_and_vmapped_seeds_take_the_same_schedule(env, monkeypatch):
   """One ``fori_loop`` program (accelerators) and the host loop over a compiled step (CPU)
   agree, and two seeds run vmapped equal the two run one after another."""
   variables, data, programs, _ = env
-  run = helpers.run_of(defaults.classification_config(), 'scrub', batch_size=B, epochs=3.0,
-                       lr=0.05)
+  run = _with_loaders(helpers.run_of(defaults.classification_config(), 'scrub',
+                                     batch_size=B, epochs=3.0, lr=0.05), (4, 3))
   keys = [np.asarray(jax.random.key_data(jax.random.key(s))) for s in (1, 2)]
   two = dataclasses.replace(data, retain_x=np.repeat(data.retain_x, 2, 0),
                             retain_y=np.repeat(data.retain_y, 2, 0))
@@ -261,13 +291,14 @@ def test_user_step_follows_the_schedule_and_equals_the_runner(env):
   unl = cure_jax.make_unlearning_step(apply, 'scrub', teacher=None, forget_mask=[FORGET],
                                       hparams={'lr': 0.05, 'scrub_weight_decay': 0.01},
                                       data_sizes=(N, M))
-  _, taken = _plain_loop(env, 3, 2, _scrub_direction(env))
-  assert unl.total_steps(3, B) == len(taken) == 13
+  _, taken = _plain_loop(env, 3, 2, _scrub_direction(env), batches=(N, M))
+  assert unl.batch_sizes(B) == (N, M)                   # SCRUB's 512 and 256, capped
+  assert unl.total_steps(3, N, M) == len(taken) == 5    # max+min, max+min, min
   state = unl.init(variables['params'], forget_data={'inputs': _norm(data.forget_x[:N]),
                                                      'labels': data.forget_y[:N]})
   first = {d: (x, y) for d, x, y in reversed(taken)}   # any batch of the other set will do
   for i, (name, x, y) in enumerate(taken):
-    assert unl.data_at(i, B) == name
+    assert unl.data_at(i, N, M) == name
     batches = dict(first, **{name: (x, y)})
     state, _ = unl.step(state, batches['forget'], batches['retain'], jax.random.key(i))
   np.testing.assert_allclose(_flat(state['params']), _flat(got), rtol=1e-6, atol=1e-6)

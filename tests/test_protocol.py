@@ -4,12 +4,16 @@ import math
 import os
 import shutil
 import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from cure_jax.classification import compiled_runs, evaluate, protocol, tables, tuning
+from cure_jax.classification import compiled_runs, evaluate, protocol, report, tables, tuning
+from cure_jax.data.digits import load_digits
 from cure_jax.infra import entry, files, plan
+from cure_jax.metrics import klom
 from tests import helpers
 
 TIMING = ('time_s', 'compile_s', 'time_ratio')
@@ -103,6 +107,15 @@ def test_killed_sweep_resumes_to_the_uninterrupted_rows(first, tmp_path, monkeyp
   resumed = entry.run(tiny_config(), str(tmp_path))
   assert len(calls) == 8 - 3          # only the units the killed sweep had not finished
   assert _strip(resumed) == _strip(rows)
+  # A method re-tuned in unlearn.overrides reruns alone; the other method's rows are kept.
+  retuned = tiny_config()
+  retuned.unlearn.overrides.finetune.lr = 0.01
+  calls.clear()
+  again = entry.run(retuned, str(tmp_path))
+  assert [run.name for run, _ in calls] == ['finetune'] * 4
+  assert not (tmp_path / 'runs.jsonl.stale').exists()
+  ghr = lambda rs: [r for r in _strip(rs) if r['method'] == 'ghr']
+  assert ghr(again) == ghr(rows) and len(ghr(rows)) == 4
   # A changed config starts afresh: the old log is set aside.
   changed = tiny_config()
   changed.unlearn.retain_weight = 0.5
@@ -253,6 +266,42 @@ def test_tune_markdown_names_methods_without_a_choice():
   assert '| gradasc | – (every trial diverged) | – | – | – | 0 / 2 / 0 |' in text
 
 
+def test_a_retuned_method_replaces_its_trials_in_place(tmp_path):
+  rule = {'trials_per_method': 1, 'lrs': [0.1], 'epochs': [1], 'temperatures': [2],
+          'runs_per_scenario': 1, 'scenarios': ['1'], 'model_seeds': [0],
+          'forget_threshold': 0.0, 'min_retain_acc': 0.3, 'seconds': 3.0}
+  trial = lambda name, retain: {'method': name, 'lr': 0.1, 'epochs': 1.0, 'status': 'ok',
+                                'retain_acc': retain, 'forget_acc': 0.0,
+                                'min_retain_acc': retain}
+  doc = {'rule': rule, 'choices': {'ghr': {'lr': 0.1, 'epochs': 1.0},
+                                   'scrub': {'lr': 0.1, 'epochs': 1.0}},
+         'trials': [trial('ghr', 0.9), trial('scrub', 0.5), trial('gsr', 0.8)]}
+  update = {'rule': dict(rule, seconds=7.0), 'choices': {'scrub': {'lr': 0.1, 'epochs': 1.0}},
+            'trials': [trial('scrub', 0.7)]}
+  merged = tuning.merge(doc, update, 'after a fix')
+  assert [(t['method'], t['retain_acc']) for t in merged['trials']] == [
+      ('ghr', 0.9), ('scrub', 0.7), ('gsr', 0.8)]
+  assert merged['retuned'] == [{'methods': ['scrub'], 'why': 'after a fix', 'seconds': 7.0}]
+  text = tuning.markdown(merged, ['ghr', 'scrub', 'gsr'], 'toy')
+  assert 'Re-tuned alone by the same rule (7 s): scrub, after a fix' in text
+  assert '| scrub | lr 0.1, epochs 1 | 0.700 |' in text
+  with pytest.raises(ValueError, match='another rule .lrs differ'):
+    tuning.merge(doc, dict(update, rule=dict(rule, lrs=[0.2])), 'x')
+  # The script: the log and its table rewritten, one line for a bad input.
+  (tmp_path / 't.json').write_text(json.dumps(doc))
+  (tmp_path / 't.md').write_text('# toy: tuning on the validation split\n')
+  (tmp_path / 'u.json').write_text(json.dumps(update))
+  script = os.path.join(os.path.dirname(__file__), '..', 'scripts', 'merge_tuning.py')
+  ok = subprocess.run([sys.executable, script, str(tmp_path / 't.json'),
+                       str(tmp_path / 'u.json'), 'after a fix'], capture_output=True, text=True)
+  assert ok.returncode == 0, ok.stderr
+  assert json.loads((tmp_path / 't.json').read_text()) == merged
+  assert (tmp_path / 't.md').read_text() == text
+  bad = subprocess.run([sys.executable, script, str(tmp_path / 't.json'),
+                        str(tmp_path / 'missing.json'), 'x'], capture_output=True, text=True)
+  assert bad.returncode == 1 and bad.stderr.count('\n') == 1 and 'missing.json' in bad.stderr
+
+
 def test_a_run_whose_outputs_overflow_is_diverged_not_an_error(first, monkeypatch):
   """Finite parameters whose logits overflow (a collapsed GradAsc model did this in tuning)
   are an outcome of the run, reported as diverged; the sweep goes on."""
@@ -272,3 +321,68 @@ def test_a_run_whose_outputs_overflow_is_diverged_not_an_error(first, monkeypatc
   assert runs and all(r['status'] == 'diverged' and 'logits non-finite' in r.get('note', r['status'])
                       for r in runs)
   assert all(r['status'] == 'ok' for r in rows if r['setting'] == 'reference')
+
+
+# ---- KLOM in results.json and Table 3 (cure_jax/metrics/klom.py; tests/test_klom.py) ----
+
+def test_results_json_carries_klom_per_scenario_and_method(first):
+  workdir, rows = first
+  doc = json.loads((workdir / 'results.json').read_text())
+  assert doc['rows'] == rows and not any('klom' in k for r in rows for k in r)
+  section = doc['klom']
+  assert section['definition']['bins'] == 20 and section['definition']['percentiles'] == [95, 99]
+  groups = {(g['scenario'], g['method']): g for g in section['groups']}
+  assert set(groups) == {(s, m) for s in ('1', '3') for m in ('original', 'ghr', 'finetune')}
+  assert (groups['1', 'ghr']['n_models'], groups['1', 'ghr']['n_retrain']) == (2, 1)
+  directory = workdir / evaluate.MARGINS_DIR
+  for (scenario, method), group in groups.items():
+    of = lambda m: [evaluate.load_margins(directory, r)[1] for r in rows
+                    if r['method'] == m and r['scenario'] == scenario]
+    mine, retrain = of(method), of('retrain')
+    for k in evaluate.KLOM_SETS:
+      values = klom.klom(np.stack([m[k] for m in mine]), np.stack([m[k] for m in retrain]))
+      assert group[k] == pytest.approx(klom.summary(values)), (scenario, method, k)
+      assert group[k]['n'] == len(retrain[0][k]) > 0
+  # Forget / retain: the training examples of class 1 / the others (digits: retain capped).
+  train_y = np.asarray(load_digits().train.labels)
+  ghr = groups['1', 'ghr']
+  assert (ghr['forget']['n'], ghr['retain']['n']) == (
+      np.sum(train_y == 1), min(np.sum(train_y != 1), evaluate.KLOM_MAX_EXAMPLES))
+
+
+def test_table3_shows_the_klom_columns(first):
+  workdir, _ = first
+  doc = json.loads((workdir / 'results.json').read_text())
+  text = (workdir / 'results.md').read_text()
+  assert 'KL(unlearned ‖ retrain)' in text
+  table1, rest = text.split('### Scenario 1: Table 3 layout')
+  table3 = rest.split('### Scenario 3: Table 3 layout')[0]
+  assert 'KLOM' not in table1.split('### Table 1')[1].split('\n\n')[1]   # Table 1 as it was
+  assert '| KLOM forget | KLOM retain | KLOM val |' in table3
+  for g in doc['klom']['groups']:
+    if g['scenario'] != '1':
+      continue
+    line = next(l for l in table3.splitlines() if l.startswith(f'| {g["method"]} '))
+    assert line.rstrip(' |').endswith(' | '.join(f'{g[k]["p95"]:.3f}'
+                                                 for k in evaluate.KLOM_SETS)), line
+  retrain = next(l for l in table3.splitlines() if l.startswith('| retrain '))
+  assert retrain.endswith('| – | – | – |')
+
+
+def test_resumed_sweep_keeps_the_klom(first, monkeypatch):
+  """A rerun finds every unit in the log and the margins beside it: nothing is run again,
+  the KLOM section is the same; a lost margins file is named, not guessed."""
+  workdir, rows = first
+  before = json.loads((workdir / 'results.json').read_text())['klom']
+  monkeypatch.setattr(protocol, 'run_unit', lambda *a: pytest.fail('a unit was run again'))
+  entry.run(tiny_config(), str(workdir))
+  assert json.loads((workdir / 'results.json').read_text())['klom'] == before
+  run = next(r for r in rows if r['method'] == 'ghr')
+  lost = workdir / evaluate.MARGINS_DIR / (evaluate.margins_key(run) + '.json')
+  os.rename(lost, str(lost) + '.away')
+  try:
+    groups = report.klom_section(rows, str(workdir))['groups']
+  finally:
+    os.rename(str(lost) + '.away', lost)
+  ghr = next(g for g in groups if g['method'] == 'ghr' and g['scenario'] == run['scenario'])
+  assert ghr['forget'] is None and ghr['note'] == 'margins of 1 of 2 models not recorded'

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from cure_jax.infra import sharding
-from cure_jax.unlearning import hparams as hparams_lib, objectives, schedule, step as step_lib
+from cure_jax.unlearning import hparams as hparams_lib, methods, objectives, schedule
+from cure_jax.unlearning import step as step_lib
 from cure_jax.unlearning.batch import Batch
 
 _SHUFFLE_STREAM = 1 << 20   # fold_in tag of the forget shuffles (steps use their index)
@@ -41,7 +42,8 @@ def total_steps(epochs, n_forget, batch_size, method=None, hp=None, n_retain=0):
   """Steps of a run: ``epochs`` passes over the forget set, or for a scheduled ``method``
   ``epochs`` of its epochs (``hp``: its hyperparameters; ``n_retain``: the retain subset)."""
   if method is not None and method.schedule:
-    lengths = schedule.pass_lengths(n_forget, n_retain, batch_size, batch_size)
+    sizes = methods.batch_sizes(method, batch_size, n_forget, n_retain)
+    lengths = schedule.pass_lengths(n_forget, n_retain, *sizes)
     return schedule.total_steps(method.schedule, hp, epochs, lengths)
   return max(1, math.ceil(epochs * n_forget / batch_size))
 
@@ -84,20 +86,20 @@ def pass_batch(key, index, batch, n, size, batch_size):
   return _epoch_perm(key, index, n, size)[pos]
 
 
-def draw(method, step, key, n, size, m, retain_size, batch_size, hp):
+def draw(method, step, key, n, size, m, retain_size, batches, hp):
   """``(forget indices, retain indices, phase)`` of step ``step``: one batch of each stream
   the method reads (None: it reads none), or for a scheduled method, the batches of the
-  step's pass in either stream (its phase reads one of them)."""
+  step's pass in either stream (its phase reads one of them). ``batches``: the (forget,
+  retain) batch sizes (:func:`cure_jax.unlearning.methods.batch_sizes`)."""
   f_key = jax.random.fold_in(key, _SHUFFLE_STREAM)
   r_key = jax.random.fold_in(key, _RETAIN_STREAM)
+  bf, br = batches
   if method.schedule:
-    at = schedule.locate(step, method.schedule, hp,
-                         schedule.pass_lengths(n, m, batch_size, batch_size))
-    return (pass_batch(f_key, at.passes, at.batch, n, size, batch_size),
-            pass_batch(r_key, at.passes, at.batch, m, retain_size, batch_size), at.phase)
-  return (cycled_batch(f_key, step, n, size, batch_size) if method.uses_forget else None,
-          cycled_batch(r_key, step, m, retain_size, batch_size) if method.uses_retain else None,
-          0)
+    at = schedule.locate(step, method.schedule, hp, schedule.pass_lengths(n, m, bf, br))
+    return (pass_batch(f_key, at.passes, at.batch, n, size, bf),
+            pass_batch(r_key, at.passes, at.batch, m, retain_size, br), at.phase)
+  return (cycled_batch(f_key, step, n, size, bf) if method.uses_forget else None,
+          cycled_batch(r_key, step, m, retain_size, br) if method.uses_retain else None, 0)
 
 
 @dataclasses.dataclass
@@ -138,11 +140,12 @@ class Programs:
       return jax.lax.with_sharding_constraint(x, sharding.batch_sharded(self.mesh))
     return x
 
-  def _parts(self, method, static, batch_size):
+  def _parts(self, method, static, batches):
     """``(prologue, body)`` of one run: the prologue computes what stays fixed (teacher
-    logits, AGE targets) and the initial carry; ``body(step, carry, ...)`` is one step."""
+    logits, AGE targets) and the initial carry; ``body(step, carry, ...)`` is one step.
+    ``batches``: (the run's batch size, the forget and the retain batch sizes)."""
     tx, update = step_lib.build_update(method, static)
-    model, b = self.model, batch_size
+    model, (b, *stream_batches) = self.model, batches
 
     def applier(variables):
       def apply(params, images):
@@ -171,19 +174,20 @@ class Programs:
       teacher_logits, targets_K = consts
       params, opt_state, bad = carry
       f_batch = r_batch = None
-      f_idx, r_idx, phase = draw(method, step, key, n, size, m, retain_x.shape[0], b, hp)
+      f_idx, r_idx, phase = draw(method, step, key, n, size, m, retain_x.shape[0],
+                                 stream_batches, hp)
       if method.uses_forget:
         label = forget_y[f_idx]
         f_batch = Batch(
             inputs=self._constrain(self.normalize(forget_x[f_idx])), label=label,
             teacher_logits=None if teacher_logits is None else teacher_logits[f_idx],
-            forget_mask=jnp.broadcast_to(mask_K, (b, mask_K.shape[0])),
+            forget_mask=jnp.broadcast_to(mask_K, (f_idx.shape[0], mask_K.shape[0])),
             target=None if targets_K is None else targets_K[label])
       if method.uses_retain:
         r_batch = Batch(self._constrain(self.normalize(retain_x[r_idx])), retain_y[r_idx])
       if f_batch is None:  # methods read the batch size / mask from the forget batch
         f_batch = Batch(inputs=r_batch.inputs, label=r_batch.label,
-                                forget_mask=jnp.broadcast_to(mask_K, (b, mask_K.shape[0])))
+                        forget_mask=jnp.broadcast_to(mask_K, (r_idx.shape[0], mask_K.shape[0])))
       rng = jax.random.fold_in(key, step)
       params, opt_state, value = update(apply, params, opt_state, f_batch, r_batch, rng, hp,
                                         self.mesh, step, aux, phase)
@@ -191,10 +195,10 @@ class Programs:
       return params, opt_state, bad
     return prologue, body
 
-  def run_fn(self, method, static, batch_size):
+  def run_fn(self, method, static, batches):
     """``run(variables, aux, forget_x, forget_y, n, retain_x, retain_y, m, mask, key, hp,
     steps) -> (params, first_bad_step)``: a whole run, the steps in one ``fori_loop``."""
-    prologue, body = self._parts(method, static, batch_size)
+    prologue, body = self._parts(method, static, batches)
 
     def run(variables, aux, forget_x, forget_y, n, retain_x, retain_y, m, mask_K, key, dyn,
             steps):
@@ -205,11 +209,11 @@ class Programs:
       return params, bad
     return run
 
-  def stepwise_fns(self, method, static, batch_size):
+  def stepwise_fns(self, method, static, batches):
     """The same run as two programs, ``start(*args) -> (consts, carry)`` and
     ``step(i, carry, consts, *args) -> carry``, for a host loop over the steps (on a CPU,
     XLA ran the loop body ~10× slower inside a ``while`` than as a program of its own)."""
-    prologue, body = self._parts(method, static, batch_size)
+    prologue, body = self._parts(method, static, batches)
 
     def start(variables, aux, forget_x, forget_y, n, retain_x, retain_y, m, mask_K, key, dyn,
               steps):
@@ -221,7 +225,7 @@ class Programs:
                   m, mask_K, key, dyn)
     return start, step
 
-  def compiled(self, method, static, batch_size, vmapped, args, fused=True):
+  def compiled(self, method, static, batches, vmapped, args, fused=True):
     """The AOT-compiled program(s) for these argument shapes, and the compile seconds.
 
     ``fused``: one program ``run(*args)``; else the ``(start, step)`` pair of
@@ -229,17 +233,17 @@ class Programs:
     shapes = jax.tree.map(
         lambda x: (np.shape(x), (x.dtype if hasattr(x, 'dtype') else np.asarray(x).dtype).str),
         args)
-    key = (method, tuple(sorted(static.items())), batch_size, vmapped, fused, str(shapes))
+    key = (method, tuple(sorted(static.items())), batches, vmapped, fused, str(shapes))
     if key in self.cache:
       return self.cache[key], 0.0
     # Runs differ in start model, aux, retain subset and key; they share the rest.
     axes = (0, 0, None, None, None, 0, 0, None, None, 0, None, None)
     begin = time.perf_counter()
     if fused:
-      fn = self.run_fn(method, static, batch_size)
+      fn = self.run_fn(method, static, batches)
       program = jax.jit(jax.vmap(fn, in_axes=axes) if vmapped else fn).lower(*args).compile()
     else:
-      start, step = self.stepwise_fns(method, static, batch_size)
+      start, step = self.stepwise_fns(method, static, batches)
       if vmapped:
         start = jax.vmap(start, in_axes=axes)
         step = jax.vmap(step, in_axes=(None, 0, 0) + axes)
@@ -299,6 +303,7 @@ def run_group(programs, run, data, starts, keys, vmapped):
   method, hp = run.method, run.hparams
   static, dyn = hparams_lib.split(hp)
   b = int(hp.batch_size)
+  batches = (b, *methods.batch_sizes(method, b, data.n_forget, data.n_retain))
   steps = np.int32(total_steps(hp.epochs, data.n_forget, b, method, hp, data.n_retain))
   repl = sharding.replicated(programs.mesh)
   put = lambda t: jax.device_put(t, repl)
@@ -322,7 +327,7 @@ def run_group(programs, run, data, starts, keys, vmapped):
     args = (put(stack(starts)), put(stack(auxes)) if auxes[0] is not None else None, *shared,
             put(data.retain_x), put(data.retain_y), *tail,
             put(np.stack(keys)), put(dyn), steps)
-    prog, compile_s = programs.compiled(method, static, b, True, args, fused_loop())
+    prog, compile_s = programs.compiled(method, static, batches, True, args, fused_loop())
     t0 = time.perf_counter()
     params, bad = jax.block_until_ready(prog(*args))
     seconds = (time.perf_counter() - t0 + prep_s) / len(starts)
@@ -333,7 +338,7 @@ def run_group(programs, run, data, starts, keys, vmapped):
   for i, (v, aux, k) in enumerate(zip(starts, auxes, keys)):
     args = (put(v), aux, *shared, put(data.retain_x[i]), put(data.retain_y[i]), *tail,
             put(k), put(dyn), steps)
-    prog, c = programs.compiled(method, static, b, False, args, fused_loop())
+    prog, c = programs.compiled(method, static, batches, False, args, fused_loop())
     compile_s += c
     t0 = time.perf_counter()
     params, bad = jax.block_until_ready(prog(*args))

@@ -332,10 +332,13 @@ def sweep(study, runs, log):
 
 
 def sweep_key(config, extra=()):
-  """Digest of every setting that changes a sweep's rows (units carry the rest)."""
+  """Digest of every setting that changes a sweep's rows (units carry the rest: each
+  unit's id holds its run's effective hyperparameters, so a method re-tuned in
+  ``unlearn.overrides`` reruns alone)."""
   cfg = config.to_dict()
   for path in (('train', 'log_every'), ('train', 'checkpoint_every'),
-               ('unlearn', 'log_every'), ('reproduce', 'plots'), ('reproduce', 'methods'),
+               ('unlearn', 'log_every'), ('unlearn', 'overrides'),
+               ('reproduce', 'plots'), ('reproduce', 'methods'),
                ('reproduce', 'forget_threshold'), ('unlearn', 'method'), ('mode',),
                ('seeds',), ('scenarios',), ('forget_classes',), ('model_seeds',),
                ('model_cache',)):

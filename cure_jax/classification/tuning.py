@@ -114,6 +114,31 @@ def tune(config, workdir, runs):
   return choices
 
 
+def merge(doc, update, why):
+  """``doc`` (a tune.json) with the methods tuned in ``update`` (another tune.json, the
+  same rule) re-tuned: their trials and choices replace ``doc``'s, and ``doc['retuned']``
+  lists them with ``why`` and the re-tuning time (tune.md says so)."""
+  same = lambda rule: {k: v for k, v in rule.items() if k != 'seconds'}
+  if same(doc['rule']) != same(update['rule']):
+    diff = sorted(k for k in same(doc['rule']) if doc['rule'][k] != update['rule'].get(k))
+    raise ValueError(f'the re-tuning used another rule ({", ".join(diff)} differ); tune '
+                     'every method again with one rule instead.')
+  names = sorted({t['method'] for t in update['trials']})
+  trials, placed = [], set()
+  for t in doc['trials'] + update['trials']:   # each re-tuned method where it was
+    name = t['method']
+    if name not in names:
+      trials.append(t)
+    elif name not in placed:
+      placed.add(name)
+      trials += [u for u in update['trials'] if u['method'] == name]
+  choices = {k: v for k, v in doc['choices'].items() if k not in names}
+  choices.update(update['choices'])
+  retuned = list(doc.get('retuned', [])) + [
+      {'methods': names, 'why': why, 'seconds': update['rule']['seconds']}]
+  return dict(doc, choices=choices, trials=trials, retuned=retuned)
+
+
 def _setting(trial):
   return ', '.join(f'{k} {trial[k]:g}' for k in ('lr', 'epochs', 'temperature') if k in trial)
 
@@ -132,6 +157,9 @@ def markdown(doc, methods, dataset):
            f'{rule["forget_threshold"]:g}, else the lowest forget accuracy; diverged trials and '
            f'trials with a run below retain {rule["min_retain_acc"]:g} (collapsed) are not '
            f'eligible. Tuning time: {rule["seconds"]:.0f} s.', '',
+           *[f'Re-tuned alone by the same rule ({r["seconds"]:.0f} s): '
+             f'{", ".join(r["methods"])}, {r["why"]}' for r in doc.get('retuned', [])],
+           *([''] if doc.get('retuned') else []),
            '| Method | Chosen | Val retain | Worst-scenario val forget | Under threshold | '
            'Trials ok / diverged / collapsed |', '|---|---|---|---|---|---|']
   for name in methods:

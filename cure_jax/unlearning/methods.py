@@ -40,7 +40,9 @@ class Method:
   needs_target: bool = False                # AGE's target classes
   # Draws or targets whole classes, or reads class labels: a classifier's method only.
   classifier_only: bool = False
-  defaults: tuple = ()                      # hyperparameters fixed by the method's name
+  # Hyperparameters fixed by the method's name; a scheduled method may also fix its passes'
+  # batch sizes here ('forget_batch', 'retain_batch': see batch_sizes), as its peer's code does.
+  defaults: tuple = ()
   prepare: Optional[Callable] = None        # (apply, params, forget, rng, hp) -> aux, once
   own_hparams: tuple = ()                   # the method's own hyperparameters (run labels)
   # The results table the method belongs to: 'forget' (forget data only) or 'retain' (with
@@ -100,6 +102,8 @@ _SCRUB = ('scrub_alpha', 'scrub_gamma', 'scrub_temperature', 'scrub_max_epochs',
 # The peers' SGD: SCRUB's notebooks (sgda_momentum), SalUn's unlearn/impl.py and DELETE's
 # method/delete.py all use momentum 0.9; fixed by the name, as their code fixes it.
 _PEER_SGD = (('momentum', 0.9),)
+# SCRUB's loaders (large_scale_unlearning.ipynb): forget batches of 512, retain batches of 256.
+_SCRUB_LOADERS = (('forget_batch', 512), ('retain_batch', 256))
 
 REGISTRY = {
     **_pair('gradasc', objectives.gradasc),
@@ -140,12 +144,24 @@ REGISTRY = {
     'salun_descent': _scheduled(peers.SALUN_PASSES, prepare=peers.salun_prepare,
                                 classifier_only=True, defaults=_PEER_SGD, own_hparams=_SALUN),
     'scrub': _scheduled(peers.SCRUB_PASSES, needs_teacher=True, prepare=peers.scrub_prepare,
-                        classifier_only=True, defaults=_PEER_SGD, own_hparams=_SCRUB),
+                        classifier_only=True, defaults=_PEER_SGD + _SCRUB_LOADERS,
+                        own_hparams=_SCRUB),
     'lur': Method(directions.lur_direction(objectives.gradasc), uses_retain=True,
                   own_hparams=_LUR),
     'lur_randlabel': Method(directions.lur_direction(objectives.randlabel), uses_retain=True,
                             classifier_only=True, own_hparams=_LUR),
 }
+
+
+def batch_sizes(method, batch_size, n_forget, n_retain):
+  """``(forget, retain)`` batch sizes of a run of ``method`` on ``n_forget`` forget and
+  ``n_retain`` retain examples: ``batch_size`` for both, except where the method's name fixes
+  its passes' sizes (SCRUB's 512 and 256), each then capped at its set (a pass is at least
+  one batch, and a batch never holds an example twice)."""
+  b = int(batch_size)
+  fixed = dict(method.defaults)
+  return (min(int(fixed['forget_batch']), n_forget) if 'forget_batch' in fixed else b,
+          min(int(fixed['retain_batch']), n_retain) if 'retain_batch' in fixed else b)
 
 
 def no_op_note(name, temperature, num_classes, num_forget):

@@ -106,8 +106,8 @@ def scrub_min(inputs):
 # (CIFAR) runs it: for epoch in 1..sgda_epochs (3), a max pass over the forget loader while
 # epoch <= msteps (2), then a min pass over the retain loader; one SGD (momentum 0.9,
 # weight decay 5e-4, lr 5e-4, no decay within 3 epochs), kd_T 4, gamma 0.99, alpha 0.001,
-# beta 0. Their forget batches hold 512 examples and their retain batches 256; a run here has
-# one batch size b, so a max pass takes ceil(n/b) steps where theirs takes ceil(n/512): at
-# equal lr our max pass moves (512/256 =) 2x as far relative to the min pass as theirs.
+# beta 0. Their forget batches hold 512 examples and their retain batches 256: the registry
+# fixes both by the name (methods.batch_sizes caps each at its set), so a max pass takes
+# ceil(n/512) steps as theirs does, whatever the run's batch_size.
 SCRUB_PASSES = (Phase(FORGET, scrub_max, first_epochs='scrub_max_epochs'),
                 Phase(RETAIN, scrub_min))

@@ -13,6 +13,7 @@ Example (any ``apply_fn(params, inputs) -> logits``; classes 3 and 7 to forget):
     state, metrics = unl.step(state, forget_batch, retain_batch, jax.random.key(step))
   params = state['params']
 """
+import math
 from typing import Any, Callable, Optional
 
 import jax
@@ -228,6 +229,13 @@ class UnlearningStep:
     return schedule.pass_lengths(*self.data_sizes, forget_batch_size,
                                  retain_batch_size or forget_batch_size)
 
+  def batch_sizes(self, batch_size):
+    """``(forget, retain)`` batch sizes for this method's loaders: those its name fixes
+    (SCRUB: its code's 512 and 256, each capped at ``data_sizes``), else ``batch_size``
+    for both."""
+    n, m = self.data_sizes if self.data_sizes else (math.inf, math.inf)
+    return methods.batch_sizes(self.method, batch_size, n, m)
+
   def data_at(self, step, forget_batch_size, retain_batch_size=None):
     """Which set step ``step`` of a scheduled method reads, ``'forget'`` or ``'retain'``
     (a loader advances only that stream; the step takes both batches and uses that one),
@@ -309,8 +317,9 @@ def make_unlearning_step(apply_fn: Callable, method: str, *, teacher: Any, forge
       (``scrub``, ``salun_descent``: every epoch a pass over each set, docs/methods.md).
       Its step maps ``state['step']`` to its pass from these sizes and the batches'
       sizes, takes both batches and uses the one its pass reads; ``u.data_at(step,
-      forget_batch_size, retain_batch_size)`` says which (advance only that loader) and
-      ``u.total_steps(epochs, ...)`` counts the steps of ``epochs`` epochs.
+      forget_batch_size, retain_batch_size)`` says which (advance only that loader),
+      ``u.total_steps(epochs, ...)`` counts the steps of ``epochs`` epochs and
+      ``u.batch_sizes(batch_size)`` gives the loaders' sizes (SCRUB's name fixes them).
 
   Returns:
     an :class:`UnlearningStep` ``u``: ``state = u.init(params, forget_data=None, rng=None)``,
