@@ -1,7 +1,25 @@
-"""Four host CPU devices for the data-parallel tests, set before JAX starts its backend."""
+"""Four host CPU devices for the data-parallel tests, set before JAX starts its backend, and
+one persistent compilation cache for the suite.
+
+The suite compiles many small programs, most of them more than once: the same smoke model's
+steps in several test files, in both xdist workers and in the ``experiments.main``
+subprocesses that the end-to-end tests start (they inherit the environment set here). The
+cache is ``CURE_JAX_TEST_CACHE`` (default: ``.pytest_cache/xla`` in the checkout, ignored by
+git, so a fresh clone starts it empty); ``CURE_JAX_TEST_CACHE=''`` turns it off. A cached
+program is XLA's own output for the same HLO, flags and devices, so no result depends on it.
+"""
 import os
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
+
+_CACHE = os.environ.get('CURE_JAX_TEST_CACHE', os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.pytest_cache', 'xla'))
+if _CACHE:
+  # Environment, not jax.config: the subprocesses the tests start read it too.
+  os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE)
+  # Every program, however quick to compile: the suite's are small and many.
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import jax  # noqa: E402
 

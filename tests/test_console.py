@@ -1,5 +1,8 @@
-"""The console: one line per phase, warnings, the table; the rest in WORKDIR/log.txt."""
+"""The CLI end to end on a smoke sweep (one run serves every check on its outputs: the report,
+the console, the log file), and the console: one line per phase, warnings, the table; the
+rest in WORKDIR/log.txt."""
 import io
+import json
 import logging as std_logging
 import os
 import re
@@ -12,8 +15,8 @@ from absl import logging
 from cure_jax.infra import console, progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ('--config.model_seeds=1', "--config.scenarios=1", '--config.seeds=1',
-         "--config.reproduce.methods=('ghr',)", '--config.train.epochs=1',
+SMALL = ('--config.model_seeds=1', "--config.reproduce.methods=('ghr','grogu')",
+         '--config.unlearn.temperature=3.0', '--config.train.epochs=1',
          '--config.train.log_every=5', '--config.train.checkpoint_every=10')
 
 
@@ -29,12 +32,35 @@ def quiet_run(tmp_path_factory):
   return workdir, _main(workdir)
 
 
+def test_cli_smoke_run_writes_the_complete_report(quiet_run):
+  workdir, result = quiet_run
+  assert result.returncode == 0, result.stderr[-3000:]
+  doc = json.loads((workdir / 'results.json').read_text())
+  rows = doc['rows']
+  assert [(r['method'], r['scenario']) for r in rows] == (
+      [(m, s) for s in ('1', '3') for m in ('original', 'retrain')]
+      + [(m, s) for m in ('ghr', 'grogu') for s in ('1', '3') for _ in range(2)])
+  for row in rows:
+    assert {'scenario', 'model_seed', 'seed', 'method', 'hparams', 'retain_acc', 'forget_acc',
+            'overall_acc', 'mia_efficacy', 'time_s', 'model_fingerprint', 'status'} <= set(row)
+  runs = [r for r in rows if r['setting'] != 'reference']
+  assert runs[0]['per_class_change'] and runs[0]['input_grad_dist'] >= 0
+  # The typed temperature beats digits.py's per-method override (GROGU's T = 2 there).
+  assert {r['hparams']['temperature'] for r in runs if r['method'] == 'grogu'} == {3.0}
+  assert 'unlearn.temperature' in doc['meta']['cli_keys']
+  table = (workdir / 'results.md').read_text()
+  grogu_line = re.compile(r'^\| (\*\*)?grogu(\*\*)? \| 2 \|', re.M)
+  assert grogu_line.search(table) and grogu_line.search(result.stdout)
+  assert '1: retain | 1: forget | 3: retain | 3: forget' in result.stdout
+
+
 def test_default_console_is_one_line_per_phase_and_the_table(quiet_run):
   workdir, result = quiet_run
   assert result.returncode == 0, result.stderr[-3000:]
   err = result.stderr.splitlines()
-  # start line, loading, original, retrain, one method (each phase may add a start line)
-  assert 5 <= len(err) <= 9, result.stderr
+  # start line, loading, original, one retrain per scenario (2), two methods (each phase
+  # may add a start line)
+  assert 7 <= len(err) <= 13, result.stderr
   assert err[0].startswith('cure-jax classification reproduce (digits)')
   assert any(line.startswith('loaded digits') for line in err)
   assert any(re.match(r'train original .*done, \d+ steps in', line) for line in err)
@@ -42,7 +68,7 @@ def test_default_console_is_one_line_per_phase_and_the_table(quiet_run):
   assert any(line.startswith('ghr') for line in err)
   for noise in ('orbax', 'checkpoint_manager', 'Event loop is closed', 'tensorstore', 'I1', 'W1'):
     assert noise not in result.stderr
-  assert re.search(r'^\| ghr \|', result.stdout, re.M)  # the final table
+  assert re.search(r'^\| (\*\*)?ghr(\*\*)? \|', result.stdout, re.M)  # the final table
 
 
 def test_log_file_has_the_detail(quiet_run):

@@ -1,19 +1,15 @@
-"""KLOM (cure_jax/metrics/klom.py) against computations written here, and its place in the
-protocol's results.json and Table 3 on a tiny digits sweep."""
+"""KLOM (cure_jax/metrics/klom.py) against computations written here; its place in the
+protocol's results.json and Table 3 is checked on test_protocol.py's sweep."""
 import json
 import math
-import os
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from cure_jax.classification import evaluate, protocol, report
+from cure_jax.classification import evaluate
 from cure_jax.data import sources, views
-from cure_jax.data.digits import load_digits
-from cure_jax.infra import entry
 from cure_jax.metrics import klom
-from tests import helpers
 
 
 def test_margin_is_true_logit_minus_logsumexp_of_the_others():
@@ -118,78 +114,3 @@ def test_margins_files_round_trip_under_the_rows_json(tmp_path):
   for k, v in margins.items():
     assert back[k].dtype == np.float32 and np.array_equal(back[k], v.astype(np.float32))
   assert evaluate.load_margins(str(tmp_path), {**row, 'seed': 2}) is None
-
-
-def _config():
-  config = helpers.smoke_config()
-  config.scenarios = '1'
-  config.model_seeds = 1
-  config.seeds = 2
-  config.reproduce.methods = ('ghr',)
-  return config
-
-
-@pytest.fixture(scope='module')
-def swept(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('klom')
-  rows = entry.run(_config(), str(workdir))
-  return workdir, rows
-
-
-def test_results_json_carries_klom_per_scenario_and_method(swept):
-  workdir, rows = swept
-  doc = json.loads((workdir / 'results.json').read_text())
-  assert doc['rows'] == rows and not any('klom' in k for r in rows for k in r)
-  section = doc['klom']
-  assert section['definition']['bins'] == 20 and section['definition']['percentiles'] == [95, 99]
-  groups = {(g['scenario'], g['method']): g for g in section['groups']}
-  assert set(groups) == {('1', 'original'), ('1', 'ghr')}    # the retrain reference: none
-  assert (groups['1', 'ghr']['n_models'], groups['1', 'ghr']['n_retrain']) == (2, 1)
-  directory = workdir / evaluate.MARGINS_DIR
-  retrain = [evaluate.load_margins(directory, r)[1] for r in rows if r['method'] == 'retrain']
-  for (_, method), group in groups.items():
-    mine = [evaluate.load_margins(directory, r)[1] for r in rows if r['method'] == method]
-    for k in evaluate.KLOM_SETS:
-      values = klom.klom(np.stack([m[k] for m in mine]), np.stack([m[k] for m in retrain]))
-      assert group[k] == pytest.approx(klom.summary(values)), (method, k)
-      assert group[k]['n'] == len(retrain[0][k]) > 0
-  # Forget / retain: the training examples of class 1 / the others (digits: retain capped).
-  train_y = np.asarray(load_digits().train.labels)
-  ghr = groups['1', 'ghr']
-  assert (ghr['forget']['n'], ghr['retain']['n']) == (
-      np.sum(train_y == 1), min(np.sum(train_y != 1), evaluate.KLOM_MAX_EXAMPLES))
-
-
-def test_table3_shows_the_klom_columns(swept):
-  workdir, _ = swept
-  doc = json.loads((workdir / 'results.json').read_text())
-  text = (workdir / 'results.md').read_text()
-  assert 'KL(unlearned ‖ retrain)' in text
-  table1, table3 = text.split('### Scenario 1: Table 3 layout')
-  assert 'KLOM' not in table1.split('### Table 1')[1].split('\n\n')[1]   # Table 1 as it was
-  assert '| KLOM forget | KLOM retain | KLOM val |' in table3
-  for g in doc['klom']['groups']:
-    line = next(l for l in table3.splitlines() if l.startswith(f'| {g["method"]} '))
-    assert line.rstrip(' |').endswith(' | '.join(f'{g[k]["p95"]:.3f}'
-                                                 for k in evaluate.KLOM_SETS)), line
-  retrain = next(l for l in table3.splitlines() if l.startswith('| retrain '))
-  assert retrain.endswith('| – | – | – |')
-
-
-def test_resumed_sweep_keeps_the_klom(swept, monkeypatch):
-  """A rerun finds every unit in the log and the margins beside it: nothing is run again,
-  the KLOM section is the same; a lost margins file is named, not guessed."""
-  workdir, rows = swept
-  before = json.loads((workdir / 'results.json').read_text())['klom']
-  monkeypatch.setattr(protocol, 'run_unit', lambda *a: pytest.fail('a unit was run again'))
-  entry.run(_config(), str(workdir))
-  assert json.loads((workdir / 'results.json').read_text())['klom'] == before
-  run = next(r for r in rows if r['method'] == 'ghr')
-  lost = workdir / evaluate.MARGINS_DIR / (evaluate.margins_key(run) + '.json')
-  os.rename(lost, str(lost) + '.away')
-  try:
-    groups = report.klom_section(rows, str(workdir))['groups']
-  finally:
-    os.rename(str(lost) + '.away', lost)
-  ghr = next(g for g in groups if g['method'] == 'ghr')
-  assert ghr['forget'] is None and ghr['note'] == 'margins of 1 of 2 models not recorded'
