@@ -8,7 +8,10 @@ Protocol: K = 30 original models, 30 retrain models per scenario, 30 runs per me
 scenario (run i starts from original i mod 30 and is compared with retrain model i mod 30).
 Fewer for a quick look: --config.model_seeds=3 --config.seeds=3; other scenarios:
 --config.scenarios='1;3;8' (or '1,3' for several classes in one scenario).
-Runtime: a GPU job (200-epoch ResNet-18 original and retrain models; far too slow on a CPU).
+Runtime: a GPU job (200-epoch ResNet-18 original and retrain models; far too slow on a CPU):
+estimated from a measured H200 step at about 16 h on one H200 one model at a time and about
+2.4 h on 8 H200s with the models spread over the `seeds` axis (the default on GPUs; cap the
+models per GPU with --config.models_per_device=4 on a 16 GB card); docs/benchmarks.md.
 Results: results.json, results.md and the per-scenario plots in the workdir.
 Expected result (the paper, test retain/forget acc, 30 seeds): original .926/.961, retrain
 .929/0, GHR .862/.000, GSR .854/.000, UNDIAL .817/.000, GROGU .893/.000.

@@ -25,10 +25,11 @@ def main(argv):
     with open(update_path) as f:
       update = json.load(f)
     merged = tuning.merge(doc, update, why)
+    merged['rule']['dataset']  # a log without its dataset: say so, as for a missing key
   except (OSError, ValueError, KeyError) as e:
     sys.exit(f'merge_tuning: {e}')
   order = list(dict.fromkeys(t['method'] for t in merged['trials']))
-  dataset = open(path.replace('.json', '.md')).readline().lstrip('# ').split(':')[0]
+  dataset = merged['rule']['dataset']
   files.write_atomic(path, files.to_json(merged))
   files.write_atomic(path.replace('.json', '.md'), tuning.markdown(merged, order, dataset))
 

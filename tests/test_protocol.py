@@ -236,6 +236,7 @@ def test_tune_scores_on_validation_and_records_its_rule(first):
   doc = json.loads((workdir / 'tune.json').read_text())
   assert doc['choices'] == choices and set(choices) == {'ghr', 'gsr'}
   assert doc['rule']['trials_per_method'] == 2 and doc['rule']['split'] == 'val'
+  assert doc['rule']['dataset'] == 'digits'
   assert doc['rule']['forget_threshold'] == config.reproduce.forget_threshold
   for name in ('ghr', 'gsr'):
     assert len([t for t in doc['trials'] if t['method'] == name]) == 2
@@ -267,7 +268,8 @@ def test_tune_markdown_names_methods_without_a_choice():
 
 
 def test_a_retuned_method_replaces_its_trials_in_place(tmp_path):
-  rule = {'trials_per_method': 1, 'lrs': [0.1], 'epochs': [1], 'temperatures': [2],
+  rule = {'dataset': 'toy', 'trials_per_method': 1, 'lrs': [0.1], 'epochs': [1],
+          'temperatures': [2],
           'runs_per_scenario': 1, 'scenarios': ['1'], 'model_seeds': [0],
           'forget_threshold': 0.0, 'min_retain_acc': 0.3, 'seconds': 3.0}
   trial = lambda name, retain: {'method': name, 'lr': 0.1, 'epochs': 1.0, 'status': 'ok',
@@ -289,7 +291,6 @@ def test_a_retuned_method_replaces_its_trials_in_place(tmp_path):
     tuning.merge(doc, dict(update, rule=dict(rule, lrs=[0.2])), 'x')
   # The script: the log and its table rewritten, one line for a bad input.
   (tmp_path / 't.json').write_text(json.dumps(doc))
-  (tmp_path / 't.md').write_text('# toy: tuning on the validation split\n')
   (tmp_path / 'u.json').write_text(json.dumps(update))
   script = os.path.join(os.path.dirname(__file__), '..', 'scripts', 'merge_tuning.py')
   ok = subprocess.run([sys.executable, script, str(tmp_path / 't.json'),

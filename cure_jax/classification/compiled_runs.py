@@ -7,7 +7,8 @@ serves every scenario (the forget mask, the data and the step count are inputs, 
 padded to a fixed size), every seed and every numeric hyperparameter
 (:data:`cure_jax.unlearning.hparams.DYNAMIC`):
 each method compiles once per sweep. Runs either call the program one after another or go
-through it together, ``jax.vmap``-ped (``config.seed_parallel``; on a CPU the vmapped
+through it together, stacked and split over the mesh's ``seeds`` axis
+(:func:`cure_jax.infra.sharding.over_models`; ``config.seed_parallel``: on a CPU the vmapped
 convolutions of several parameter sets were ~12× slower than one, so sequential is the
 default there).
 
@@ -135,9 +136,10 @@ class Programs:
     return (x_u8.astype(jnp.float32) / 255.0 - self.mean) / self.std
 
   def _constrain(self, x):
-    n = self.mesh.devices.size
+    n = sharding.data_size(self.mesh)
     if n > 1 and x.shape[0] % n == 0:
-      return jax.lax.with_sharding_constraint(x, sharding.batch_sharded(self.mesh))
+      return jax.lax.with_sharding_constraint(
+          x, sharding.batch_sharded(sharding.traced_mesh(self.mesh)))
     return x
 
   def _parts(self, method, static, batches):
@@ -241,12 +243,13 @@ class Programs:
     begin = time.perf_counter()
     if fused:
       fn = self.run_fn(method, static, batches)
-      program = jax.jit(jax.vmap(fn, in_axes=axes) if vmapped else fn).lower(*args).compile()
+      over = sharding.over_models(fn, axes, self.mesh) if vmapped else fn
+      program = jax.jit(over).lower(*args).compile()
     else:
       start, step = self.stepwise_fns(method, static, batches)
       if vmapped:
-        start = jax.vmap(start, in_axes=axes)
-        step = jax.vmap(step, in_axes=(None, 0, 0) + axes)
+        start = sharding.over_models(start, axes, self.mesh)
+        step = sharding.over_models(step, (None, 0, 0) + axes, self.mesh)
       start_c = jax.jit(start).lower(*args).compile()
       consts, carry = start_c(*args)   # concrete: the step is lowered for their shardings
       step_c = jax.jit(step).lower(np.int32(0), carry, consts, *args).compile()
@@ -322,11 +325,10 @@ def run_group(programs, run, data, starts, keys, vmapped):
   shared = (put(data.forget_x), put(data.forget_y), np.int32(data.n_forget))
   tail = (np.int32(data.n_retain), put(data.mask_K))
   results, bads, run_s = [], [], []
-  if vmapped:
-    stack = lambda trees: jax.tree.map(lambda *x: np.stack(x), *trees)
-    args = (put(stack(starts)), put(stack(auxes)) if auxes[0] is not None else None, *shared,
-            put(data.retain_x), put(data.retain_y), *tail,
-            put(np.stack(keys)), put(dyn), steps)
+  if vmapped:  # the runs stacked (split over the mesh's seeds axis, if it has one)
+    stack = lambda trees: sharding.stack_models(list(trees), programs.mesh)
+    args = (stack(starts), stack(auxes) if auxes[0] is not None else None, *shared,
+            stack(data.retain_x), stack(data.retain_y), *tail, stack(keys), put(dyn), steps)
     prog, compile_s = programs.compiled(method, static, batches, True, args, fused_loop())
     t0 = time.perf_counter()
     params, bad = jax.block_until_ready(prog(*args))
@@ -334,7 +336,7 @@ def run_group(programs, run, data, starts, keys, vmapped):
     params, bad = jax.device_get((params, bad))
     for i in range(len(starts)):
       results.append(jax.tree.map(lambda x: x[i], params))
-    return results, list(np.asarray(bad)), [seconds] * len(starts), compile_s
+    return results, list(np.asarray(bad)[:len(starts)]), [seconds] * len(starts), compile_s
   for i, (v, aux, k) in enumerate(zip(starts, auxes, keys)):
     args = (put(v), aux, *shared, put(data.retain_x[i]), put(data.retain_y[i]), *tail,
             put(k), put(dyn), steps)

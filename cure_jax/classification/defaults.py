@@ -26,9 +26,16 @@ def classification_config():
   c.model_seeds = 1
   c.distributed = False       # multi-host: call jax.distributed.initialize()
   c.seeds = 5                 # unlearning runs per method and scenario (seeds 0..seeds-1)
-  # Run a method's seeds as one vmapped program: True, False, or None = on accelerators only
-  # (on the 2-core CPU the vmapped sweep was not faster; docs/benchmarks.md).
+  # Train the K models of a kind, and run a method's seeds, as one program each, the models
+  # split over the `seeds` mesh axis: True, False, or None = on accelerators only (on the
+  # 2-core CPU the vmapped sweep was not faster; docs/benchmarks.md).
   c.seed_parallel = ml_collections.config_dict.placeholder(bool)
+  # Device groups along `seeds` when seed_parallel; each group's devices split one model's
+  # batch (`data`). 0 = one group per device (a model per device, several if K > devices).
+  c.seed_devices = 0
+  # At most this many models per device group in one program (bounds its memory; 0 = all K
+  # models, or all of a method's runs, at once).
+  c.models_per_device = 0
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'digits'

@@ -22,8 +22,8 @@ import numpy as np
 from absl import logging
 
 from cure_jax import models
-from cure_jax.classification import compiled_runs, evaluate, train
-from cure_jax.infra import console, fingerprint, plan, sharding, trainer, validation
+from cure_jax.classification import compiled_runs, evaluate, model_groups
+from cure_jax.infra import console, fingerprint, plan, sharding, validation
 from cure_jax.data import load_dataset, views
 from cure_jax.unlearning import methods
 
@@ -56,22 +56,6 @@ class Scenario:
   retrain: list = dataclasses.field(default_factory=list)     # Trained per model seed
   references: list = dataclasses.field(default_factory=list)  # evaluator references
   klom_sets: Any = None      # evaluate.KlomSets, None when the study keeps no margins
-
-
-@dataclasses.dataclass(frozen=True)
-class Trained:
-  """A trained model's variables and its ``model.json`` record (:mod:`cure_jax.infra.trainer`)."""
-  variables: Any
-  info: dict
-
-  @property
-  def fingerprint(self):
-    return self.info.get('fingerprint')
-
-  @property
-  def train_s(self):
-    """Training seconds without compilation; None when it was resumed (not comparable)."""
-    return self.info.get('train_s')
 
 
 class Timings(dict):
@@ -107,18 +91,6 @@ class Study:
   margins_dir: Any = None    # where each evaluated model's KLOM margins go; None: nowhere
 
 
-def resolve_seed_parallel(value):
-  """``config.seed_parallel``: None = vmapped runs on GPU/TPU, one by one on CPU."""
-  return jax.default_backend() != 'cpu' if value is None else bool(value)
-
-
-def _train(config, workdir, kind, data, model, mesh, classes, seed):
-  variables = train.train_classifier(config, workdir, kind, data, model, mesh, classes,
-                                     seed=seed)
-  directory = train.checkpoint_dir(workdir, config, kind, classes, seed, data)
-  return Trained(variables, trainer.read_info(directory))
-
-
 def make_study(config, workdir, split='test', kinds=('original', 'retrain'), n_runs=None):
   """Loads the data and trains (or reuses from the model cache) every model the sweep needs.
   ``config`` is checked first, as on the command line (a bad value: one ConfigError line).
@@ -132,15 +104,12 @@ def make_study(config, workdir, split='test', kinds=('original', 'retrain'), n_r
     sharding.maybe_initialize_distributed(config.distributed)
     data = load_dataset(config.data)
   seeds = plan.model_seeds(config)
-  mesh = sharding.make_mesh()
+  mesh, group_mesh = sharding.make_mesh(), model_groups.seeds_mesh(config)
   model = models.get_model(config.model.name, data.num_classes, config.model.dtype)
-  trained = functools.partial(_train, config, workdir, data=data, model=model, mesh=mesh)
-  originals = []
-  if 'original' in kinds:
-    for s in seeds:
-      console.phase('training original model (seed %d)', s)
-      with timings.phase('train'):
-        originals.append(trained(kind='original', classes=(), seed=s))
+  trained = functools.partial(model_groups.train_models, config, workdir, data=data,
+                              model=model, mesh=mesh, group_mesh=group_mesh, seeds=seeds,
+                              timings=timings)
+  originals = trained(kind='original', classes=()) if 'original' in kinds else []
   evaluator = evaluate.Evaluator(model, data, getattr(data, split), mesh,
                                  config.train.eval_batch_size)
   # Tuning (the validation split) scores trials by their accuracies alone: no MIA, no
@@ -158,18 +127,16 @@ def make_study(config, workdir, split='test', kinds=('original', 'retrain'), n_r
     if keep_margins:
       sc.klom_sets = evaluate.klom_sets(forget, retain, data.val, label)
     if 'retrain' in kinds:
-      for s in seeds:
-        console.phase('training retrain model (scenario %s, seed %d)', label, s)
-        with timings.phase('train'):
-          sc.retrain.append(trained(kind='retrain', classes=classes, seed=s))
-        with timings.phase('evaluate'):
-          sc.references.append(evaluator.reference(sc.retrain[-1].variables, classes)
-                               if full else None)
+      sc.retrain = trained(kind='retrain', classes=classes, label=label)
+      with timings.phase('evaluate'):
+        sc.references = [evaluator.reference(r.variables, classes) if full else None
+                         for r in sc.retrain]
     scenarios.append(sc)
   programs = compiled_runs.programs(model, tuple(np.ravel(data.mean)),
-                                    tuple(np.ravel(data.std)), mesh)
+                                    tuple(np.ravel(data.std)), group_mesh or mesh)
   return Study(config, data, model, mesh, seeds, originals, scenarios, evaluator, programs,
-               resolve_seed_parallel(config.seed_parallel), n_runs or config.seeds, timings,
+               model_groups.resolve_seed_parallel(config.seed_parallel),
+               n_runs or config.seeds, timings,
                os.path.join(workdir, evaluate.MARGINS_DIR) if keep_margins else None)
 
 
@@ -238,7 +205,8 @@ def run_units(study, run):
   """``[(unit_id, scenario, [(model index, seed), ...]), ...]`` in sweep order."""
   k = len(study.model_seeds)
   runs = [(i % k, i) for i in range(study.n_runs)]
-  groups = [runs] if study.seed_parallel else [[r] for r in runs]
+  groups = model_groups.seed_groups(runs, study.programs.mesh if study.seed_parallel else None,
+                                    study.config.models_per_device)
   hp_key = fingerprint.digest(run.record)
   out = []
   for sc in study.scenarios:

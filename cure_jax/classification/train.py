@@ -10,7 +10,7 @@ import numpy as np
 import optax
 
 from cure_jax.data import load_dataset, pipeline, views
-from cure_jax.infra import fingerprint, sharding, train_state, trainer
+from cure_jax.infra import fingerprint, group_fit, sharding, train_state, trainer
 from cure_jax.unlearning import losses
 
 KINDS = ('original', 'retrain')
@@ -53,13 +53,9 @@ def initializer(model, cfg, image_shape, mesh):
   return _STEP_CACHE[key]
 
 
-def make_train_step(model, cfg, mesh):
-  """The jitted data-parallel SGD step ``(state, batch, total_steps) -> (state, metrics)``
-  on cross-entropy with BatchNorm in training mode; compiled once per model/optimizer/mesh."""
-  key = (model, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.warmup_fraction,
-         mesh)
-  if key in _STEP_CACHE:
-    return _STEP_CACHE[key]
+def _step_fn(model, cfg):
+  """``(state, batch, total_steps) -> (state, metrics)``: one SGD step on cross-entropy with
+  BatchNorm in training mode."""
   tx = make_optimizer(cfg)
 
   def step(state, batch, total_steps):
@@ -78,10 +74,35 @@ def make_train_step(model, cfg, mesh):
                               batch_stats=batch_stats, opt_state=opt_state)
     accuracy = (logits.argmax(-1) == batch['label']).mean()
     return new_state, {'loss': loss, 'accuracy': accuracy}
+  return step
 
-  repl = sharding.replicated(mesh)
-  _STEP_CACHE[key] = jax.jit(step, in_shardings=(repl, sharding.batch_sharded(mesh), repl),
-                             out_shardings=repl, donate_argnums=0)
+
+def _step_key(model, cfg, mesh):
+  return (model, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.warmup_fraction,
+          mesh)
+
+
+def make_train_step(model, cfg, mesh):
+  """The jitted data-parallel SGD step ``(state, batch, total_steps) -> (state, metrics)``
+  on cross-entropy with BatchNorm in training mode; compiled once per model/optimizer/mesh."""
+  key = _step_key(model, cfg, mesh)
+  if key not in _STEP_CACHE:
+    repl = sharding.replicated(mesh)
+    _STEP_CACHE[key] = jax.jit(_step_fn(model, cfg),
+                               in_shardings=(repl, sharding.batch_sharded(mesh), repl),
+                               out_shardings=repl, donate_argnums=0)
+  return _STEP_CACHE[key]
+
+
+def make_group_train_step(model, cfg, mesh):
+  """The same step over models stacked along axis 0 (``(seeds, data)`` ``mesh``: models split
+  over ``seeds``, each model's batch over ``data``)."""
+  key = ('group',) + _step_key(model, cfg, mesh)
+  if key not in _STEP_CACHE:
+    over = sharding.over_models(_step_fn(model, cfg), (0, 0, None), mesh)
+    models, batches = sharding.seeds_sharded(mesh), sharding.seeds_sharded(mesh, True)
+    _STEP_CACHE[key] = jax.jit(over, in_shardings=(models, batches, sharding.replicated(mesh)),
+                               out_shardings=models, donate_argnums=0)
   return _STEP_CACHE[key]
 
 
@@ -102,6 +123,26 @@ def checkpoint_dir(workdir, config, kind, forget_classes=(), seed=None, data=Non
       config, kind, seed, forget_classes, data.digest))
 
 
+def _plan(config, workdir, kind, data, forget_classes, seed, mesh):
+  """``(total_steps, batches, directory, settings)`` of the model of one seed."""
+  cfg = config.train
+  sharding.check_batch_size(cfg.batch_size, mesh, 'config.train.batch_size')
+  source = training_source(data, kind, forget_classes)
+  steps_per_epoch = len(source) // cfg.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f'config.train.batch_size={cfg.batch_size} exceeds the {len(source)} '
+                     'training examples.')
+
+  def batches(start):
+    return pipeline.batches(source, cfg.batch_size, mean=data.mean, std=data.std, seed=seed,
+                            augment=config.data.augment, pad=config.data.pad,
+                            start_step=start)
+
+  settings = fingerprint.model_settings(config, kind, seed, forget_classes, data.digest)
+  return (cfg.epochs * steps_per_epoch, batches, trainer.model_dir(config, workdir, settings),
+          settings)
+
+
 def train_classifier(config, workdir, kind, data, model, mesh, forget_classes, on_step=None,
                      seed=None):
   """Trains (or resumes, or loads when finished) the ``kind`` model; returns its variables
@@ -114,27 +155,39 @@ def train_classifier(config, workdir, kind, data, model, mesh, forget_classes, o
   """
   cfg = config.train
   seed = config.seed if seed is None else int(seed)
-  sharding.check_batch_size(cfg.batch_size, mesh, 'config.train.batch_size')
-  source = training_source(data, kind, forget_classes)
-  steps_per_epoch = len(source) // cfg.batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f'config.train.batch_size={cfg.batch_size} exceeds the {len(source)} '
-                     'training examples.')
-  total_steps = cfg.epochs * steps_per_epoch
+  total_steps, batches, directory, settings = _plan(config, workdir, kind, data,
+                                                    forget_classes, seed, mesh)
   state = initializer(model, cfg, data.image_shape, mesh)(jax.random.key(seed))
   train_step = make_train_step(model, cfg, mesh)
 
   def step_fn(state, step, batch):
     return train_step(state, sharding.shard_batch(batch, mesh), np.int32(total_steps))
 
-  def batches(start):
-    return pipeline.batches(source, cfg.batch_size, mean=data.mean, std=data.std, seed=seed,
-                            augment=config.data.augment, pad=config.data.pad,
-                            start_step=start)
-
-  settings = fingerprint.model_settings(config, kind, seed, forget_classes, data.digest)
-  directory = trainer.model_dir(config, workdir, settings)
   state = trainer.fit(state, step_fn, batches, total_steps, directory, settings,
                       name=f'train {kind} seed {seed}', log_every=cfg.log_every,
                       checkpoint_every=cfg.checkpoint_every, on_step=on_step)
   return state.variables
+
+
+def train_classifiers(config, workdir, kind, data, model, mesh, forget_classes, seeds,
+                      seeds_mesh=None):
+  """The ``kind`` models of ``seeds`` (variables, in order): one after another on ``mesh``,
+  or with ``seeds_mesh`` (:func:`cure_jax.infra.sharding.make_seeds_mesh`) all in one
+  program, split over its ``seeds`` axis (:mod:`cure_jax.infra.group_fit`). Each model is
+  initialised, batched and cached exactly as :func:`train_classifier` does it."""
+  if seeds_mesh is None or len(seeds) < 2:
+    return [train_classifier(config, workdir, kind, data, model, mesh, forget_classes,
+                             seed=s) for s in seeds]
+  cfg = config.train
+  plans = [_plan(config, workdir, kind, data, forget_classes, int(s), seeds_mesh)
+           for s in seeds]
+  total_steps = plans[0][0]
+  init = initializer(model, cfg, data.image_shape, mesh)
+  step = make_group_train_step(model, cfg, seeds_mesh)
+  states = group_fit.fit_group(
+      [init(jax.random.key(int(s))) for s in seeds],
+      lambda state, i, batch: step(state, batch, np.int32(total_steps)),
+      [p[1] for p in plans], total_steps, [p[2] for p in plans], [p[3] for p in plans],
+      seeds_mesh, name=f'train {kind} seeds {",".join(str(s) for s in seeds)}',
+      log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every)
+  return [s.variables for s in states]

@@ -99,7 +99,8 @@ def tune(config, workdir, runs):
       choices[name] = select(scored, threshold, config.tune.min_retain_acc, name)
     else:
       logging.warning('tune %s: every trial diverged; no choice (lower config.tune.lrs).', name)
-  rule = {'trials_per_method': len(config.tune.lrs) * len(config.tune.epochs),
+  rule = {'dataset': config.data.name,
+          'trials_per_method': len(config.tune.lrs) * len(config.tune.epochs),
           'lrs': list(config.tune.lrs), 'epochs': list(config.tune.epochs),
           'temperatures': list(config.tune.temperatures), 'split': 'val',
           'scenarios': [sc.label for sc in study.scenarios],

@@ -68,6 +68,7 @@ def validate(config, num_devices):
   check('config.seeds', config.seeds, positive_int)
   plan.model_seeds(config)
   choice('config.seed_parallel', config.seed_parallel, (True, False, None))
+  _check_seed_devices(config, num_devices)
   checks(config.train, 'config.train', _TRAIN_RULES)
   check_batch('config.train.batch_size', config.train.batch_size, num_devices)
   check_batch('config.train.eval_batch_size', config.train.eval_batch_size, num_devices)
@@ -80,3 +81,17 @@ def validate(config, num_devices):
         fail(f'config.tune.{key}', values, 'give a non-empty list of numbers > 0')
     check('config.tune.seeds', config.tune.seeds, positive_int)
     check('config.tune.min_retain_acc', config.tune.min_retain_acc, fraction_closed)
+
+
+def _check_seed_devices(config, num_devices):
+  """``config.seed_devices``: 0 or a divisor of the device count (the batch checks, over
+  every device, cover each group's share); ``config.models_per_device`` >= 0."""
+  groups = config.seed_devices
+  divides = isinstance(groups, int) and (groups == 0 or (
+      groups > 0 and (not num_devices or num_devices % groups == 0)))
+  if not divides:
+    fail('config.seed_devices', groups,
+         f'use 0 (one group per device) or a divisor of the {num_devices} devices')
+  per_device = config.models_per_device
+  if not (isinstance(per_device, int) and per_device >= 0):
+    fail('config.models_per_device', per_device, 'use an integer >= 0 (0: all at once)')

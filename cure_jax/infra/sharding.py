@@ -4,7 +4,11 @@ optimizer state) replicated or FSDP-sharded.
 Meshes use Auto axis types (``jax.make_mesh`` defaults to Explicit in JAX 0.10, which makes a
 Linen ``Conv`` on a batch-sharded input raise ``ShardingTypeError``). A mesh is 1-D over
 ``data`` (every device a data-parallel replica), or ``(data, fsdp)`` when ``fsdp`` devices
-share one copy of the parameters. Batches are split over every axis.
+share one copy of the parameters. Batches are split over every axis but ``seeds``.
+
+Several models trained or unlearned together (the protocol's K models, a method's runs) use
+a ``(seeds, data)`` mesh (:func:`make_seeds_mesh`): their stacked arrays are split over
+``seeds`` (one or more models per device group) and each model's batch over ``data``.
 
 FSDP (ZeRO-3 style, as big_vision's ``fsdp`` rule): every array with at least ``min_size``
 elements is split along its largest dimension that the FSDP axis size divides; smaller ones
@@ -24,6 +28,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = 'data'
 FSDP_AXIS = 'fsdp'
+SEEDS_AXIS = 'seeds'
 MODES = ('replicated', 'fsdp')
 # 2**14 float32 = 64 KiB: below that, gathering costs more than the memory saved.
 DEFAULT_MIN_SIZE = 2**14
@@ -49,18 +54,96 @@ def make_mesh(devices=None, fsdp=1):
   return Mesh(grid, (DATA_AXIS, FSDP_AXIS), axis_types=(AxisType.Auto, AxisType.Auto))
 
 
+def make_seeds_mesh(seed_devices=0, devices=None):
+  """A ``(seeds, data)`` mesh over ``devices`` (default: all): ``seed_devices`` groups of
+  devices along ``seeds`` (0: every device its own group), each group one model's
+  data-parallel replicas along ``data``."""
+  devices = jax.devices() if devices is None else list(devices)
+  seeds = seed_devices or len(devices)
+  if seeds < 1 or len(devices) % seeds:
+    raise ValueError(f'config.seed_devices={seed_devices} must divide the {len(devices)} '
+                     f'devices; use a divisor of {len(devices)} (0: one per device).')
+  grid = np.asarray(devices).reshape(seeds, len(devices) // seeds)
+  return Mesh(grid, (SEEDS_AXIS, DATA_AXIS), axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+def seeds_size(mesh):
+  """Devices along ``seeds`` (1 for a mesh without that axis)."""
+  return dict(zip(mesh.axis_names, mesh.devices.shape)).get(SEEDS_AXIS, 1)
+
+
+def data_size(mesh):
+  """Devices one model's batch is split over: every axis but ``seeds``."""
+  return mesh.devices.size // seeds_size(mesh)
+
+
+def seeds_sharded(mesh, batches=False):
+  """Stacked per-model arrays: the leading (model) axis split over ``seeds`` (``batches``:
+  and each model's batch, axis 1, over the other axes); replicated on a mesh without
+  ``seeds``."""
+  if SEEDS_AXIS not in mesh.axis_names:
+    return replicated(mesh)
+  if not batches:
+    return NamedSharding(mesh, P(SEEDS_AXIS))
+  return NamedSharding(mesh, P(SEEDS_AXIS, *batch_sharded(mesh).spec))
+
+
+def stack_models(trees, mesh, batches=False):
+  """Per-model trees stacked along a new axis 0 and placed by :func:`seeds_sharded`; the
+  list is padded with copies of its first tree to a multiple of the ``seeds`` axis (callers
+  drop those models' outputs)."""
+  trees = list(trees) + [trees[0]] * (-len(trees) % seeds_size(mesh))
+  stacked = jax.tree.map(lambda *x: np.stack([np.asarray(v) for v in x]), *trees)
+  where = seeds_sharded(mesh, batches)
+  return put(stacked, jax.tree.map(lambda _: where, stacked))
+
+
+def over_models(fn, in_axes, mesh):
+  """``fn`` mapped over the stacked models of its ``in_axes == 0`` arguments.
+
+  On a mesh with a ``seeds`` axis the models are split over it (``shard_map``, manual on
+  ``seeds`` only: each model's batch stays auto-partitioned over ``data``); within a device
+  group several models are ``vmap``-ped and a single one runs the unbatched program, so one
+  model per device computes exactly what it computes alone. Without that axis: ``vmap``.
+  Outputs are stacked along axis 0; the model count must divide over ``seeds``."""
+  batched = jax.vmap(fn, in_axes=in_axes)
+  if SEEDS_AXIS not in mesh.axis_names:
+    return batched
+
+  def local(*args):
+    count = next(jax.tree.leaves(a)[0].shape[0] for a, ax in zip(args, in_axes)
+                 if ax == 0 and jax.tree.leaves(a))
+    if count > 1:
+      return batched(*args)
+    one = [jax.tree.map(lambda x: x[0], a) if ax == 0 else a for a, ax in zip(args, in_axes)]
+    return jax.tree.map(lambda x: x[None], fn(*one))
+  specs = tuple(P(SEEDS_AXIS) if ax == 0 else P() for ax in in_axes)
+  # The abstract mesh: inside, constraints name it (:func:`traced_mesh`).
+  return jax.shard_map(local, mesh=mesh.abstract_mesh, in_specs=specs,
+                       out_specs=P(SEEDS_AXIS), axis_names=frozenset({SEEDS_AXIS}),
+                       check_vma=False)
+
+
+def traced_mesh(mesh):
+  """The mesh a sharding constraint in traced code names: inside :func:`over_models` the
+  context's abstract mesh (``seeds`` manual there), else ``mesh``."""
+  context = jax.sharding.get_abstract_mesh()
+  return mesh if context.empty else context
+
+
 def replicated(mesh):
   return NamedSharding(mesh, P())
 
 
 def batch_sharded(mesh, batch_axis=0):
-  """The batch axis split over every mesh axis (data parallel across all devices)."""
-  axes = DATA_AXIS if mesh.axis_names == (DATA_AXIS,) else tuple(mesh.axis_names)
+  """The batch axis split over every mesh axis but ``seeds`` (data parallel)."""
+  axes = tuple(a for a in mesh.axis_names if a != SEEDS_AXIS)
+  axes = axes[0] if len(axes) == 1 else axes
   return NamedSharding(mesh, P(*([None] * batch_axis), axes))
 
 
 def check_batch_size(batch_size, mesh, what='config.batch_size'):
-  n = mesh.devices.size
+  n = data_size(mesh)
   if batch_size % n:
     raise ValueError(f'{what}={batch_size} does not divide over the {n} devices of the mesh; '
                      f'use a multiple of {n}.')

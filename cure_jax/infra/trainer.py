@@ -45,7 +45,19 @@ def read_info(directory):
     return {}
 
 
-def _check_settings(directory, settings):
+def as_stored(settings):
+  """``settings`` as ``model.json`` stores them (JSON round trip, keys sorted)."""
+  return json.loads(json.dumps(settings, sort_keys=True, default=str))
+
+
+def lock_suffix():
+  """The model lock file's suffix of this process: the processes of one multi-host job
+  train together, each under its own lock file (one file for all would make process 1 wait
+  for process 0 while process 0 waits for it)."""
+  return f'.{jax.process_index()}' if jax.process_index() else ''
+
+
+def check_settings(directory, settings):
   stored = read_info(directory).get('settings')
   if stored is not None and stored != settings:
     changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
@@ -71,11 +83,8 @@ def fit(state, step_fn, batches, total_steps, directory, settings, *, name, log_
   (:func:`cure_jax.infra.locks.model_lock`), then restores what the first left: the
   finished model, or its last checkpoint if it died.
   """
-  settings = json.loads(json.dumps(settings, sort_keys=True, default=str))  # as stored
-  # The processes of one multi-host job train together, each under its own lock file: one
-  # file for all would make process 1 wait for process 0 while process 0 waits for it.
-  suffix = f'.{jax.process_index()}' if jax.process_index() else ''
-  with locks.model_lock(directory, suffix):
+  settings = as_stored(settings)
+  with locks.model_lock(directory, lock_suffix()):
     return _fit_locked(state, step_fn, batches, total_steps, directory, settings, name=name,
                        log_every=log_every, checkpoint_every=checkpoint_every,
                        max_to_keep=max_to_keep, on_step=on_step)
@@ -83,7 +92,7 @@ def fit(state, step_fn, batches, total_steps, directory, settings, *, name, log_
 
 def _fit_locked(state, step_fn, batches, total_steps, directory, settings, *, name,
                 log_every, checkpoint_every, max_to_keep, on_step):
-  _check_settings(directory, settings)
+  check_settings(directory, settings)
   mgr = checkpointing.manager(directory, max_to_keep)
   try:
     restored = checkpointing.restore_latest(mgr, state)
@@ -95,15 +104,15 @@ def _fit_locked(state, step_fn, batches, total_steps, directory, settings, *, na
       state, seconds = _train(mgr, state, start, step_fn, batches, total_steps, name,
                               log_every, checkpoint_every, on_step)
   except BaseException:
-    _close_quietly(mgr)  # orbax's save threads end now, not amid interpreter shutdown
+    close_quietly(mgr)  # orbax's save threads end now, not amid interpreter shutdown
     raise
   mgr.close()
   if start < total_steps:
-    _write_info(directory, settings, total_steps, seconds if start == 0 else None)
+    write_info(directory, settings, total_steps, seconds if start == 0 else None)
   else:
     logging.info('%s: finished, reused from %s', name, directory)
     if not read_info(directory):  # killed between the last checkpoint and model.json
-      _write_info(directory, settings, total_steps, None)
+      write_info(directory, settings, total_steps, None)
   return state
 
 
@@ -144,7 +153,7 @@ def _train(mgr, state, start, step_fn, batches, total_steps, name, log_every,
   return state, (time.perf_counter() - first_end) * done / max(done - 1, 1)
 
 
-def _close_quietly(mgr):
+def close_quietly(mgr):
   try:
     mgr.close()
   except Exception as e:  # pylint: disable=broad-except
@@ -152,7 +161,7 @@ def _close_quietly(mgr):
     logging.info('checkpoint manager closed after an error: %s', e)
 
 
-def _write_info(directory, settings, total_steps, seconds):
+def write_info(directory, settings, total_steps, seconds):
   """``model.json``, written last and atomically: only a finished model has one."""
   info = {'fingerprint': os.path.basename(os.path.normpath(directory)), 'settings': settings,
           'train_s': seconds, 'steps': total_steps}

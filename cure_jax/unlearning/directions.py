@@ -43,7 +43,8 @@ def _grogu_vmap(inputs):
     # XLA's SPMD partitioner gets vmapped per-example convolution gradients wrong on a
     # batch-sharded input (seen with jax 0.10.2 on CPU host devices: even their mean differs
     # from the batch gradient). The reference path therefore works on a replicated batch.
-    forget = jax.lax.with_sharding_constraint(forget, sharding.replicated(inputs.mesh))
+    forget = jax.lax.with_sharding_constraint(
+        forget, sharding.replicated(sharding.traced_mesh(inputs.mesh)))
 
   def one_example_loss(loss_fn):
     def loss(params, ex):
