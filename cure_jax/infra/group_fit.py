@@ -90,11 +90,12 @@ def _train_together(states, group_step, batches, start, total_steps, mgrs, mesh,
     prog.add(step, jax.tree.map(lambda m: m[:count], metrics))
     if (step + 1) % checkpoint_every == 0 or step + 1 == total_steps:
       prog.flush()  # never checkpoint a state whose loss went non-finite
-      for mgr, state in zip(mgrs, _placed(unstack(stacked, count), template)):
+      saved = _placed(unstack(stacked, count), template)
+      for mgr, state in zip(mgrs, saved):
         checkpointing.save(mgr, step + 1, state)
   done = total_steps - start
   seconds = (time.perf_counter() - first_end) * done / max(done - 1, 1)
-  return _placed(unstack(stacked, count), template), seconds
+  return saved, seconds  # the last step always checkpoints: these are the final states
 
 
 def _placed(host_states, template):
