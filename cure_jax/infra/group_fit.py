@@ -10,7 +10,6 @@ checkpoint, the models that stopped at the same step training on together.
 """
 import collections
 import contextlib
-import time
 
 import jax
 from absl import logging
@@ -76,25 +75,21 @@ def _train_together(states, group_step, batches, start, total_steps, mgrs, mesh,
   count = len(states)
   if start:
     logging.info('%s: %d models resuming from step %d', name, count, start)
-  template = states[0]
-  stacked = sharding.stack_models(states, mesh)
-  prog = progress.Progress(f'{name} ({count} models)', total_steps, log_every, start)
-  streams = [b(start) for b in batches]
-  first_end = None
-  for step in range(start, total_steps):
-    host = [next(s) for s in streams]
+  template, saved = states[0], []
+
+  def step_fn(stacked, step, host):
     stacked, metrics = group_step(stacked, step, sharding.stack_models(host, mesh, batches=True))
-    if first_end is None:  # the first step compiles: the training time leaves it out
-      jax.block_until_ready(metrics)
-      first_end = time.perf_counter()
-    prog.add(step, jax.tree.map(lambda m: m[:count], metrics))
-    if (step + 1) % checkpoint_every == 0 or step + 1 == total_steps:
-      prog.flush()  # never checkpoint a state whose loss went non-finite
-      saved = _placed(unstack(stacked, count), template)
-      for mgr, state in zip(mgrs, saved):
-        checkpointing.save(mgr, step + 1, state)
-  done = total_steps - start
-  seconds = (time.perf_counter() - first_end) * done / max(done - 1, 1)
+    return stacked, jax.tree.map(lambda m: m[:count], metrics)  # without the padding models
+
+  def save(step, stacked):
+    saved[:] = _placed(unstack(stacked, count), template)
+    for mgr, state in zip(mgrs, saved):
+      checkpointing.save(mgr, step, state)
+
+  prog = progress.Progress(f'{name} ({count} models)', total_steps, log_every, start)
+  _, seconds = trainer.step_loop(sharding.stack_models(states, mesh), step_fn,
+                                 zip(*[b(start) for b in batches]), start, total_steps, prog,
+                                 checkpoint_every, save)
   return saved, seconds  # the last step always checkpoints: these are the final states
 
 

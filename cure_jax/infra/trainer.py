@@ -137,7 +137,16 @@ def _train(mgr, state, start, step_fn, batches, total_steps, name, log_every,
   if start:
     logging.info('%s: resuming from step %d', name, start)
   prog = progress.Progress(name, total_steps, log_every, start)
-  stream, first_end = batches(start), None
+  return step_loop(state, step_fn, batches(start), start, total_steps, prog, checkpoint_every,
+                   lambda step, s: checkpointing.save(mgr, step, s), on_step)
+
+
+def step_loop(state, step_fn, stream, start, total_steps, prog, checkpoint_every, save,
+              on_step=None):
+  """Steps ``start .. total_steps - 1`` on ``stream``'s batches, ``save(step, state)`` every
+  ``checkpoint_every`` steps and after the last; returns the state and the training seconds
+  (the first step, which compiles, counted as an average one)."""
+  first_end = None
   for step in range(start, total_steps):
     state, metrics = step_fn(state, step, next(stream))
     if first_end is None:  # the first step compiles: the training time leaves it out
@@ -146,7 +155,7 @@ def _train(mgr, state, start, step_fn, batches, total_steps, name, log_every,
     prog.add(step, metrics)
     if (step + 1) % checkpoint_every == 0 or step + 1 == total_steps:
       prog.flush()  # never checkpoint a state whose loss went non-finite
-      checkpointing.save(mgr, step + 1, state)
+      save(step + 1, state)
     if on_step is not None:
       on_step(step)
   done = total_steps - start
