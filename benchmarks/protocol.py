@@ -22,16 +22,39 @@ _REFERENCE = flags.DEFINE_string(
 flags.mark_flags_as_required(['workdir'])
 
 
-def check_table(published, rows):
+def check_table(reference, workdir):
+  """The reproduction check of the workdir's results.json against a ``reference`` one: the
+  band per (scenario, method, metric), the runs identical to the reference's, and whether
+  the two machines compute the same bits (:mod:`cure_jax.infra.host`)."""
+  import json
   from cure_jax.classification import tables
-  results = tables.reproduction_check(published, rows)
+  from cure_jax.infra import host
+  with open(os.path.join(workdir, 'results.json')) as f:
+    doc = json.load(f)
+  results = tables.reproduction_check(reference['rows'], doc['rows'])
   bad = [r for r in results if not r[-1]]
+  same, shared = tables.identical_rows(reference['rows'], doc['rows'])
   lines = [f'reproduction check against the reference: {len(results) - len(bad)} of '
-           f'{len(results)} (scenario, method, metric) means within mean ± (2·std + 0.01)']
+           f'{len(results)} (scenario, method, metric) means within mean ± (2·std + 0.01); '
+           f'{same} of {shared} shared runs identical to the reference\'s',
+           host.compare(reference.get('meta', {}), doc.get('meta', {}))]
   for scenario, method, key, mean, std, got, _ in bad:
     lines.append(f'  OUTSIDE: scenario {scenario} {method} {key}: published {mean:.3f} ± '
                  f'{std:.3f}, rerun {got:.3f}')
   return '\n'.join(lines)
+
+
+def _load_reference(path):
+  """The --reference file, read before the (long) run: a missing or unreadable one stops it."""
+  import json
+  try:
+    with open(path) as f:
+      doc = json.load(f)
+    doc['rows']
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise SystemExit(f'error: --reference={path} is not a readable results.json ({e}); pass '
+                     'a published one, e.g. docs/results.json.')
+  return doc
 
 
 def split_table(timings, wall):
@@ -59,6 +82,7 @@ def method_table(rows):
 
 def main(argv):
   del argv
+  reference = _load_reference(_REFERENCE.value) if _REFERENCE.value else None
   from cure_jax.classification import protocol
   from cure_jax.infra import entry
   captured = {}
@@ -81,10 +105,8 @@ def main(argv):
   print(f'\nload average (1/5/15 min) before {load_before[0]:.1f}/{load_before[1]:.1f}/'
         f'{load_before[2]:.1f}, after {load_after[0]:.1f}/{load_after[1]:.1f}/'
         f'{load_after[2]:.1f}; {os.cpu_count()} CPUs; process CPU time {cpu:.0f} s')
-  if _REFERENCE.value:
-    import json
-    with open(_REFERENCE.value) as f:
-      print(check_table(json.load(f)['rows'], rows))
+  if reference is not None:
+    print(check_table(reference, _WORKDIR.value))
 
 
 if __name__ == '__main__':

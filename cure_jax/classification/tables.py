@@ -239,3 +239,15 @@ def reproduction_check(published, rerun, keys=('retain_acc', 'forget_acc'), slac
         out.append((scenario, method, key, mean, std, got,
                     abs(got - mean) <= 2 * std + slack + 1e-12))
   return out
+
+
+def identical_rows(published, rerun, keys=('retain_acc', 'forget_acc')):
+  """``(identical, shared)``: how many runs (same scenario, method, setting, model seed and
+  seed) the two row sets share, and in how many of them every metric of ``keys`` is equal."""
+  def index(rows):
+    return {(r['scenario'], r['method'], r['setting'], r.get('model_seed'), r.get('seed')): r
+            for r in rows}
+  pub, new = index(published), index(rerun)
+  shared = pub.keys() & new.keys()
+  same = sum(all(pub[k].get(m) == new[k].get(m) for m in keys) for k in shared)
+  return same, len(shared)

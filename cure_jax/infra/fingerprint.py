@@ -17,7 +17,7 @@ import subprocess
 
 import jax
 
-from cure_jax.infra import recipe_switches
+from cure_jax.infra import host, recipe_switches
 
 # Bump when a change of the training code changes what a given config trains.
 TRAIN_CODE_VERSION = 2
@@ -151,8 +151,9 @@ def git_commit():
 
 
 def run_metadata(config, model_infos=(), cli_keys=(), **extra):
-  """Library/JAX versions, git commit, backend and devices, the config of the run, the
-  settings of every model it used (``model_infos``: their ``model.json`` records), the keys
+  """Library/JAX versions, git commit, backend and devices, the machine (:mod:`host`: what
+  decides whether another machine can reproduce the rows bit for bit), the config of the run,
+  the settings of every model it used (``model_infos``: their ``model.json`` records), the keys
   set on the command line, and the task's ``extra`` fields."""
   import flax
   devices = jax.devices()
@@ -160,6 +161,7 @@ def run_metadata(config, model_infos=(), cli_keys=(), **extra):
           'flax': flax.__version__, 'python': platform.python_version(),
           'backend': jax.default_backend(), 'device_count': len(devices),
           'device_kind': devices[0].device_kind, 'process_count': jax.process_count(),
+          'host': host.describe(),
           'config': json.loads(config.to_json_best_effort()),
           'models': {i['fingerprint']: i['settings'] for i in model_infos if i},
           'cli_keys': sorted(cli_keys), **extra}
