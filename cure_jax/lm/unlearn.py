@@ -127,27 +127,8 @@ def undial_all_positions(forget, vocab_size, forget_ids=None):
   return weights.astype(forget.weights.dtype), mask
 
 
-def make_unlearn_step(apply_fn, method_name, hp, tx, grad_accum=1, forget_ids=None,
-                      token_mean=False, undial_positions='answer', represent_fn=None):
-  """The jitted step ``(state, ref_params, forget, retain, rng, alternate=None) -> (state,
-  metrics)``.
-
-  ``apply_fn(params, tokens_BxL) -> logits_BxLxV``; ``forget`` / ``retain`` are batches of
-  encoded QA pairs (``tokens``, ``loss_mask``); ``hp`` holds every method hyperparameter
-  (:data:`cure_jax.unlearning.hparams.DEFAULTS` keys, compiled in). ``forget_ids``: the
-  forget classes at every answer token (token ids), else the true next token. With
-  ``grad_accum > 1`` the batches carry a leading micro-batch axis and the update direction
-  is the mean of the micro-batch directions (HF Trainer 4.45: each micro-batch's loss over
-  the accumulation steps). ``token_mean``: the NLL terms as token means per micro-batch;
-  ``undial_positions='all'``: UNDIAL on :func:`undial_all_positions`. ``alternate``: the
-  forget questions with their preferred answers (DPO, IdkDPO); ``represent_fn(params,
-  tokens_BxL) -> activations_BxLxD`` of the layer RMU steers, whose forget batch carries
-  the steering direction as ``target`` ``[B, D]``.
-  """
-  method = get_method(method_name)
-  if method.represents and represent_fn is None:
-    raise ValueError(f'{method_name} needs represent_fn (the steered layer\'s activations).')
-  all_positions = undial_positions == 'all' and method_name in UNDIAL
+def _completer(method, apply_fn, represent_fn, all_positions, forget_ids):
+  """The step's ``complete``: what the frozen original model adds to each micro-batch."""
 
   def complete(inputs):
     """The frozen original model's logits and the token forget classes, per micro-batch
@@ -174,6 +155,32 @@ def make_unlearn_step(apply_fn, method_name, hp, tx, grad_accum=1, forget_ids=No
     forget = dataclasses.replace(inputs.forget, teacher_logits=ref_logits, forget_mask=mask)
     return dataclasses.replace(inputs, forget=forget)
 
+  return complete
+
+
+def make_unlearn_step(apply_fn, method_name, hp, tx, grad_accum=1, forget_ids=None,
+                      token_mean=False, undial_positions='answer', represent_fn=None):
+  """The jitted step ``(state, ref_params, forget, retain, rng, alternate=None) -> (state,
+  metrics)``.
+
+  ``apply_fn(params, tokens_BxL) -> logits_BxLxV``; ``forget`` / ``retain`` are batches of
+  encoded QA pairs (``tokens``, ``loss_mask``); ``hp`` holds every method hyperparameter
+  (:data:`cure_jax.unlearning.hparams.DEFAULTS` keys, compiled in). ``forget_ids``: the
+  forget classes at every answer token (token ids), else the true next token. With
+  ``grad_accum > 1`` the batches carry a leading micro-batch axis and the update direction
+  is the mean of the micro-batch directions (HF Trainer 4.45: each micro-batch's loss over
+  the accumulation steps). ``token_mean``: the NLL terms as token means per micro-batch;
+  ``undial_positions='all'``: UNDIAL on :func:`undial_all_positions`. ``alternate``: the
+  forget questions with their preferred answers (DPO, IdkDPO); ``represent_fn(params,
+  tokens_BxL) -> activations_BxLxD`` of the layer RMU steers, whose forget batch carries
+  the steering direction as ``target`` ``[B, D]``.
+  """
+  method = get_method(method_name)
+  if method.represents and represent_fn is None:
+    raise ValueError(f'{method_name} needs represent_fn (the steered layer\'s activations).')
+  all_positions = undial_positions == 'all' and method_name in UNDIAL
+
+  complete = _completer(method, apply_fn, represent_fn, all_positions, forget_ids)
   _, update = step_lib.build_update(method, hp, optimizer=tx, micro_batches=grad_accum,
                                     complete=complete)
   static = hparams_lib.HParams(hp, {})
@@ -244,6 +251,22 @@ def _index_batches(hp, num_forget, num_retain, num_devices, seed):
           stream_batches(num_forget, max(num_retain, 1), micro, grad_accum, hp.epochs, seed))
 
 
+def _check_inputs(method, method_name, num_forget, num_retain, alternate, params, hp):
+  """One clear error for an input the run cannot use."""
+  if num_forget == 0:
+    raise ValueError('The forget split is empty: nothing to unlearn (check data.forget_pct).')
+  if method.uses_retain and num_retain == 0:
+    raise ValueError(f'{method_name} needs retain data but the retain split is empty.')
+  if method.alternate is not None and alternate is None:
+    raise ValueError(f'{method_name} prefers other answers to the forget questions; pass '
+                     'alternate (encoded [N, A, L] arrays).')
+  if method.represents and 'train' not in jax.tree.leaves(
+      trainable_labels(params, rmu_trainable(hp))):
+    raise ValueError(f'config.unlearn.rmu_params={rmu_trainable(hp)!r} matches no parameter; '
+                     "write a regular expression over paths such as "
+                     "'layers_7/mlp/down_proj/kernel'.")
+
+
 def unlearn(apply_fn, original_params, forget, retain, hp, method_name, seed, mesh=None,
             mode='replicated', forget_ids=None, alternate=None, represent_fn=None):
   """Runs one unlearning job from the original parameters; returns the new parameters.
@@ -269,18 +292,7 @@ def unlearn(apply_fn, original_params, forget, retain, hp, method_name, seed, me
   """
   method = get_method(method_name)
   num_forget, num_retain = len(forget['tokens']), len(retain['tokens'])
-  if num_forget == 0:
-    raise ValueError('The forget split is empty: nothing to unlearn (check data.forget_pct).')
-  if method.uses_retain and num_retain == 0:
-    raise ValueError(f'{method_name} needs retain data but the retain split is empty.')
-  if method.alternate is not None and alternate is None:
-    raise ValueError(f'{method_name} prefers other answers to the forget questions; pass '
-                     'alternate (encoded [N, A, L] arrays).')
-  if method.represents and 'train' not in jax.tree.leaves(
-      trainable_labels(original_params, rmu_trainable(hp))):
-    raise ValueError(f'config.unlearn.rmu_params={rmu_trainable(hp)!r} matches no parameter; '
-                     "write a regular expression over paths such as "
-                     "'layers_7/mlp/down_proj/kernel'.")
+  _check_inputs(method, method_name, num_forget, num_retain, alternate, original_params, hp)
   mesh = sharding.make_mesh() if mesh is None else mesh
   grad_accum = int(hp.grad_accum)
   total, batches = _index_batches(hp, num_forget, num_retain, mesh.devices.size, seed)
