@@ -7,6 +7,7 @@ workdir's state (an empty workdir: everything trained and run; a finished one: n
 do), then prints the phase split, the per-method compile and run time and the load average
 (the 2-core development machine is shared: say the load with every number).
 """
+import json
 import os
 import time
 
@@ -26,7 +27,6 @@ def check_table(reference, workdir):
   """The reproduction check of the workdir's results.json against a ``reference`` one: the
   band per (scenario, method, metric), the runs identical to the reference's, and whether
   the two machines compute the same bits (:mod:`cure_jax.infra.host`)."""
-  import json
   from cure_jax.classification import tables
   from cure_jax.infra import host
   with open(os.path.join(workdir, 'results.json')) as f:
@@ -46,13 +46,15 @@ def check_table(reference, workdir):
 
 def _load_reference(path):
   """The --reference file, read before the (long) run: a missing or unreadable one stops it."""
-  import json
   try:
     with open(path) as f:
       doc = json.load(f)
-    doc['rows']
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise SystemExit(f'error: --reference={path} is not a readable results.json ({e}); pass '
+  except (OSError, ValueError) as e:
+    doc, why = None, e
+  else:
+    why = None if isinstance(doc, dict) and isinstance(doc.get('rows'), list) else 'no rows'
+  if why is not None:
+    raise SystemExit(f'error: --reference={path} is not a readable results.json ({why}); pass '
                      'a published one, e.g. docs/results.json.')
   return doc
 

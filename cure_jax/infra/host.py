@@ -3,11 +3,11 @@
 XLA's CPU backend and the kernel libraries it calls (YNNPACK, XNNPACK, Eigen) pick their
 kernels at run time from the processor: a matrix product is summed in another order, with or
 without fused multiply-add, on one CPU than on another. On our AVX2 machine a capped
-``--xla_cpu_max_isa=AVX`` changes a plain matrix product's bits; 40 training steps of a small CNN under the qemu emulator set to
-Intel Haswell and to AMD EPYC-Milan (the same vector flags) gave different bits, so the
-libraries read more than the flags. Over hundreds of training steps that changes every
-model: two 2-core machines gave different rows for the same config, while reruns on one
-machine agree bit for bit (docs/results.md).
+``--xla_cpu_max_isa=AVX`` changes a plain matrix product's bits; 40 training steps of a small
+CNN under the qemu emulator set to Intel Haswell and to AMD EPYC-Milan (the same vector flags)
+gave different bits, so the libraries read more than the flags. Over hundreds of training
+steps that changes every model: two 2-core machines gave different rows for the same config,
+while reruns on one machine agree bit for bit (docs/results.md).
 
 So a rerun can be expected to reproduce published rows bit for bit only in the same
 *arithmetic class*: the same backend, device kind and count, JAX version and, on a CPU, the
@@ -53,7 +53,7 @@ def describe(cpuinfo_path='/proc/cpuinfo'):
   except OSError:
     pass
   return {'machine': platform.machine(), 'cpu': name or platform.processor() or None,
-      'vector_isa': flags, 'cpu_count': os.cpu_count()}
+          'vector_isa': flags, 'cpu_count': os.cpu_count()}
 
 
 def arithmetic_class(meta):
