@@ -9,7 +9,7 @@ from cure_jax.classification import train
 from cure_jax.infra import checkpointing, progress, sharding, train_state, trainer
 from cure_jax.data import pipeline
 from cure_jax.data.digits import load_digits
-from tests import helpers
+from tests import helpers, tolerances
 
 
 @pytest.fixture(scope='module')
@@ -40,9 +40,14 @@ def test_data_parallel_step_on_4_devices_equals_single_device(data):
     results.append((state, metrics))
   (s1, m1), (s4, m4) = results
   assert s4.params['head']['kernel'].sharding.mesh.devices.size == 4
-  np.testing.assert_allclose(float(m1['loss']), float(m4['loss']), rtol=1e-5)
-  np.testing.assert_allclose(_flat(s1.params), _flat(s4.params), rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(_flat(s1.batch_stats), _flat(s4.batch_stats), rtol=1e-4, atol=1e-6)
+  # Four devices reorder each step's reductions over the 16 x 8 x 8 batch positions; the
+  # loss is a mean over the batch (of non-negative terms: its sum of |terms| is itself).
+  terms = tolerances.conv_terms(16, data.image_shape)
+  np.testing.assert_allclose(float(m1['loss']), float(m4['loss']),
+                             rtol=tolerances.reordered_sum(terms))
+  bound = tolerances.reordered_run(2, terms)
+  assert tolerances.relative_norm(_flat(s4.params), _flat(s1.params)) <= bound
+  assert tolerances.relative_norm(_flat(s4.batch_stats), _flat(s1.batch_stats)) <= bound
 
 
 class Crash(Exception):

@@ -1,0 +1,81 @@
+"""Tolerances of the numeric tests, derived from the computation instead of read off one CPU.
+
+Two programs that compute the same float32 function may add its terms in another order: a
+device split sums each device's share and then the shares, a stack of models vmapped into
+one program runs its convolutions and matrix products with other loops, and another CPU
+(AVX2 against AVX-512, FMA or not) or another XLA setting (``--xla_cpu_enable_fast_math``,
+the number of threads Eigen uses) blocks the same loops differently. Rounding is then the
+only difference, and its size follows from the length of the reductions:
+
+* A float32 sum of ``n`` terms, in any order, is within ``gamma(n) * sum(|terms|)`` of the
+  exact sum (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., eq. 4.4), so
+  two orders are within ``2 * gamma(n)`` of each other, relative to ``sum(|terms|)``:
+  :func:`reordered_sum`.
+* A training (or unlearning) run of ``steps`` steps whose every update is such a reduction
+  moves its parameters by the sum of its updates. To first order (no amplification of an
+  early difference by later steps, which holds for the few, small steps of the tests' runs)
+  the parameters of two orders differ by at most ``steps * 2 * gamma(n)`` times the size of
+  one update, and an update is smaller than the parameters it changes (learning rates of
+  0.01-0.1 on unit-scale gradients): :func:`reordered_run` bounds ``|Δw| / |w|`` in norm.
+
+Where a test compares the same program with itself (a resumed run, a cache hit, a restored
+checkpoint), the result is bitwise and the test says so with tolerance 0.
+"""
+import numpy as np
+
+UNIT_ROUNDOFF = 2.0 ** -24   # float32, round to nearest
+
+
+def gamma(n):
+  """Higham's ``gamma_n = n u / (1 - n u)``: the relative error bound of ``n`` roundings."""
+  nu = n * UNIT_ROUNDOFF
+  if nu >= 1:
+    raise ValueError(f'{n} float32 roundings bound nothing (n u >= 1)')
+  return nu / (1 - nu)
+
+
+def gamma_probabilistic(n, lam=7.0):
+  """Higham & Mary's probabilistic bound (SIAM J. Sci. Comput. 41(5), 2019, Thm. 2.4):
+  rounding errors that are independent and of mean zero make ``n`` roundings' relative error
+  ``exp(lam sqrt(n) u + n u^2 / (1 - u)) - 1`` at most, except with probability
+  ``1 - P(lam) <= 2 exp(-lam^2 (1 - u)^2 / 2)`` (``lam = 7``: below 5e-11 for each bound,
+  below 1e-4 over the millions of reductions of a test run)."""
+  u = UNIT_ROUNDOFF
+  return float(np.expm1(lam * np.sqrt(n) * u + n * u * u / (1 - u)))
+
+
+def reordered_sum(n):
+  """Two float32 sums of the same ``n`` terms in other orders differ by at most this times
+  ``sum(|terms|)``."""
+  return 2 * gamma(n)
+
+
+def reordered_run(steps, n, probabilistic=False):
+  """``|w_a - w_b| / |w_b|`` (2-norm) after ``steps`` updates each a reordered float32
+  reduction of ``n`` terms (first order; see the module docstring); ``probabilistic``: with
+  :func:`gamma_probabilistic` in place of the worst case."""
+  return steps * 2 * (gamma_probabilistic(n) if probabilistic else gamma(n))
+
+
+def conv_terms(batch, image_shape):
+  """The longest reduction of a convolutional network's step on ``batch`` images: a kernel
+  gradient (and BatchNorm's statistics) at full resolution sums batch x H x W terms."""
+  return int(batch) * int(np.prod(image_shape[:2]))
+
+
+def relative_norm(got, want):
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+
+
+def logits_bound(eps, layers, max_abs_logit):
+  """How far logits can move when every parameter tensor of a ``layers``-deep network moved
+  by at most ``eps`` relatively: to first order a composition adds its factors' relative
+  errors, so ``layers * eps`` relative to the largest logit."""
+  return layers * eps * max_abs_logit
+
+
+def near_ties(logits_NxK, delta):
+  """Examples whose prediction logits within ``delta`` each can flip: top-2 margin <= 2 delta."""
+  top2 = np.sort(np.asarray(logits_NxK, np.float64), axis=-1)[:, -2:]
+  return (top2[:, 1] - top2[:, 0]) <= 2 * delta
