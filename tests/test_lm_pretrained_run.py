@@ -2,9 +2,11 @@
 configs/tofu.py:smoke end to end on a tiny random Llama checkpoint in the Hugging Face layout
 that the test writes (the real SmolLM2 compiles its GROGU step alone for ~2 minutes on the
 2-core CI machine under load, far beyond a smoke test's budget; the same code path runs)."""
+import copy
 import importlib.util
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -230,3 +232,47 @@ def test_tofu_with_fine_tuned_checkpoints_skips_fine_tuning(tiny_llama, tmp_path
   assert not os.path.exists(tmp_path / 'work' / 'models')
   # Different weights: the original is not scored like the retrain model.
   assert rows[0]['forget_prob'] != rows[1]['forget_prob']
+
+
+def test_export_destroys_nothing_it_did_not_write(authors_run, tmp_path):
+  """A rerun of the finished workdir: a foreign file at an export target stops it at
+  start-up (the file kept), ``export.overwrite`` replaces it; a killed export's temporary is
+  removed; an export asked for on a finished run (GGUF after HF) is written and named."""
+  config, workdir, rows = authors_run
+  work = tmp_path / 'work'
+  shutil.copytree(workdir, work)
+  first = work / rows[2]['export']
+  assert (first.parent / f'.{first.name}.cure-jax').is_file()   # the owner mark
+  foreign = work / 'exports' / 'npo_descent-beta=0.1-seed0'
+  shutil.rmtree(foreign)
+  foreign.mkdir()
+  (foreign / 'notes.txt').write_text('mine')
+  os.remove(foreign.parent / f'.{foreign.name}.cure-jax')
+  with pytest.raises(validation.ConfigError, match='not written by cure-jax.*overwrite=True'):
+    entry.run(config, str(work))
+  assert (foreign / 'notes.txt').read_text() == 'mine'
+  stale = work / 'exports' / '.grogu_descent-T=5_w=0.5-seed0.tmp-killed'
+  stale.mkdir()
+  (stale / 'model.safetensors').write_bytes(b'cut short')
+  config = copy.deepcopy(config)
+  config.export.overwrite = True
+  again = entry.run(config, str(work))
+  assert not stale.exists()
+  assert pretrained.load(str(foreign)).params is not None   # replaced by the export
+  assert [r['export'] for r in again[2:]] == [r['export'] for r in rows[2:]]
+  config.export.overwrite = False
+  config.export.dtype = 'bfloat16'   # another export of the same runs (as GGUF would be)
+  more = entry.run(config, str(work))
+  assert [r['export'] for r in more[2:]] == ['exports/grogu_descent-T=5_w=0.5-seed0-bfloat16',
+                                             'exports/npo_descent-beta=0.1-seed0-bfloat16']
+  logged = json.loads((work / 'results.json').read_text())['rows']
+  assert [r['export'] for r in logged[2:]] == [r['export'] for r in more[2:]]
+  import jax.numpy as jnp
+  for row, first_row in zip(more[2:], rows[2:]):   # the same unlearned weights, rounded
+    a = pretrained.load(str(work / row['export'])).params['embed_tokens']['embedding']
+    b = pretrained.load(str(workdir / first_row['export'])).params['embed_tokens']['embedding']
+    np.testing.assert_array_equal(np.asarray(a, np.float32),
+                                  np.asarray(jnp.asarray(b, jnp.bfloat16), np.float32))
+    assert {k: v for k, v in row.items() if k not in ('export', 'seconds')} == {
+        k: v for k, v in first_row.items() if k not in ('export', 'seconds')}
+  assert (work / rows[2]['export']).is_dir()   # the float32 exports stay

@@ -163,12 +163,16 @@ def get_config(arg=None):
   c.reproduce = ml_collections.ConfigDict()
   c.reproduce.runs = RUNS
 
-  # Write each unlearned model (seed by seed) to WORKDIR/exports/<method>[-<variant>]-seed<s>:
-  # 'hf' (a Hugging Face directory) or 'gguf' (a .gguf file); '' writes none. Needs a
+  # Write each unlearned model (seed by seed) to WORKDIR/exports/<method>[-<variant>]-seed<s>
+  # [-<dtype>]: 'hf' (a Hugging Face directory) or 'gguf' (a .gguf file); '' writes none. A
+  # finished run asked for an export it lacks is unlearned again (deterministic) to write it. Needs a
   # pretrained checkpoint (its tokenizer and chat template go with the weights).
   c.export = ml_collections.ConfigDict()
   c.export.format = ''
-  c.export.dtype = 'float32'   # float32 | bfloat16 | float16 (| q8_0 for gguf)
+  c.export.dtype = 'float32'   # float32 | bfloat16 | float16 (| q8_0 for gguf); in the name
+  # A target that exists and was not written by cure-jax (no owner mark beside it) stops the
+  # job at start-up; True replaces it.
+  c.export.overwrite = False
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 64

@@ -23,14 +23,13 @@ appended to ``runs.jsonl`` (:class:`cure_jax.infra.sweep_log.SweepLog`), so a ki
 import dataclasses
 import math
 import os
-import shutil
 import time
 from typing import Any
 
 from absl import logging
 
 from cure_jax.infra import fingerprint, plan, sweep_log, validation
-from cure_jax.lm import evaluate, finetune, ou_files, report, setup, study, unlearn
+from cure_jax.lm import evaluate, exports, finetune, ou_files, report, setup, study, unlearn
 
 
 def _row(method, variant, seed, result, seconds, extra):
@@ -115,25 +114,6 @@ def _references(config, workdir, out, lm, splits, evaluator, retain_logs=None):
   return References(params, infos, rows, truth_ratios, auc, samples)
 
 
-def _export(config, workdir, lm, params, run, seed):
-  """Writes the unlearned ``params`` (config.export); returns the path relative to the
-  workdir. A path left by a run killed before it was logged is replaced."""
-  name = '-'.join(p for p in (run.name, run.variant.replace(',', '_'), f'seed{seed}') if p)
-  path = os.path.join(workdir, 'exports', name + ('.gguf' if config.export.format == 'gguf'
-                                                  else ''))
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  if os.path.isdir(path):
-    shutil.rmtree(path)
-  elif os.path.exists(path):
-    os.remove(path)
-  from cure_jax.lm import pretrained  # pylint: disable=g-import-not-at-top
-  pretrained.save(lm.checkpoint, path, config.export.format, params=params,
-                  dtype=config.export.dtype)
-  logging.info('%s %s seed %d: unlearned model written to %s', run.name, run.variant, seed,
-               path)
-  return os.path.relpath(path, workdir)
-
-
 def _model_fns(config, lm, runs):
   """``(apply_fn, represent_fn)`` made once per job, so the compiled unlearning steps
   (cached by these functions) serve every forget set."""
@@ -178,10 +158,21 @@ def _sweep(config, workdir, runs, lm, data, evaluator, refs, fns):
         row = _row(r.name, r.variant, seed, result, time.time() - t,
                    {'model_fingerprint': fps, 'hparams': r.record})
         if config.export.format:   # before the unit is logged: a logged run has its export
-          row['export'] = _export(config, workdir, lm, new_params, r, seed)
+          row['export'] = exports.write(config, workdir, lm, new_params, r, seed, unit)
         ou_files.write(ou_files.run_directory(workdir, r.name, r.variant, seed), result)
         done = {'row': row, 'generations':
                 result['splits']['forget']['generations'][:len(refs.samples)]}
+        log.add(unit, done)
+      elif config.export.format and not exports.written(done['row'], config, workdir, r, seed):
+        # The row was logged without this export: the run is deterministic (same program,
+        # seed and models, which the sweep key pins), so unlearning again gives its params.
+        logging.info('%s %s seed %d: finished earlier without the requested %s export; '
+                     'unlearning again to write it', r.name, r.variant, seed,
+                     config.export.format)
+        new_params = _unlearn_one(config, r, seed, refs, data, fns)
+        row = dict(done['row'], export=exports.write(config, workdir, lm, new_params, r, seed,
+                                                     unit))
+        done = dict(done, row=row)
         log.add(unit, done)
       else:
         logging.info('%s %s seed %d: finished earlier (%s)', r.name, r.variant, seed, log.path)
@@ -213,7 +204,7 @@ def _forget_set(config, workdir, k, lm, runs, fns):
   itself for a one-set job, else ``WORKDIR/forget_set<k>``). Returns (reference rows, run
   rows, samples, out, seconds, forget authors)."""
   start = time.time()
-  out = workdir if config.data.forget_sets == 1 else os.path.join(workdir, f'forget_set{k}')
+  out = exports.forget_set_dir(config, workdir, k)
   os.makedirs(out, exist_ok=True)
   splits = study.load_splits(config.data, k)
   # Encode before any training: an answer too long for the context fails in seconds.
@@ -251,12 +242,14 @@ def run(config, workdir, cli_keys=frozenset()):
   """
   validation.validate(config, workdir)
   start = time.time()
+  if config.mode not in ('train_original', 'train_retrain'):
+    runs = plan.runs(config, cli_keys)
+    exports.check_targets(config, workdir, runs)   # before any model loads
   lm = setup.load_model(config)
   if config.mode in ('train_original', 'train_retrain'):
     study.finetuned(config, workdir, config.mode.split('_')[1], lm.model, lm.tokenizer,
                     study.load_splits(config.data), lm)
     return None
-  runs = plan.runs(config, cli_keys)
   fns = _model_fns(config, lm, runs)
   all_rows, samples, infos, seconds, forgotten = [], [], [], {}, []
   for k in range(config.data.forget_sets):
