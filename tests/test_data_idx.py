@@ -139,3 +139,33 @@ def test_a_classifier_trains_on_idx_files(tmp_path):
   assert [r['model_seed'] for r in rows] == [0] and 0.0 <= rows[0]['overall_acc'] <= 1.0
   [model] = (tmp_path / 'work' / 'models').glob('original-*')
   assert (model / 'model.json').exists()
+
+
+def test_a_file_both_gzipped_and_plain_is_refused(tmp_path):
+  """Which copy is meant cannot be known (editing the plain one would change nothing)."""
+  write_family(str(tmp_path), gz=True)
+  write_family(str(tmp_path), gz=False)
+  with pytest.raises(ValueError, match='both train-images-idx3-ubyte.gz and '
+                                       'train-images-idx3-ubyte: keep one'):
+    idx.load_mnist_family('fashion_mnist', str(tmp_path))
+
+
+def test_digest_covers_the_idx_bytes_read_gzipped_or_plain(tmp_path):
+  write_family(str(tmp_path / 'gz'), gz=True)
+  write_family(str(tmp_path / 'plain'), gz=False)
+  gz = idx.load_mnist_family('fashion_mnist', str(tmp_path / 'gz')).digest
+  assert idx.load_mnist_family('fashion_mnist', str(tmp_path / 'plain')).digest == gz
+  # gzip's own header (time stamp, level) is not data: recompressed, the same digest.
+  path = tmp_path / 'gz' / (idx.FILES['train_images'] + '.gz')
+  path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes()), compresslevel=1,
+                                 mtime=12345))
+  assert idx.load_mnist_family('fashion_mnist', str(tmp_path / 'gz')).digest == gz
+  write_family(str(tmp_path / 'plain'), gz=False, seed=1)   # other data: another digest
+  assert idx.load_mnist_family('fashion_mnist', str(tmp_path / 'plain')).digest != gz
+
+
+@pytest.mark.skipif(not os.path.isdir(idx.MEMBERS['fashion_mnist'].default_dir),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_debians_fashion_mnist_keeps_the_key_of_its_published_models():
+  data = idx.load_mnist_family('fashion_mnist')
+  assert data.digest == 'f5cc4ec4f0bd2be3'   # docs/results_fashion_mnist.json names it
