@@ -221,6 +221,19 @@ def test_unlearn_rejects_an_empty_forget_split():
                     'npo_descent', seed=0)
 
 
+def test_unlearn_checks_its_hyperparameters_as_the_command_line_does():
+  """The public LM loop refuses what config.unlearn would (a ZeroDivisionError before)."""
+  apply_fn, params = _tiny_lm()
+  for key, value, allowed in (('batch_size', 0, 'use a whole number >= 1'),
+                              ('epochs', 0, 'use a whole number >= 1'),
+                              ('lr', -1.0, 'use a number > 0'),
+                              ('optimizer', 'adam', 'choose one of')):
+    hp = lm_config.get_config('smoke').unlearn
+    hp[key] = value
+    with pytest.raises(ValueError, match=f'hp.{key}={value!r} is not allowed: {allowed}'):
+      unlearn.unlearn(apply_fn, params, _batch(), _batch(), hp, 'npo_descent', seed=0)
+
+
 def test_evaluator_rejects_unencodable_answers():
   model = CausalLM(LMConfig(vocab_size=264, num_layers=1, d_model=16, num_heads=2,
                             num_kv_heads=1, d_ff=32, max_len=64))

@@ -382,3 +382,18 @@ def test_resumed_sweep_keeps_the_klom(first, monkeypatch):
     os.rename(str(lost) + '.away', lost)
   ghr = next(g for g in groups if g['method'] == 'ghr' and g['scenario'] == run['scenario'])
   assert ghr['forget'] is None and ghr['note'] == 'margins of 1 of 2 models not recorded'
+
+
+@pytest.mark.parametrize('section,key,value,match', [
+    ('unlearn', 'batch_size', 4096, 'config.unlearn.batch_size=4096 exceeds the .* forget '
+                                    'examples of scenario 1'),
+    ('train', 'batch_size', 2048, 'config.train.batch_size=2048 exceeds the .* examples of '
+                                  'the training set')])
+def test_a_batch_larger_than_its_set_is_refused_before_any_model_trains(tmp_path, section,
+                                                                         key, value, match):
+  """(The unlearning batch was checked only once the models had trained.)"""
+  config = tiny_config()
+  config[section][key] = value
+  with pytest.raises(ValueError, match=match):
+    entry.run(config, str(tmp_path))
+  assert not (tmp_path / 'models').exists()

@@ -23,7 +23,7 @@ def _meta(config, study, cli_keys):
 
 
 def run_unlearning(config, workdir, runs, cli_keys=frozenset()):
-  study = protocol.make_study(config, workdir)
+  study = protocol.make_study(config, workdir, runs=runs)
   rows = protocol.reference_rows(study)
   log = sweep_log.SweepLog(os.path.join(workdir, 'runs.jsonl'), protocol.sweep_key(config))
   rows += protocol.sweep(study, runs, log)

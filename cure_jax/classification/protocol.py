@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 
 from cure_jax import models
-from cure_jax.classification import compiled_runs, evaluate, model_groups
+from cure_jax.classification import compiled_runs, evaluate, model_groups, sizes
 from cure_jax.infra import console, fingerprint, plan, sharding, validation
 from cure_jax.data import load_dataset, views
 from cure_jax.unlearning import methods
@@ -91,9 +91,12 @@ class Study:
   margins_dir: Any = None    # where each evaluated model's KLOM margins go; None: nowhere
 
 
-def make_study(config, workdir, split='test', kinds=('original', 'retrain'), n_runs=None):
+def make_study(config, workdir, split='test', kinds=('original', 'retrain'), n_runs=None,
+               runs=()):
   """Loads the data and trains (or reuses from the model cache) every model the sweep needs.
-  ``config`` is checked first, as on the command line (a bad value: one ConfigError line).
+  ``config`` is checked first, as on the command line (a bad value: one ConfigError line),
+  then every batch size against the sets it draws from (``runs``: the planned runs), before
+  any model trains.
 
   A study on the validation split (tuning) measures accuracies only (no MIA-efficacy,
   per-class change, input-gradient distance or KLOM); one of both kinds on another split
@@ -103,6 +106,7 @@ def make_study(config, workdir, split='test', kinds=('original', 'retrain'), n_r
   with timings.phase('load'):
     sharding.maybe_initialize_distributed(config.distributed)
     data = load_dataset(config.data)
+  sizes.check(config, data, plan.scenarios(config, data.num_classes), runs, kinds)
   seeds = plan.model_seeds(config)
   mesh, group_mesh = sharding.make_mesh(), model_groups.seeds_mesh(config)
   model = models.get_model(config.model.name, data.num_classes, config.model.dtype)
@@ -174,14 +178,13 @@ def run_data(study, sc, run, seeds):
   hp = run.hparams
   b = int(hp.batch_size)
   n_pad = max(compiled_runs.padded_size(len(s.forget_y), b) for s in study.scenarios)
-  sizes = [max(1, int(round(hp.retain_fraction * len(s.retain)))) for s in study.scenarios]
-  m_pad = max(compiled_runs.padded_size(m, b) for m in sizes)
+  m_pad = max(compiled_runs.padded_size(sizes.retain_subset_size(len(s.retain),
+                                                                  hp.retain_fraction), b)
+              for s in study.scenarios)
   n = len(sc.forget_y)
-  if n < b:
-    raise ValueError(f'config.unlearn.batch_size={b} exceeds the {n} forget examples of '
-                     f'scenario {sc.label}; use a batch size <= {n}.')
   rx, ry = [], []
-  m = max(1, int(round(hp.retain_fraction * len(sc.retain))))
+  m = sizes.retain_subset_size(len(sc.retain), hp.retain_fraction)
+  sizes.check_unlearn_batch(b, n, m, sc.label, run.method.uses_retain)
   if not run.method.uses_retain:  # a placeholder the program never reads
     shape = (len(seeds), b, *sc.forget_x.shape[1:])
     return compiled_runs.RunData(compiled_runs.pad_rows(sc.forget_x, n_pad),
@@ -193,9 +196,6 @@ def run_data(study, sc, run, seeds):
     x, y = evaluate.materialize(subset)
     rx.append(compiled_runs.pad_rows(x, m_pad))
     ry.append(compiled_runs.pad_rows(y, m_pad))
-  if m < b:
-    raise ValueError(f'config.unlearn.batch_size={b} exceeds the {m} examples of the retain '
-                     'subset; raise config.unlearn.retain_fraction or lower the batch size.')
   return compiled_runs.RunData(compiled_runs.pad_rows(sc.forget_x, n_pad),
                               compiled_runs.pad_rows(sc.forget_y, n_pad), n, np.stack(rx),
                               np.stack(ry), m, sc.mask_K)

@@ -290,10 +290,12 @@ def unlearn(apply_fn, original_params, forget, retain, hp, method_name, seed, me
     represent_fn: for RMU, ``(params, tokens_BxL) -> activations_BxLxD`` of the steered
       layer; only :func:`rmu_trainable`'s parameters train.
   """
+  from cure_jax.lm import validate  # pylint: disable=g-import-not-at-top (it imports this)
   method = get_method(method_name)
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  validate.check_unlearn_values(hp, 'hp', mesh.devices.size)   # as the CLI checks them
   num_forget, num_retain = len(forget['tokens']), len(retain['tokens'])
   _check_inputs(method, method_name, num_forget, num_retain, alternate, original_params, hp)
-  mesh = sharding.make_mesh() if mesh is None else mesh
   grad_accum = int(hp.grad_accum)
   total, batches = _index_batches(hp, num_forget, num_retain, mesh.devices.size, seed)
   tx, step_fn = _step_for(apply_fn, method_name, hp, total, forget_ids, represent_fn)

@@ -87,34 +87,42 @@ def _check_finetune(config, num_devices):
           f'use a multiple of grad_accum × devices ({f.grad_accum} × {num_devices})')
 
 
+_UNLEARN_CHOICES = {'optimizer': ('adamw', 'sgd'), 'forget_mask': FORGET_MASKS,
+                    'lr_schedule': UNLEARN_SCHEDULES, 'drop_last': BOOLS,
+                    'loss_mean': LOSS_MEANS, 'undial_positions': UNDIAL_POSITIONS,
+                    'decay_norms': BOOLS}
+
+
+def check_unlearn_values(u, prefix, num_devices):
+  """The values of an unlearning section (``config.unlearn``, or the ``hp`` that
+  :func:`cure_jax.lm.unlearn.unlearn` takes: the same checks, the same messages)."""
+  checks(u, prefix, {'epochs': positive_int, 'batch_size': positive_int,
+                     'warmup_fraction': fraction_closed_open, 'weight_decay': nonnegative,
+                     'log_every': positive_int, 'grad_accum': positive_int,
+                     'grad_clip': nonnegative, 'rmu_layer': nonnegative_int})
+  check_method_hparams(u, prefix)
+  for key, allowed in _UNLEARN_CHOICES.items():
+    if key in u:
+      choice(f'{prefix}.{key}', u[key], allowed)
+  if u.get('rmu_params'):
+    try:
+      re.compile(u.rmu_params)
+    except re.error as e:
+      fail(f'{prefix}.rmu_params', u.rmu_params, f'write a Python regular expression ({e})')
+  if u.get('idk_path') and not os.path.isfile(u.idk_path):
+    fail(f'{prefix}.idk_path', u.idk_path,
+         "give a text file of refusals, one per line, or '' for cure-jax's own")
+  if 'batch_size' in u and not u.get('drop_last', True) and (
+      u.batch_size % u.get('grad_accum', 1) or (
+          num_devices and (u.batch_size // u.get('grad_accum', 1)) % num_devices)):
+    fail(f'{prefix}.batch_size', u.batch_size,
+         f'with drop_last=False use a multiple of grad_accum × devices '
+         f'({u.get("grad_accum", 1)} × {num_devices})')
+
+
 def _check_unlearn(config, num_devices):
   u = config.unlearn
-  checks(u, 'config.unlearn', {'epochs': positive_int, 'batch_size': positive_int,
-                                'warmup_fraction': fraction_closed_open,
-                                'weight_decay': nonnegative, 'log_every': positive_int,
-                                'grad_accum': positive_int})
-  check_method_hparams(u, 'config.unlearn')
-  choice('config.unlearn.optimizer', u.optimizer, ('adamw', 'sgd'))
-  choice('config.unlearn.forget_mask', u.forget_mask, FORGET_MASKS)
-  choice('config.unlearn.lr_schedule', u.lr_schedule, UNLEARN_SCHEDULES)
-  choice('config.unlearn.drop_last', u.drop_last, BOOLS)
-  choice('config.unlearn.loss_mean', u.loss_mean, LOSS_MEANS)
-  choice('config.unlearn.undial_positions', u.undial_positions, UNDIAL_POSITIONS)
-  choice('config.unlearn.decay_norms', u.decay_norms, BOOLS)
-  check('config.unlearn.grad_clip', u.grad_clip, nonnegative)
-  check('config.unlearn.rmu_layer', u.rmu_layer, nonnegative_int)
-  try:
-    re.compile(u.rmu_params)
-  except re.error as e:
-    fail('config.unlearn.rmu_params', u.rmu_params, f'write a Python regular expression ({e})')
-  if u.idk_path and not os.path.isfile(u.idk_path):
-    fail('config.unlearn.idk_path', u.idk_path,
-         "give a text file of refusals, one per line, or '' for cure-jax's own")
-  if not u.drop_last and (u.batch_size % u.grad_accum or (
-      num_devices and (u.batch_size // u.grad_accum) % num_devices)):
-    fail('config.unlearn.batch_size', u.batch_size,
-         f'with drop_last=False use a multiple of grad_accum × devices ({u.grad_accum} × '
-         f'{num_devices})')
+  check_unlearn_values(u, 'config.unlearn', num_devices)
   entries = [('config.unlearn.method', u.method, {})]
   for spec in config.reproduce.runs:
     field = f'config.reproduce.runs entry {spec!r}'
@@ -139,6 +147,7 @@ def _check_export(config):
   from cure_jax.lm import export, gguf_export  # pylint: disable=g-import-not-at-top
   e = config.export
   choice('config.export.format', e.format, ('',) + export.FORMATS)
+  choice('config.export.overwrite', e.overwrite, BOOLS)
   if not e.format:
     return
   choice('config.export.dtype', e.dtype,

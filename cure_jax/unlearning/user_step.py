@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from cure_jax.infra import sharding
+from cure_jax.infra import rules, sharding
 from cure_jax.unlearning import hparams as hparams_lib, methods, objectives, schedule
 from cure_jax.unlearning import step as step_lib
 from cure_jax.unlearning.batch import Batch
@@ -226,6 +226,9 @@ class UnlearningStep:
     if not self.method.schedule:
       raise ValueError(f'method {self.name!r} takes one step per forget batch; only a '
                        'scheduled method (SCRUB, salun_descent) has passes.')
+    rules.check('forget_batch_size', forget_batch_size, rules.positive_int)
+    if retain_batch_size is not None:
+      rules.check('retain_batch_size', retain_batch_size, rules.positive_int)
     return schedule.pass_lengths(*self.data_sizes, forget_batch_size,
                                  retain_batch_size or forget_batch_size)
 
@@ -233,6 +236,7 @@ class UnlearningStep:
     """``(forget, retain)`` batch sizes for this method's loaders: those its name fixes
     (SCRUB: its code's 512 and 256, each capped at ``data_sizes``), else ``batch_size``
     for both."""
+    rules.check('batch_size', batch_size, rules.positive_int)   # as config.unlearn's
     n, m = self.data_sizes if self.data_sizes else (math.inf, math.inf)
     return methods.batch_sizes(self.method, batch_size, n, m)
 
@@ -240,12 +244,14 @@ class UnlearningStep:
     """Which set step ``step`` of a scheduled method reads, ``'forget'`` or ``'retain'``
     (a loader advances only that stream; the step takes both batches and uses that one),
     with the hyperparameters given to :func:`make_unlearning_step`."""
+    rules.check('step', step, rules.nonnegative_int)
     lengths = self._lengths(forget_batch_size, retain_batch_size)
     at = schedule.locate(step, self.method.schedule, self.hparams, lengths)
     return self.method.schedule[int(at.phase)].data
 
   def total_steps(self, epochs, forget_batch_size, retain_batch_size=None):
     """Steps of ``epochs`` epochs of a scheduled method (its passes; fractions allowed)."""
+    rules.check('epochs', epochs, rules.positive)   # as config.unlearn.epochs
     lengths = self._lengths(forget_batch_size, retain_batch_size)
     return schedule.total_steps(self.method.schedule, self.hparams, epochs, lengths)
 
@@ -285,7 +291,10 @@ class UnlearningStep:
         self.apply_fn, state['params'], state['opt_state'], f, r, rng, hp, self.mesh,
         state['step'], state['aux'], self._phase(state, f, r))
     state = dict(state, params=params, opt_state=opt_state, step=state['step'] + 1)
-    return state, {'loss': value, 'finite': jnp.isfinite(value)}
+    # The loss is the one before the update: an update that overflows shows in the params.
+    finite = jnp.isfinite(value) & jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+    return state, {'loss': value, 'finite': finite}
 
 
 def make_unlearning_step(apply_fn: Callable, method: str, *, teacher: Any, forget_mask: Any,
@@ -325,7 +334,9 @@ def make_unlearning_step(apply_fn: Callable, method: str, *, teacher: Any, forge
     an :class:`UnlearningStep` ``u``: ``state = u.init(params, forget_data=None, rng=None)``,
     ``state, metrics = u.step(state, forget_batch, retain_batch, rng)`` (jitted; batches
     are ``{'inputs', 'labels'}`` dicts or ``(inputs, labels)`` pairs; ``metrics``:
-    ``loss``, ``finite``).
+    ``loss`` (before the update) and ``finite``: the loss and every updated parameter are
+    finite). Every hyperparameter, batch size and epoch count is checked by the rules the
+    command line applies (one ``ValueError`` line).
   """
   return UnlearningStep(apply_fn, method, teacher, forget_mask, hparams, optimizer, mesh,
                         data_sizes)
