@@ -11,12 +11,12 @@ from cure_jax.infra import sharding
 from cure_jax.unlearning import grogu_fast, losses
 from cure_jax.models.causal_lm import CausalLM
 
-from tests import sharded_steps
+from tests import sharded_steps, tolerances
 
 pytestmark = pytest.mark.skipif(len(jax.devices()) < 4, reason='needs 4 (host) devices')
 
 
-def _assert_close(got, want, rtol=1e-5):
+def _assert_close(got, want, rtol=sharded_steps.LM_RTOL):
   got, want = jax.device_get(got), jax.device_get(want)
   assert jax.tree.structure(got) == jax.tree.structure(want)
   for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
@@ -128,5 +128,8 @@ def test_sharded_grogu_fast_direction_equals_single_device(fsdp):
                                             sharding.shard_batch(batch, mesh))
   assert got[0]['layers_0']['mlp']['gate_proj']['kernel'].sharding.spec == P(
       None, sharding.fsdp_axis(mesh))
-  _assert_close(got, want)
+  # One direction; its longest reductions are the per-example inner products over every
+  # parameter, which FSDP sums shard by shard.
+  terms = sum(np.size(x) for x in jax.tree.leaves(params))
+  _assert_close(got, want, tolerances.reordered_sum(terms))
   assert np.abs(np.asarray(want[0]['layers_0']['mlp']['gate_proj']['kernel'])).max() > 0
