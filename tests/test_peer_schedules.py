@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import cure_jax
-from cure_jax.classification import compiled_runs, defaults
+from cure_jax.classification import compiled_runs, defaults, run_batches
 from cure_jax.infra import sharding
 from cure_jax.lm import unlearn as lm_unlearn
 from cure_jax.unlearning import hparams, methods, saliency, schedule
@@ -70,13 +70,13 @@ def test_total_steps_counts_the_passes(epochs, k, steps, scrub_steps):
 
 def test_a_pass_draws_every_example_once_in_a_fresh_order():
   key = jax.random.key(0)
-  passes = [np.concatenate([np.asarray(compiled_runs.pass_batch(key, p, j, 5, 8, 2))
+  passes = [np.concatenate([np.asarray(run_batches.pass_batch(key, p, j, 5, 8, 2))
                             for j in range(3)]) for p in range(3)]
   for order in passes:
     assert sorted(order[:5]) == list(range(5)) and order[5] == order[0]  # topped up
   assert len({tuple(o) for o in passes}) == 3
-  np.testing.assert_array_equal(compiled_runs.pass_batch(key, 0, 0, 5, 8, 2),
-                                compiled_runs.cycled_batch(key, 0, 5, 8, 2))
+  np.testing.assert_array_equal(run_batches.pass_batch(key, 0, 0, 5, 8, 2),
+                                run_batches.cycled_batch(key, 0, 5, 8, 2))
 
 
 def test_registry_schedules_and_peer_defaults():
@@ -274,8 +274,8 @@ def test_unscheduled_method_keeps_one_forget_and_one_retain_batch_per_step(env):
                           + _ce(apply(p, rx), ry)))
   params = variables['params']
   for step in range(math.ceil(2.0 * N / B)):
-    fi = np.asarray(compiled_runs.cycled_batch(jax.random.fold_in(key, 1 << 20), step, N, 8, B))
-    ri = np.asarray(compiled_runs.cycled_batch(jax.random.fold_in(key, 1 << 21), step, M, 12,
+    fi = np.asarray(run_batches.cycled_batch(jax.random.fold_in(key, 1 << 20), step, N, 8, B))
+    ri = np.asarray(run_batches.cycled_batch(jax.random.fold_in(key, 1 << 21), step, M, 12,
                                                B))
     g = grad(params, _norm(data.forget_x[fi]), data.forget_y[fi], _norm(data.retain_x[0][ri]),
              data.retain_y[0][ri])

@@ -3,7 +3,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cure_jax.classification import compiled_runs, evaluate
+from cure_jax.classification import compiled_runs, evaluate, run_batches
 from cure_jax.infra import plan, sharding, validation
 from cure_jax.unlearning import objectives
 from cure_jax.data import views
@@ -112,10 +112,26 @@ def test_divergence_is_reported_with_its_step(env):
 
 
 @pytest.mark.parametrize('n,size,batch', [(10, 16, 4), (7, 8, 7), (13, 16, 5)])
+def test_carried_permutations_give_the_batches_of_fresh_ones(n, size, batch):
+  """A run carries each stream's permutations from step to step (sorted once per epoch);
+  its batches are the ones each step would draw from scratch, pass after pass."""
+  key = jax.random.key(4)
+  step = jax.jit(run_batches.cycled_batch_cached, static_argnums=(3, 4))
+  passes = jax.jit(run_batches.pass_batch_cached, static_argnums=(4, 5))
+  cycled, by_pass = run_batches.perm_cache(size), run_batches.perm_cache(size)
+  for t in range(4 * n):
+    got, cycled = step(key, t, n, size, batch, cycled)
+    np.testing.assert_array_equal(got, run_batches.cycled_batch(key, t, n, size, batch))
+    index, b = divmod(t, -(-n // batch))
+    got, by_pass = passes(key, index, b, n, size, batch, by_pass)
+    np.testing.assert_array_equal(got, run_batches.pass_batch(key, index, b, n, size, batch))
+
+
+@pytest.mark.parametrize('n,size,batch', [(10, 16, 4), (7, 8, 7), (13, 16, 5)])
 def test_cycled_batches_visit_every_example_once_per_pass(n, size, batch):
   key = jax.random.key(3)
   steps = 3 * n  # many passes
-  stream = np.concatenate([np.asarray(compiled_runs.cycled_batch(key, t, n, size, batch))
+  stream = np.concatenate([np.asarray(run_batches.cycled_batch(key, t, n, size, batch))
                            for t in range(steps)])
   for p in range(len(stream) // n):
     assert sorted(stream[p * n:(p + 1) * n]) == list(range(n))

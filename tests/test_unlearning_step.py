@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import cure_jax
-from cure_jax.classification import compiled_runs, defaults
+from cure_jax.classification import compiled_runs, defaults, run_batches
 from cure_jax.infra import sharding
 from cure_jax.unlearning import losses, methods, user_step
 from tests import helpers, tolerances
@@ -201,9 +201,9 @@ def test_step_equals_the_runners_step(name):
                    forget_data={'inputs': norm(forget_x[:n]), 'labels': forget_y[:n]})
   typed = jax.random.wrap_key_data(key)
   for i in range(steps):
-    fi = compiled_runs.cycled_batch(jax.random.fold_in(typed, compiled_runs._SHUFFLE_STREAM), i,
+    fi = run_batches.cycled_batch(jax.random.fold_in(typed, run_batches._SHUFFLE_STREAM), i,
                                    n, 16, b)
-    ri = compiled_runs.cycled_batch(jax.random.fold_in(typed, compiled_runs._RETAIN_STREAM), i,
+    ri = run_batches.cycled_batch(jax.random.fold_in(typed, run_batches._RETAIN_STREAM), i,
                                    m, 24, b)
     forget = {'inputs': norm(forget_x[np.asarray(fi)]), 'labels': forget_y[np.asarray(fi)]}
     retain = {'inputs': norm(retain_x[0][np.asarray(ri)]), 'labels': retain_y[0][np.asarray(ri)]}

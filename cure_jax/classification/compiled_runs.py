@@ -18,7 +18,7 @@ interact and GROGU's per-example gradients are well defined.
 A scheduled method (:mod:`cure_jax.unlearning.schedule`: SCRUB, SalUn with retain data)
 runs its passes instead: each step's phase, pass and batch come from the step index, the
 forget set size and the traced retain subset size, and a pass draws every example of its
-set once in a fresh seeded order (:func:`pass_batch`).
+set once in a fresh seeded order (:func:`cure_jax.classification.run_batches.pass_batch`).
 """
 import dataclasses
 import functools
@@ -30,14 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cure_jax.classification import run_batches
 from cure_jax.infra import sharding
 from cure_jax.unlearning import hparams as hparams_lib, methods, objectives, schedule
 from cure_jax.unlearning import step as step_lib
 from cure_jax.unlearning.batch import Batch
-
-_SHUFFLE_STREAM = 1 << 20   # fold_in tag of the forget shuffles (steps use their index)
-_RETAIN_STREAM = 1 << 21
-
 
 def total_steps(epochs, n_forget, batch_size, method=None, hp=None, n_retain=0):
   """Steps of a run: ``epochs`` passes over the forget set, or for a scheduled ``method``
@@ -59,48 +56,6 @@ def pad_rows(x, size):
 
 def padded_size(n, batch_size):
   return max(batch_size, math.ceil(n / batch_size) * batch_size)
-
-
-def _epoch_perm(key, epoch, n, size):
-  """A uniform permutation of ``0..n-1`` (``n`` traced) in the first ``n`` of ``size`` slots."""
-  u = jax.random.uniform(jax.random.fold_in(key, epoch), (size,))
-  return jnp.argsort(jnp.where(jnp.arange(size) < n, u, 2.0))
-
-
-def cycled_batch(key, step, n, size, batch_size):
-  """Indices of batch ``step`` of a stream that reshuffles every pass over ``n`` examples.
-
-  Requires ``batch_size <= n`` (a batch spans at most two passes)."""
-  pos = step * batch_size + jnp.arange(batch_size)
-  epoch0 = (step * batch_size) // n
-  idx, epoch = pos % n, pos // n
-  first, second = _epoch_perm(key, epoch0, n, size), _epoch_perm(key, epoch0 + 1, n, size)
-  return jnp.where(epoch == epoch0, first[idx], second[idx])
-
-
-def pass_batch(key, index, batch, n, size, batch_size):
-  """Indices of batch ``batch`` of pass ``index`` over ``n`` examples, each pass in a fresh
-  seeded order. A pass's last batch is topped up from the start of the same order (the batch
-  shape is fixed, where a torch DataLoader's last batch is smaller); pass 0's batches are
-  :func:`cycled_batch`'s first ones."""
-  pos = (batch * batch_size + jnp.arange(batch_size)) % n
-  return _epoch_perm(key, index, n, size)[pos]
-
-
-def draw(method, step, key, n, size, m, retain_size, batches, hp):
-  """``(forget indices, retain indices, phase)`` of step ``step``: one batch of each stream
-  the method reads (None: it reads none), or for a scheduled method, the batches of the
-  step's pass in either stream (its phase reads one of them). ``batches``: the (forget,
-  retain) batch sizes (:func:`cure_jax.unlearning.methods.batch_sizes`)."""
-  f_key = jax.random.fold_in(key, _SHUFFLE_STREAM)
-  r_key = jax.random.fold_in(key, _RETAIN_STREAM)
-  bf, br = batches
-  if method.schedule:
-    at = schedule.locate(step, method.schedule, hp, schedule.pass_lengths(n, m, bf, br))
-    return (pass_batch(f_key, at.passes, at.batch, n, size, bf),
-            pass_batch(r_key, at.passes, at.batch, m, retain_size, br), at.phase)
-  return (cycled_batch(f_key, step, n, size, bf) if method.uses_forget else None,
-          cycled_batch(r_key, step, m, retain_size, br) if method.uses_retain else None, 0)
 
 
 @dataclasses.dataclass
@@ -155,7 +110,7 @@ class Programs:
                            train=False)
       return apply
 
-    def prologue(variables, forget_x, forget_y, n, mask_K):
+    def prologue(variables, forget_x, forget_y, n, retain_x, mask_K):
       apply, size = applier(variables), forget_x.shape[0]
       teacher_logits = targets_K = None
       if method.needs_teacher or method.needs_target:
@@ -166,7 +121,8 @@ class Programs:
       if method.needs_target:
         targets_K = objectives.age_targets(teacher_logits, forget_y, jnp.arange(size) < n, mask_K)
       params = variables['params']
-      return (teacher_logits, targets_K), (params, tx.init(params), jnp.int32(-1))
+      caches = (run_batches.perm_cache(size), run_batches.perm_cache(retain_x.shape[0]))
+      return (teacher_logits, targets_K), (params, tx.init(params), jnp.int32(-1), caches)
 
     def body(step, carry, variables, aux, consts, forget_x, forget_y, n, retain_x, retain_y, m,
              mask_K, key, dyn):
@@ -174,10 +130,11 @@ class Programs:
       key = jax.random.wrap_key_data(key)
       apply, size = applier(variables), forget_x.shape[0]
       teacher_logits, targets_K = consts
-      params, opt_state, bad = carry
+      params, opt_state, bad, caches = carry
       f_batch = r_batch = None
-      f_idx, r_idx, phase = draw(method, step, key, n, size, m, retain_x.shape[0],
-                                 stream_batches, hp)
+      f_idx, r_idx, phase, caches = run_batches.draw(method, step, key, n, size, m,
+                                                     retain_x.shape[0], stream_batches, hp,
+                                                     caches)
       if method.uses_forget:
         label = forget_y[f_idx]
         f_batch = Batch(
@@ -194,7 +151,7 @@ class Programs:
       params, opt_state, value = update(apply, params, opt_state, f_batch, r_batch, rng, hp,
                                         self.mesh, step, aux, phase)
       bad = jnp.where((bad < 0) & ~jnp.isfinite(value), step, bad)
-      return params, opt_state, bad
+      return params, opt_state, bad, caches
     return prologue, body
 
   def run_fn(self, method, static, batches):
@@ -204,10 +161,10 @@ class Programs:
 
     def run(variables, aux, forget_x, forget_y, n, retain_x, retain_y, m, mask_K, key, dyn,
             steps):
-      consts, carry = prologue(variables, forget_x, forget_y, n, mask_K)
+      consts, carry = prologue(variables, forget_x, forget_y, n, retain_x, mask_K)
       step = lambda i, c: body(i, c, variables, aux, consts, forget_x, forget_y, n, retain_x,
                                retain_y, m, mask_K, key, dyn)
-      params, _, bad = jax.lax.fori_loop(0, steps, step, carry)
+      params, _, bad, _ = jax.lax.fori_loop(0, steps, step, carry)
       return params, bad
     return run
 
@@ -219,7 +176,7 @@ class Programs:
 
     def start(variables, aux, forget_x, forget_y, n, retain_x, retain_y, m, mask_K, key, dyn,
               steps):
-      return prologue(variables, forget_x, forget_y, n, mask_K)
+      return prologue(variables, forget_x, forget_y, n, retain_x, mask_K)
 
     def step(i, carry, consts, variables, aux, forget_x, forget_y, n, retain_x, retain_y, m,
              mask_K, key, dyn, steps):
