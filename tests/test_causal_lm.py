@@ -11,9 +11,27 @@ import pytest
 
 from cure_jax.models import causal_lm
 from cure_jax.models.causal_lm import CausalLM, LMConfig, generate, init_cache
+from tests import tolerances
 
 TINY = LMConfig(vocab_size=48, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, d_ff=64,
                 max_len=24)
+
+
+# A logit of TINY passes through 2 layers x 8 stages (norm, q/k/v, scores, softmax-weighted
+# sum, o_proj, norm, gate/up, down) plus the final norm and the head, whose longest float32
+# reductions are d_ff = 64 terms (attention: at most max_len = 24 positions).
+STAGES, LONGEST = 2 * 8 + 2, 64
+
+
+def _assert_logits_close(got, want):
+  """Two programs of the same logits (another head layout, padding, a KV cache) that order
+  their reductions differently: within the first-order bound of every stage's reordered sum
+  (:func:`tests.tolerances.logits_bound`: 1.4e-4 of the largest logit), where a wrong head,
+  mask or cache position moves logits by O(1e-1) of it."""
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  assert got.shape == want.shape
+  delta = tolerances.logits_bound(tolerances.reordered_sum(LONGEST), STAGES, np.abs(want).max())
+  assert np.abs(got - want).max() <= delta, (np.abs(got - want).max(), delta)
 
 
 def _tokens(shape, seed=1):
@@ -72,15 +90,17 @@ def test_tied_head_equals_untied_head_with_transposed_embedding(tiny, tokens_2x8
   _, params, _ = tiny
   untied = CausalLM(dataclasses.replace(TINY, tie_embeddings=False))
   untied_params = dict(params, lm_head={'kernel': params['embed_tokens']['embedding'].T})
-  np.testing.assert_allclose(jax.jit(untied.apply)({'params': untied_params}, tokens_2x8),
-                             logits_2x8, atol=1e-5)
+  _assert_logits_close(jax.jit(untied.apply)({'params': untied_params}, tokens_2x8),
+                       logits_2x8)
 
 
 def test_future_tokens_do_not_change_earlier_logits(tiny, tokens_2x8, logits_2x8):
   _, params, apply = tiny
   changed = tokens_2x8.at[:, 5].set((tokens_2x8[:, 5] + 1) % TINY.vocab_size)
   after = apply({'params': params}, changed)
-  np.testing.assert_allclose(after[:, :5], logits_2x8[:, :5], atol=1e-6)
+  # The same program on the same shapes: the first 5 positions' arithmetic is the same
+  # (the masked future adds exact zeros), so their logits are bitwise equal.
+  np.testing.assert_array_equal(after[:, :5], logits_2x8[:, :5])
   assert np.abs(np.asarray(after[:, 5:] - logits_2x8[:, 5:])).max() > 1e-4
 
 
@@ -101,8 +121,7 @@ def test_grouped_kv_heads_equal_multi_head_with_repeated_kv_weights(tiny, tokens
     for name in ('k_proj', 'v_proj'):
       attn[name] = {'kernel': repeat_heads(attn[name]['kernel'])}
     mha_params[f'layers_{i}'] = dict(params[f'layers_{i}'], self_attn=attn)
-  np.testing.assert_allclose(jax.jit(mha.apply)({'params': mha_params}, tokens_2x8),
-                             logits_2x8, atol=1e-5)
+  _assert_logits_close(jax.jit(mha.apply)({'params': mha_params}, tokens_2x8), logits_2x8)
 
 
 def test_rope_scores_depend_only_on_relative_position():
@@ -113,8 +132,17 @@ def test_rope_scores_depend_only_on_relative_position():
     rk = causal_lm.apply_rope(k, jnp.array([[n]]), 10000.0)
     return float(jnp.sum(rq * rk))
 
-  np.testing.assert_allclose(score(5, 2), score(13, 10), rtol=1e-5)
-  np.testing.assert_allclose(score(0, 0), float(jnp.sum(q * k)), rtol=1e-5)
+  # Rotation keeps norms, so a score's terms sum to at most |q| |k| in magnitude. Float32
+  # rounds the 8-term sum, and each rotated component by its angle (position <= 13 rad times
+  # a frequency <= 1: an angle error <= 13 u, hence of its cos and sin), cos, sin and the
+  # rotation's product and sum: two scores within 2 (gamma(8) + 40 u) |q| |k| (5.7e-6 of
+  # it); another relative position moves a score by O(|q| |k|).
+  scale = float(np.linalg.norm(q) * np.linalg.norm(k))
+  tol = 2 * (tolerances.gamma(8) + 40 * tolerances.UNIT_ROUNDOFF) * scale
+  assert abs(score(5, 2) - score(13, 10)) <= tol
+  # Position 0 rotates by exactly 0 (cos 1, sin 0): only the sum's order may differ.
+  assert abs(score(0, 0) - float(jnp.sum(q * k))) <= tolerances.reordered_sum(8) * float(
+      jnp.sum(jnp.abs(q * k)))
   assert abs(score(5, 2) - score(5, 4)) > 1e-4
 
 
@@ -126,8 +154,11 @@ def test_rope_matches_rotate_half_formula():
   angle = np.concatenate([pos * inv_freq, pos * inv_freq])
   rotated = np.concatenate([-x[..., 2:], x[..., :2]], axis=-1)
   expected = x * np.cos(angle) + rotated * np.sin(angle)
-  np.testing.assert_allclose(causal_lm.apply_rope(jnp.asarray(x), jnp.array([[3]]), base),
-                             expected, rtol=1e-5, atol=1e-6)
+  # Float32 against the float64 formula: the frequency (a power and a division), the angle
+  # (3 x that: its error times 3), cos and sin (an absolute error of the angle's), the two
+  # products and the sum: within gamma(20) of |x| + |rotate_half(x)| per element (1.2e-6).
+  got = np.asarray(causal_lm.apply_rope(jnp.asarray(x), jnp.array([[3]]), base), np.float64)
+  assert np.all(np.abs(got - expected) <= tolerances.gamma(20) * (np.abs(x) + np.abs(rotated)))
 
 
 def test_left_padding_with_mask_matches_unpadded(tiny, tokens_2x8, logits_2x8):
@@ -137,7 +168,7 @@ def test_left_padding_with_mask_matches_unpadded(tiny, tokens_2x8, logits_2x8):
   padded = jnp.concatenate([jnp.full((2, pad), 7, jnp.int32), tokens_2x8[:, :8 - pad]], axis=1)
   mask = (jnp.arange(8) >= pad).astype(jnp.int32)[None].repeat(2, axis=0)
   padded_logits = apply({'params': params}, padded, attention_mask_BxT=mask)
-  np.testing.assert_allclose(padded_logits[:, pad:], logits_2x8[:, :8 - pad], atol=1e-5)
+  _assert_logits_close(padded_logits[:, pad:], logits_2x8[:, :8 - pad])
 
 
 def test_cached_prefill_and_decode_match_full_forward(tiny, tokens_2x8, logits_2x8):
@@ -145,10 +176,10 @@ def test_cached_prefill_and_decode_match_full_forward(tiny, tokens_2x8, logits_2
   prefill = jax.jit(lambda p, t, c: model.apply({'params': p}, t, cache=c))
   step = jax.jit(lambda p, t, pos, c: model.apply({'params': p}, t, pos, cache=c))
   logits, cache = prefill(params, tokens_2x8[:, :5], init_cache(TINY, 2))
-  np.testing.assert_allclose(logits, logits_2x8[:, :5], atol=1e-5)
+  _assert_logits_close(logits, logits_2x8[:, :5])
   for t in range(5, 8):
     logits_t, cache = step(params, tokens_2x8[:, t:t + 1], jnp.full((2, 1), t), cache)
-    np.testing.assert_allclose(logits_t[:, 0], logits_2x8[:, t], atol=1e-5)
+    _assert_logits_close(logits_t[:, 0], logits_2x8[:, t])
   fresh = jax.eval_shape(lambda t: model.apply({'params': params}, t, decode=True),
                          tokens_2x8[:, :5])
   assert fresh[1][0]['k'].shape == (2, TINY.max_len, TINY.num_kv_heads, TINY.head_dim)

@@ -53,6 +53,8 @@ def test_splits_follow_the_files(tmp_path, gz):
     for j in range(len(half)):
       np.testing.assert_array_equal(half[j]['image'][..., 0], test[0][half.indices[j]])
       assert half[j]['label'] == test[1][half.indices[j]]
+  # A float32 mean of a few hundred pixels (numpy's pairwise sum), stored as float32: a few
+  # roundings (< 1e-6); 1e-5 is far above them and far below a wrong scale or split.
   assert data.mean[0] == pytest.approx(train[0].mean() / 255.0, rel=1e-5)
   assert data.class_names[6] == 'Shirt'
   again = idx.load_mnist_family('fashion_mnist', str(tmp_path), split_seed=3)

@@ -5,6 +5,7 @@ import pytest
 
 from cure_jax import models
 from cure_jax.unlearning import grogu, losses
+from tests import tolerances
 
 
 def _tree(seed):
@@ -39,14 +40,15 @@ def _algorithm3_loop(loss_h, loss_s, params, batch, eps, w_h, w_s):
   unravel = jax.flatten_util.ravel_pytree(params)[1]
   grad_h = jax.jit(jax.grad(lambda p, ex: w_h * loss_h(p, ex)))
   grad_s = jax.jit(jax.grad(lambda p, ex: w_s * loss_s(p, ex)))
-  total = 0.0
+  total, scale = 0.0, 0.0
   n = len(jax.tree.leaves(batch)[0])
   for j in range(n):
     ex = jax.tree.map(lambda x: x[j], batch)
     gh, gs = _flat(grad_h(params, ex)), _flat(grad_s(params, ex))
     g = (gh - (gh @ gs) / (gs @ gs + eps) * gs) + (gs - (gh @ gs) / (gh @ gh + eps) * gh)
     total = total + g
-  return unravel(jnp.asarray(total / n, jnp.float32))
+    scale = scale + np.linalg.norm(gh) + np.linalg.norm(gs)
+  return unravel(jnp.asarray(total / n, jnp.float32)), scale / n
 
 
 @pytest.mark.parametrize('w_h,w_s,temperature', [(1.0, 1.0, 1.0), (0.5, 0.5, 4.0),
@@ -70,6 +72,16 @@ def test_grogu_direction_equals_the_per_example_loop(w_h, w_s, temperature):
   eps = 1e-12
   fast = grogu.grogu_direction(loss_h, loss_s, variables['params'], batch, eps=eps, w_h=w_h,
                                w_s=w_s)
-  loop = _algorithm3_loop(loss_h, loss_s, variables['params'], batch, eps, w_h, w_s)
-  np.testing.assert_allclose(_flat(fast), _flat(loop), rtol=1e-4,
-                             atol=1e-5 * np.abs(_flat(loop)).max())
+  loop, scale = _algorithm3_loop(loss_h, loss_s, variables['params'], batch, eps, w_h, w_s)
+  # Vmapped per-example gradients against one-example programs: each gradient is a forward
+  # and a backward pass through the 19 modules of ResNet-8 whose reductions (3 x 3 x 64 =
+  # 576 terms at most) are reordered (first order: 2 x 19 x the probabilistic reordered sum);
+  # the projections' inner products over the P parameters then round in float32 against the
+  # loop's float64 (3 roundings of P terms). Per example, the direction moves by at most 4x the
+  # gradients' error plus 3x the inner products' error, times |g_h| + |g_s| (``scale``):
+  # about 3e-3 of it, where a wrong coefficient or sign moves it by O(1).
+  terms = _flat(variables['params']).size
+  grad_err = 2 * 19 * 2 * tolerances.gamma_probabilistic(576)
+  bound = 4 * grad_err + 3 * tolerances.gamma_probabilistic(terms)
+  assert np.linalg.norm(_flat(fast) - _flat(loop)) <= bound * scale
+  assert np.linalg.norm(_flat(loop)) > 0.1 * scale   # the bound is not vacuous

@@ -17,6 +17,7 @@ from cure_jax.infra import fingerprint
 from cure_jax.lm import evaluate, hf_import, pretrained
 from cure_jax.models.causal_lm import CausalLM, LMConfig, generate, init_cache
 
+from tests import tolerances
 from tests.tiny_llama import numpy_forward, write_hf
 
 WINDOW = 3
@@ -26,6 +27,20 @@ ITEMS = [{'question': 'what is the capital', 'answer': 'paris', 'paraphrased_ans
           'perturbed_answer': ['the cat'], 'author': 'a'},
          {'question': 'a tiny model', 'answer': 'for tests', 'paraphrased_answer': 'tests',
           'perturbed_answer': ['the mat'], 'author': 'b'}]
+
+
+def _assert_logits_close(got, want, cfg):
+  """Float32 logits against a float64 forward (or another float32 program: a cache, a
+  window): per layer 8 stages (norms, q/k/v, scores, attention, o_proj, gate/up, down), then
+  the final norm and the head, each a reduction of at most max(d_ff, d_model, max_len)
+  terms in another order: the first-order bound of :func:`tests.tolerances.logits_bound`
+  (1e-4 of the largest logit for TINY), where a window off by one key moves them by > 1e-2."""
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  assert got.shape == want.shape
+  longest = max(cfg.d_ff, cfg.d_model, cfg.max_len)
+  delta = tolerances.logits_bound(tolerances.reordered_sum(longest), 8 * cfg.num_layers + 2,
+                                  np.abs(want).max())
+  assert np.abs(got - want).max() <= delta, (np.abs(got - want).max(), delta)
 
 
 def reference_logits(params, cfg, ids, window):
@@ -85,10 +100,10 @@ def test_window_matches_loop_over_allowed_keys(tiny):
   got = np.asarray(_apply(model, params, tokens))
   for row in range(2):
     ref = reference_logits(params, TINY, tokens[row], WINDOW)
-    np.testing.assert_allclose(got[row], ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    _assert_logits_close(got[row], ref, TINY)
   # The window bites: beyond it the full-attention reference differs, within it it agrees.
   full = reference_logits(params, TINY, tokens[0], None)
-  np.testing.assert_allclose(got[0, :WINDOW], full[:WINDOW], rtol=1e-4, atol=1e-4)
+  _assert_logits_close(got[0, :WINDOW], full[:WINDOW], TINY)
   assert np.abs(got[0, WINDOW:] - full[WINDOW:]).max() > 1e-2
 
 
@@ -98,7 +113,7 @@ def test_window_at_least_the_length_is_full_attention(tiny):
                            tokens))
   for window in (10, 16):
     wide = CausalLM(dataclasses.replace(TINY, sliding_window=window))
-    np.testing.assert_allclose(_apply(wide, params, tokens), full, rtol=1e-5, atol=1e-5)
+    _assert_logits_close(_apply(wide, params, tokens), full, TINY)
 
 
 def test_cached_decoding_with_window_equals_full_forward(tiny):
@@ -112,7 +127,7 @@ def test_cached_decoding_with_window_equals_full_forward(tiny):
                            positions_BxT=positions, cache=cache)
     pieces.append(np.asarray(logits))
     start += size
-  np.testing.assert_allclose(np.concatenate(pieces, 1), full, rtol=1e-4, atol=1e-4)
+  _assert_logits_close(np.concatenate(pieces, 1), full, TINY)
 
 
 def test_generate_with_window_equals_greedy_full_forwards(tiny):
@@ -173,10 +188,9 @@ def test_hf_mistral_window_beyond_max_len(tmp_path):
   assert pretrained.load(directory, max_len=32).config.max_len == 32  # > window: accepted
   ids = np.random.default_rng(5).integers(0, cfg['vocab_size'], 12)
   got = np.asarray(_apply(lm.model, lm.params, ids[None]))[0]
-  np.testing.assert_allclose(got, reference_logits(lm.params, lm.config, ids, 4), rtol=1e-4,
-                             atol=1e-4 * np.abs(got).max())
+  _assert_logits_close(got, reference_logits(lm.params, lm.config, ids, 4), lm.config)
   full = numpy_forward(w, cfg, ids)  # HF-named weights, full attention
-  np.testing.assert_allclose(got[:4], full[:4], rtol=1e-4, atol=1e-4 * np.abs(full).max())
+  _assert_logits_close(got[:4], full[:4], lm.config)
   assert np.abs(got[4:] - full[4:]).max() > 1e-2
 
 

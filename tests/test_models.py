@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import pytest
 
 from cure_jax import models
+from tests import tolerances
 
 
 def _num_params(variables):
@@ -44,7 +45,12 @@ def test_train_mode_updates_batch_stats_and_eval_mode_is_pure():
   assert any(jax.tree.leaves(changed))
   a = model.apply(variables, x, train=False)
   b = model.apply(variables, x[:2], train=False)
-  assert jnp.allclose(a[:2], b, atol=1e-5)  # examples do not interact at inference
+  # Examples do not interact at inference; another batch size may order each example's
+  # reductions (3 x 3 x 64 = 576 terms at most) differently through ResNet-8's 19 modules:
+  # the first-order logit bound (1.3e-3 of the largest logit), where a batch statistic would
+  # move them by O(1).
+  delta = tolerances.logits_bound(tolerances.reordered_sum(9 * 64), 19, float(jnp.abs(a).max()))
+  assert float(jnp.abs(a[:2] - b).max()) <= delta
 
 
 def test_unknown_model_name_is_a_clear_error():

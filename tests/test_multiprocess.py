@@ -79,8 +79,12 @@ def test_two_processes_equal_one(tmp_path):
                 'cls_loss': metrics['loss']})
   got = _wait_workers(tmp_path, *workers)
   assert sorted(got) == sorted(want)
+  # The processes split each step's batch reductions (LM: 8 x 12 tokens, AdamW; classifier:
+  # 8 images of 8 x 8, SGD momentum) over their devices: sharded_steps' reordering bounds
+  # of its 2 steps (4.6e-5 and 2.4e-4), where a missing all-reduce moves results by O(1).
   for key, w in want.items():
-    sharded_steps.assert_close(got[key], w, sharded_steps.CLASSIFIER_RTOL, key)
+    rtol = sharded_steps.LM_RTOL if key.startswith("['lm_") else sharded_steps.CLASSIFIER_RTOL
+    sharded_steps.assert_close(got[key], w, rtol, key)
   start = _flat({'p': sharded_steps.lm_params()})
   assert not np.allclose(got["['lm_params']['embed_tokens']['embedding']"],
                          start["['p']['embed_tokens']['embedding']"])

@@ -16,7 +16,7 @@ from cure_jax.classification import compiled_runs, defaults, run_batches
 from cure_jax.infra import sharding
 from cure_jax.lm import unlearn as lm_unlearn
 from cure_jax.unlearning import hparams, methods, saliency, schedule
-from tests import helpers
+from tests import helpers, tolerances
 
 K, FORGET = 4, 1
 B, N, M = 4, 6, 10          # batch size, forget set, retain subset (passes of 2 and 3 steps)
@@ -178,6 +178,23 @@ def _plain_loop(env, epochs, max_epochs, direction, lr=0.05, momentum=0.9, batch
   return params, taken
 
 
+# The longest float32 reduction of a step of the BNMLP: the first Dense's 8 x 8 x 1 = 64
+# inputs (its kernel gradient sums a batch of at most 10 rows; BatchNorm runs on frozen
+# statistics).
+STEP_TERMS = 64
+
+
+def _assert_reordered(got, want, steps):
+  """A compiled run and a hand-written loop (or two programs of the runner) are the same SGD
+  run with other float32 orders of each step's reductions: within the first-order bound of
+  ``steps`` such steps in norm (:func:`tests.tolerances.reordered_run`: 7.6e-6 a step; a
+  wrong batch, phase or momentum moves the run by O(1) of its updates, ~1e-2 of the
+  parameters)."""
+  bound = tolerances.reordered_run(steps, STEP_TERMS)
+  err = tolerances.relative_norm(_flat(got), _flat(want))
+  assert err <= bound, (err, bound, steps)
+
+
 def _kl_t(student, teacher, t):
   p = jax.nn.softmax(teacher / t)
   return t * t * jnp.sum(p * (jnp.log(p) - jax.nn.log_softmax(student / t)), -1)
@@ -217,7 +234,7 @@ def test_compiled_scrub_equals_max_then_min_passes_by_hand(env, epochs, loaders,
   assert [d for d, _, _ in taken][:len(first)] == first
   assert [len(y) for _, _, y in taken][:len(first)] == [
       batches[d == 'retain'] for d in first]
-  np.testing.assert_allclose(_flat(got), _flat(want), rtol=1e-6, atol=1e-6)
+  _assert_reordered(got, want, len(taken))
   assert np.abs(_flat(got) - _flat(env[0]['params'])).max() > 1e-3
 
 
@@ -234,9 +251,11 @@ def test_fused_loop_and_vmapped_seeds_take_the_same_schedule(env, monkeypatch):
   vmapped, _, _, _ = compiled_runs.run_group(programs, run, two, [variables] * 2, keys, True)
   monkeypatch.setattr(compiled_runs, 'fused_loop', lambda: True)
   fused, _, _, _ = compiled_runs.run_group(programs, run, two, [variables] * 2, keys, False)
+  # 3 epochs of at most a forget pass (2 steps) and a retain pass (4 steps): 18 steps, whose
+  # reductions the vmapped and the fused programs may order differently (1.4e-4).
   for a, b, c in zip(looped, vmapped, fused):
-    np.testing.assert_allclose(_flat(b), _flat(a), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(_flat(c), _flat(a), rtol=1e-5, atol=1e-6)
+    _assert_reordered(b, a, 18)
+    _assert_reordered(c, a, 18)
   assert not np.allclose(_flat(looped[0]), _flat(looped[1]))
 
 
@@ -258,7 +277,7 @@ def test_compiled_salun_descent_equals_forget_then_retain_passes_by_hand(env):
     return grad(params, x, y)
   want, taken = _plain_loop(env, 2, math.inf, direction)
   assert [d for d, _, _ in taken] == (['forget'] * 2 + ['retain'] * 3) * 2
-  np.testing.assert_allclose(_flat(got), _flat(want), rtol=1e-6, atol=1e-6)
+  _assert_reordered(got, want, len(taken))
   frozen = ~_flat(mask)
   np.testing.assert_array_equal(_flat(got)[frozen], _flat(variables['params'])[frozen])
 
@@ -280,7 +299,7 @@ def test_unscheduled_method_keeps_one_forget_and_one_retain_batch_per_step(env):
     g = grad(params, _norm(data.forget_x[fi]), data.forget_y[fi], _norm(data.retain_x[0][ri]),
              data.retain_y[0][ri])
     params = jax.tree.map(lambda p, gi: p - 0.05 * gi, params, g)
-  np.testing.assert_allclose(_flat(got), _flat(params), rtol=1e-6, atol=1e-6)
+  _assert_reordered(got, params, math.ceil(2.0 * N / B))
 
 
 # ---- the public step follows the schedule -----------------------------------------------------
@@ -301,7 +320,7 @@ def test_user_step_follows_the_schedule_and_equals_the_runner(env):
     assert unl.data_at(i, N, M) == name
     batches = dict(first, **{name: (x, y)})
     state, _ = unl.step(state, batches['forget'], batches['retain'], jax.random.key(i))
-  np.testing.assert_allclose(_flat(state['params']), _flat(got), rtol=1e-6, atol=1e-6)
+  _assert_reordered(state['params'], got, len(taken))
 
 
 def test_scheduled_methods_refuse_without_data_sizes_and_in_the_lm_loop(env):

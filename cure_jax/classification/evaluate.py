@@ -131,12 +131,14 @@ class Evaluator:
             'input_grads': self.input_grads(retrain_variables)}
 
   def evaluate(self, variables, forget_classes, mia_sets=None, reference=None,
-               klom_sets=None):
+               klom_sets=None, defer=False):
     """Accuracies, prediction counts and, given them, MIA-efficacy, the comparison
     with the retrain model (``per_class_change`` as a fraction, ``input_grad_dist``) and
     the margins of the KLOM examples (``klom_margins``, :class:`KlomSets`).
 
     ``mia_sets``: ``(member_x, member_y, forget_x, forget_y)`` training examples.
+    ``defer``: return MIA-efficacy as a ``concurrent.futures.Future`` (its SVC fit, seconds
+    on one core, then runs beside the caller's next work; :func:`resolve` waits for it).
     """
     variables = sharding.replicate(variables, self.mesh)
     logits = self.logits(variables)
@@ -159,8 +161,19 @@ class Evaluator:
       diff = (self.input_grads(variables) - reference['input_grads']).reshape(len(self.y), -1)
       out['input_grad_dist'] = float(np.linalg.norm(diff, axis=1).mean())
     if svc is not None:
-      out['mia_efficacy'] = svc.result()
+      out['mia_efficacy'] = svc if defer else svc.result()
     return out
+
+
+def resolve(rows):
+  """Replaces each deferred MIA-efficacy (a ``Future`` from ``evaluate(defer=True)``) in
+  ``rows`` (dicts, changed in place) by its value; returns ``rows``."""
+  for row in rows:
+    value = row.get('mia_efficacy')
+    if isinstance(value, futures.Future):
+      value = value.result()
+      row['mia_efficacy'] = value if math.isfinite(value) else None
+  return rows
 
 
 def mia_sets(retain_source, forget_source, size):

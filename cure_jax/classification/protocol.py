@@ -152,7 +152,7 @@ def reference_rows(study):
       for kind, model in (('original', study.originals[k]), ('retrain', sc.retrain[k])):
         with study.timings.phase('evaluate'):
           m = study.evaluator.evaluate(model.variables, sc.forget_classes, sc.mia_sets,
-                                       sc.references[k], sc.klom_sets)
+                                       sc.references[k], sc.klom_sets, defer=True)
         train_s = model.train_s
         rows.append(json_safe({
             'scenario': sc.label, 'model_seed': s, 'seed': None, 'method': kind,
@@ -162,7 +162,8 @@ def reference_rows(study):
             'model_fingerprint': {kind: model.fingerprint},
             'forget_classes': list(sc.forget_classes)}))
         evaluate.keep_margins(study.margins_dir, sc.klom_sets, rows[-1], m)
-  return rows
+  with study.timings.phase('evaluate'):
+    return evaluate.resolve(rows)  # the SVC fits ran beside the next models' evaluation
 
 
 _METRICS = ('retain_acc', 'forget_acc', 'overall_acc', 'mia_efficacy', 'input_grad_dist',
@@ -217,8 +218,9 @@ def run_units(study, run):
   return out
 
 
-def run_unit(study, run, sc, group):
-  """Runs one group of runs and evaluates them; returns its rows (strict JSON values)."""
+def run_unit(study, run, sc, group, defer=False):
+  """Runs one group of runs and evaluates them; returns its rows (strict JSON values;
+  with ``defer``, MIA-efficacy may still be a future: :func:`evaluate.resolve`)."""
   name = run.name
   data = run_data(study, sc, run, [s for _, s in group])
   starts = [study.originals[m].variables for m, _ in group]
@@ -247,7 +249,7 @@ def run_unit(study, run, sc, group):
       try:
         with study.timings.phase('evaluate'):
           metrics = study.evaluator.evaluate(variables, sc.forget_classes, sc.mia_sets,
-                                             sc.references[m], sc.klom_sets)
+                                             sc.references[m], sc.klom_sets, defer=defer)
       except evaluate.NonFiniteOutputs as e:
         why = str(e)
     else:
@@ -280,14 +282,19 @@ def sweep(study, runs, log):
       if note:
         logging.warning('%s (scenario %s)', note, sc.label)
     start, fresh, compile_s = time.perf_counter(), 0, 0.0
-    for unit, sc, group in run_units(study, run):
-      done = log.get(unit)
-      if done is None:
-        done = run_unit(study, run, sc, group)
-        log.add(unit, done)
-        fresh += len(group)
-        compile_s += sum(r['compile_s'] or 0.0 for r in done)
-      rows += done
+    pending = []  # the last unit, logged once its MIA's SVC (run beside this unit) is done
+    try:
+      for unit, sc, group in run_units(study, run):
+        done = log.get(unit)
+        if done is None:
+          done = run_unit(study, run, sc, group, defer=True)
+          _log_finished(study, log, pending)
+          pending.append((unit, done))
+          fresh += len(group)
+          compile_s += sum(r['compile_s'] or 0.0 for r in done)
+        rows += done
+    finally:  # an interrupted sweep (Ctrl-C, an error) still logs the unit it finished
+      _log_finished(study, log, pending)
     mine = [r for r in rows if r['method'] == name and r['status'] == 'ok']
     mean = lambda key, label: np.mean([r[key] for r in mine if r['scenario'] == label])
     summary = ' '.join(
@@ -297,6 +304,15 @@ def sweep(study, runs, log):
     console.phase('%-16s %d new run(s) in %.1fs (compile %.1fs)  %s', name, fresh,
            time.perf_counter() - start, compile_s, summary)
   return rows
+
+
+def _log_finished(study, log, pending):
+  """Waits for the pending units' MIA-efficacy and logs them (a killed sweep reruns a unit
+  it had not logged: runs are deterministic)."""
+  with study.timings.phase('evaluate'):
+    for unit, rows in pending:
+      log.add(unit, evaluate.resolve(rows))
+  pending.clear()
 
 
 def sweep_key(config, extra=()):
