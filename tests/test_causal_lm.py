@@ -17,23 +17,6 @@ TINY = LMConfig(vocab_size=48, num_layers=2, d_model=32, num_heads=4, num_kv_hea
                 max_len=24)
 
 
-# A logit of TINY passes through 2 layers x 8 stages (norm, q/k/v, scores, softmax-weighted
-# sum, o_proj, norm, gate/up, down) plus the final norm and the head, whose longest float32
-# reductions are d_ff = 64 terms (attention: at most max_len = 24 positions).
-STAGES, LONGEST = 2 * 8 + 2, 64
-
-
-def _assert_logits_close(got, want):
-  """Two programs of the same logits (another head layout, padding, a KV cache) that order
-  their reductions differently: within the first-order bound of every stage's reordered sum
-  (:func:`tests.tolerances.logits_bound`: 1.4e-4 of the largest logit), where a wrong head,
-  mask or cache position moves logits by O(1e-1) of it."""
-  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-  assert got.shape == want.shape
-  delta = tolerances.logits_bound(tolerances.reordered_sum(LONGEST), STAGES, np.abs(want).max())
-  assert np.abs(got - want).max() <= delta, (np.abs(got - want).max(), delta)
-
-
 def _tokens(shape, seed=1):
   return jax.random.randint(jax.random.key(seed), shape, 0, TINY.vocab_size)
 
@@ -90,8 +73,8 @@ def test_tied_head_equals_untied_head_with_transposed_embedding(tiny, tokens_2x8
   _, params, _ = tiny
   untied = CausalLM(dataclasses.replace(TINY, tie_embeddings=False))
   untied_params = dict(params, lm_head={'kernel': params['embed_tokens']['embedding'].T})
-  _assert_logits_close(jax.jit(untied.apply)({'params': untied_params}, tokens_2x8),
-                       logits_2x8)
+  tolerances.assert_lm_logits_close(
+      jax.jit(untied.apply)({'params': untied_params}, tokens_2x8), logits_2x8, TINY)
 
 
 def test_future_tokens_do_not_change_earlier_logits(tiny, tokens_2x8, logits_2x8):
@@ -121,7 +104,8 @@ def test_grouped_kv_heads_equal_multi_head_with_repeated_kv_weights(tiny, tokens
     for name in ('k_proj', 'v_proj'):
       attn[name] = {'kernel': repeat_heads(attn[name]['kernel'])}
     mha_params[f'layers_{i}'] = dict(params[f'layers_{i}'], self_attn=attn)
-  _assert_logits_close(jax.jit(mha.apply)({'params': mha_params}, tokens_2x8), logits_2x8)
+  tolerances.assert_lm_logits_close(jax.jit(mha.apply)({'params': mha_params}, tokens_2x8),
+                                    logits_2x8, TINY)
 
 
 def test_rope_scores_depend_only_on_relative_position():
@@ -168,7 +152,7 @@ def test_left_padding_with_mask_matches_unpadded(tiny, tokens_2x8, logits_2x8):
   padded = jnp.concatenate([jnp.full((2, pad), 7, jnp.int32), tokens_2x8[:, :8 - pad]], axis=1)
   mask = (jnp.arange(8) >= pad).astype(jnp.int32)[None].repeat(2, axis=0)
   padded_logits = apply({'params': params}, padded, attention_mask_BxT=mask)
-  _assert_logits_close(padded_logits[:, pad:], logits_2x8[:, :8 - pad])
+  tolerances.assert_lm_logits_close(padded_logits[:, pad:], logits_2x8[:, :8 - pad], TINY)
 
 
 def test_cached_prefill_and_decode_match_full_forward(tiny, tokens_2x8, logits_2x8):
@@ -176,10 +160,10 @@ def test_cached_prefill_and_decode_match_full_forward(tiny, tokens_2x8, logits_2
   prefill = jax.jit(lambda p, t, c: model.apply({'params': p}, t, cache=c))
   step = jax.jit(lambda p, t, pos, c: model.apply({'params': p}, t, pos, cache=c))
   logits, cache = prefill(params, tokens_2x8[:, :5], init_cache(TINY, 2))
-  _assert_logits_close(logits, logits_2x8[:, :5])
+  tolerances.assert_lm_logits_close(logits, logits_2x8[:, :5], TINY)
   for t in range(5, 8):
     logits_t, cache = step(params, tokens_2x8[:, t:t + 1], jnp.full((2, 1), t), cache)
-    _assert_logits_close(logits_t[:, 0], logits_2x8[:, t])
+    tolerances.assert_lm_logits_close(logits_t[:, 0], logits_2x8[:, t], TINY)
   fresh = jax.eval_shape(lambda t: model.apply({'params': params}, t, decode=True),
                          tokens_2x8[:, :5])
   assert fresh[1][0]['k'].shape == (2, TINY.max_len, TINY.num_kv_heads, TINY.head_dim)

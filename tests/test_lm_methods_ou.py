@@ -12,6 +12,7 @@ from cure_jax.unlearning.batch import Batch
 from tests.test_lm_unlearning import _batch as _step_batch
 from tests.test_lm_unlearning import _one_step
 from tests import tolerances
+from tests.tolerances import assert_within
 
 IGNORE = -100
 # Two sequences of length 4 over a vocabulary of 5; loss_mask[t] = 1 where token t+1 is an
@@ -31,13 +32,7 @@ def _tol(logits, slope=1.0):
   here); ``slope`` bounds how much the loss moves per unit of an NLL (WGA's w(l) l: 1;
   SatImp's: 1 + beta1 + beta2; CE-U's soft targets round as much again: 2), times the
   loss's gamma. A wrong weight, shift or ignored token moves a loss by O(1e-1)."""
-  zmax = float(np.abs(np.asarray(logits)).max())
-  return slope * tolerances.gamma(5 + 12) * (2 * zmax + np.log(5))
-
-
-def _within(got, want, tol):
-  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-  assert got.shape == want.shape and np.all(np.abs(got - want) <= tol), (got, want, tol)
+  return slope * tolerances.nll_bound(logits, 5, 12)
 
 
 def _hf_labels(tokens, loss_mask):
@@ -130,7 +125,7 @@ def test_wga_matches_open_unlearning(hp, seed):
   logits, labels = _logits(seed), _hf_labels(TOKENS, LOSS_MASK)
   want = hp['wga_gamma'] * _per_sequence(
       lambda z, y: wga_reference(z, y, hp['wga_beta']), logits, labels)
-  _within(_ours(objectives.wga, logits, _hp(**hp)), want, _tol(logits, hp['wga_gamma']))
+  assert_within(_ours(objectives.wga, logits, _hp(**hp)), want, _tol(logits, hp['wga_gamma']))
 
 
 @pytest.mark.parametrize('hp', SATIMP_HPS)
@@ -140,7 +135,7 @@ def test_satimp_matches_open_unlearning(hp, seed):
   want = hp['satimp_gamma'] * _per_sequence(
       lambda z, y: satimp_reference(z, y, hp['satimp_beta1'], hp['satimp_beta2']), logits, labels)
   slope = hp['satimp_gamma'] * (1 + hp['satimp_beta1'] + hp['satimp_beta2'])
-  _within(_ours(objectives.satimp, logits, _hp(**hp)), want, _tol(logits, slope))
+  assert_within(_ours(objectives.satimp, logits, _hp(**hp)), want, _tol(logits, slope))
 
 
 @pytest.mark.parametrize('n', [0, 1])
@@ -148,14 +143,15 @@ def test_satimp_matches_open_unlearning(hp, seed):
 def test_ceu_matches_open_unlearning(n, seed):
   logits, labels = _logits(seed), _hf_labels(TOKENS, LOSS_MASK)
   want = _per_sequence(lambda z, y: ceu_reference(z, y, n), logits, labels)
-  _within(_ours(objectives.ceu, logits, _hp(ceu_ignore_first=float(n))), want, _tol(logits, 2))
+  assert_within(_ours(objectives.ceu, logits, _hp(ceu_ignore_first=float(n))), want,
+                _tol(logits, 2))
 
 
 def test_ceu_sequence_with_every_answer_token_ignored_contributes_zero():
   logits, labels = _logits(2), _hf_labels(TOKENS, LOSS_MASK)
   got = _ours(objectives.ceu, logits, _hp(ceu_ignore_first=2.0))
   assert got[0] == 0.0   # row 0 has two answer tokens; theirs has no position left (NaN)
-  _within(got[1], ceu_reference(logits[1:], labels[1:], 2), _tol(logits, 2))
+  assert_within(got[1], ceu_reference(logits[1:], labels[1:], 2), _tol(logits, 2))
 
 
 def test_batch_mean_is_their_token_mean_when_answers_are_equally_long():
@@ -168,7 +164,7 @@ def test_batch_mean_is_their_token_mean_when_answers_are_equally_long():
            (objectives.ceu, ceu_reference(logits, labels, 1))]
   for fn, want in pairs:
     # The slopes above at the default hyperparameters (SatImp: 0.1 x (1 + 5 + 1)); CE-U's 2.
-    _within(_ours(fn, logits, hp, loss_mask=mask).mean(), want, _tol(logits, 2))
+    assert_within(_ours(fn, logits, hp, loss_mask=mask).mean(), want, _tol(logits, 2))
 
 
 def _as_one_answer_token(reference):
@@ -186,7 +182,7 @@ def test_a_classifier_example_is_one_answer_token(fn, reference):
   batch = Batch(inputs=None, label=jnp.asarray(labels))
   got = np.asarray(fn(jnp.asarray(logits, jnp.float32), batch, None, _hp()), np.float64)
   want = [reference(logits[i], labels[i]) for i in range(3)]
-  _within(got, want, _tol(logits, 2))
+  assert_within(got, want, _tol(logits, 2))
 
 
 def test_weights_are_held_constant():
@@ -201,7 +197,7 @@ def test_weights_are_held_constant():
   # The same gradient by two float32 expressions: the weight w = exp(-2 nll) moves by 2 x an
   # NLL's bound relative to itself, the NLL's gradient (softmax - one-hot) by its roundings.
   tol = (2 * _tol(logits) + tolerances.gamma(5 + 12)) * float(jnp.abs(want).max())
-  _within(got, want, tol)
+  assert_within(got, want, tol)
 
 
 OU = {'wga': objectives.wga, 'satimp': objectives.satimp, 'ceu': objectives.ceu}

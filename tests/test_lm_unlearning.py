@@ -20,6 +20,7 @@ from cure_jax.unlearning import hparams, losses, objectives
 from cure_jax.models.causal_lm import CausalLM, LMConfig
 from cure_jax.text.tokenizer import ByteTokenizer
 from tests import helpers, tolerances
+from tests.tolerances import assert_within
 
 V = 7
 
@@ -51,13 +52,7 @@ def _nll_tol(logits):
   same logits: a log-sum-exp over V classes, a subtraction and a mean round at most V + 12
   times on values of size 2 max|z| + log V (about 1.6e-5 here; a wrong token, mask or
   formula moves a loss by O(1))."""
-  zmax = float(np.abs(np.asarray(logits)).max())
-  return tolerances.gamma(V + 12) * (2 * zmax + np.log(V))
-
-
-def _within(got, want, tol):
-  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-  assert got.shape == want.shape and np.all(np.abs(got - want) <= tol), (got, want, tol)
+  return tolerances.nll_bound(logits, V, 12)
 
 
 HP = {'npo_beta': 0.1, 'simnpo_beta': 4.5, 'simnpo_delta': 0.3, 'simnpo_gamma': 0.125,
@@ -84,23 +79,23 @@ def test_forget_losses_match_hand_formulas():
   ref_nll, _ = _manual_nll(ref, batch)
   seq_sum, seq_mean = (nll * mask).sum(1), (nll * mask).sum(1) / mask.sum(1)
   tol = max(_nll_tol(logits), _nll_tol(ref))
-  _within(_loss(objectives.gradasc, logits, ref, batch), -seq_mean, tol)
+  assert_within(_loss(objectives.gradasc, logits, ref, batch), -seq_mean, tol)
   log_ratio = (ref_nll * mask).sum(1) - seq_sum  # Σ log π_θ − Σ log π_ref
   npo = -(2 / 0.1) * np.log(1 / (1 + np.exp(0.1 * log_ratio)))
   # NPO's slope in the log-ratio is at most 2, and the log-ratio sums 2 x <= 3 NLLs; then a
   # few roundings (exp, log, scale) of the result.
-  _within(_loss(objectives.npo, logits, ref, batch), npo,
+  assert_within(_loss(objectives.npo, logits, ref, batch), npo,
           2 * 2 * 3 * tol + tolerances.gamma(8) * np.abs(npo))
   simnpo = 0.125 * -(2 / 4.5) * np.log(1 / (1 + np.exp(-4.5 * (seq_mean - 0.3))))
   # SimNPO's slope in the mean NLL is 0.125 x 2 x sigmoid <= 0.25.
-  _within(_loss(objectives.simnpo, logits, ref, batch), simnpo,
+  assert_within(_loss(objectives.simnpo, logits, ref, batch), simnpo,
           0.25 * tol + tolerances.gamma(8) * np.abs(simnpo))
 
 
 def test_npo_at_reference_is_2_log2_over_beta():
   batch, logits = _batch(), _logits(0)
   want = np.array([2 / 0.1 * np.log(2)] * 2)
-  _within(_loss(objectives.npo, logits, logits, batch), want,   # as in the test above
+  assert_within(_loss(objectives.npo, logits, logits, batch), want,   # as in the test above
           2 * 2 * 3 * _nll_tol(logits) + tolerances.gamma(8) * want)
 
 
@@ -116,7 +111,7 @@ def test_ghr_forgets_the_ground_truth_next_token():
       row = np.asarray(logits[b, t], np.float64)
       terms.append(np.log(np.exp(row).sum()) - row[np.argmax(teacher)])
     expected[b] = np.mean(terms)
-  _within(_loss(objectives.ghr, logits, ref, batch), expected, _nll_tol(logits))
+  assert_within(_loss(objectives.ghr, logits, ref, batch), expected, _nll_tol(logits))
 
 
 def test_gsr_target_has_no_mass_on_the_true_token_and_vanishes_at_its_optimum():
@@ -247,7 +242,7 @@ def test_cutting_right_padding_keeps_the_answer_nll():
   # first-order bound, plus its own float32 roundings.
   zmax = float(jnp.abs(apply_fn(params, batch['tokens'])).max())
   delta = tolerances.logits_bound(tolerances.reordered_sum(32), 8 + 2, zmax)
-  _within(nll(wide), nll(batch), 2 * delta + _nll_tol(apply_fn(params, batch['tokens'])))
+  assert_within(nll(wide), nll(batch), 2 * delta + _nll_tol(apply_fn(params, batch['tokens'])))
 
 
 def test_unlearn_rejects_an_empty_forget_split():

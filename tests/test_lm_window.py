@@ -29,20 +29,6 @@ ITEMS = [{'question': 'what is the capital', 'answer': 'paris', 'paraphrased_ans
           'perturbed_answer': ['the mat'], 'author': 'b'}]
 
 
-def _assert_logits_close(got, want, cfg):
-  """Float32 logits against a float64 forward (or another float32 program: a cache, a
-  window): per layer 8 stages (norms, q/k/v, scores, attention, o_proj, gate/up, down), then
-  the final norm and the head, each a reduction of at most max(d_ff, d_model, max_len)
-  terms in another order: the first-order bound of :func:`tests.tolerances.logits_bound`
-  (1e-4 of the largest logit for TINY), where a window off by one key moves them by > 1e-2."""
-  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-  assert got.shape == want.shape
-  longest = max(cfg.d_ff, cfg.d_model, cfg.max_len)
-  delta = tolerances.logits_bound(tolerances.reordered_sum(longest), 8 * cfg.num_layers + 2,
-                                  np.abs(want).max())
-  assert np.abs(got - want).max() <= delta, (np.abs(got - want).max(), delta)
-
-
 def reference_logits(params, cfg, ids, window):
   """float64 forward of one sequence; attention loops over queries, each over its allowed
   keys only: the last ``window`` positions up to and including its own (None: all)."""
@@ -100,10 +86,10 @@ def test_window_matches_loop_over_allowed_keys(tiny):
   got = np.asarray(_apply(model, params, tokens))
   for row in range(2):
     ref = reference_logits(params, TINY, tokens[row], WINDOW)
-    _assert_logits_close(got[row], ref, TINY)
+    tolerances.assert_lm_logits_close(got[row], ref, TINY)
   # The window bites: beyond it the full-attention reference differs, within it it agrees.
   full = reference_logits(params, TINY, tokens[0], None)
-  _assert_logits_close(got[0, :WINDOW], full[:WINDOW], TINY)
+  tolerances.assert_lm_logits_close(got[0, :WINDOW], full[:WINDOW], TINY)
   assert np.abs(got[0, WINDOW:] - full[WINDOW:]).max() > 1e-2
 
 
@@ -113,7 +99,7 @@ def test_window_at_least_the_length_is_full_attention(tiny):
                            tokens))
   for window in (10, 16):
     wide = CausalLM(dataclasses.replace(TINY, sliding_window=window))
-    _assert_logits_close(_apply(wide, params, tokens), full, TINY)
+    tolerances.assert_lm_logits_close(_apply(wide, params, tokens), full, TINY)
 
 
 def test_cached_decoding_with_window_equals_full_forward(tiny):
@@ -127,7 +113,7 @@ def test_cached_decoding_with_window_equals_full_forward(tiny):
                            positions_BxT=positions, cache=cache)
     pieces.append(np.asarray(logits))
     start += size
-  _assert_logits_close(np.concatenate(pieces, 1), full, TINY)
+  tolerances.assert_lm_logits_close(np.concatenate(pieces, 1), full, TINY)
 
 
 def test_generate_with_window_equals_greedy_full_forwards(tiny):
@@ -188,9 +174,10 @@ def test_hf_mistral_window_beyond_max_len(tmp_path):
   assert pretrained.load(directory, max_len=32).config.max_len == 32  # > window: accepted
   ids = np.random.default_rng(5).integers(0, cfg['vocab_size'], 12)
   got = np.asarray(_apply(lm.model, lm.params, ids[None]))[0]
-  _assert_logits_close(got, reference_logits(lm.params, lm.config, ids, 4), lm.config)
+  tolerances.assert_lm_logits_close(got, reference_logits(lm.params, lm.config, ids, 4),
+                                    lm.config)
   full = numpy_forward(w, cfg, ids)  # HF-named weights, full attention
-  _assert_logits_close(got[:4], full[:4], lm.config)
+  tolerances.assert_lm_logits_close(got[:4], full[:4], lm.config)
   assert np.abs(got[4:] - full[4:]).max() > 1e-2
 
 

@@ -6,6 +6,7 @@ from scipy.special import log_softmax, softmax
 
 from cure_jax.unlearning import losses
 from tests import tolerances
+from tests.tolerances import assert_within
 
 K = 7
 
@@ -25,11 +26,6 @@ def _tol(logits, teacher, t=1.0):
   moves a loss by O(1)."""
   zmax = max(float(np.abs(logits).max()), float(np.abs(teacher).max()))
   return t * t * tolerances.gamma(4 * K) * 2 * (2 * zmax / t + np.log(K))
-
-
-def _within(got, want, tol):
-  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-  assert got.shape == want.shape and np.all(np.abs(got - want) <= tol), (got, want, tol)
 
 
 MASKS = {
@@ -69,7 +65,7 @@ def test_gsr_is_t_squared_kl_by_hand():
   p = softmax(z, -1)
   log_q = log_softmax(logits / t, -1)
   kl = np.sum(np.where(p > 0, p * (np.log(np.where(p > 0, p, 1)) - log_q), 0), -1)
-  _within(losses.gsr(logits, teacher, mask, t), t * t * kl, _tol(logits, teacher, t))
+  assert_within(losses.gsr(logits, teacher, mask, t), t * t * kl, _tol(logits, teacher, t))
 
 
 def test_ghr_and_undial_by_hand():
@@ -77,10 +73,10 @@ def test_ghr_and_undial_by_hand():
   mask = MASKS['one class']
   labels = np.argmax(np.where(mask, -np.inf, teacher), -1)
   ce = -log_softmax(logits, -1)[np.arange(len(labels)), labels]
-  _within(losses.ghr(logits, teacher, mask), ce, _tol(logits, teacher))
+  assert_within(losses.ghr(logits, teacher, mask), ce, _tol(logits, teacher))
   target = softmax(teacher - 10.0 * mask, -1)
   expected = -np.sum(target * log_softmax(logits, -1), -1)
-  _within(losses.undial(logits, teacher, mask, 10.0), expected, _tol(logits, teacher + 10.0))
+  assert_within(losses.undial(logits, teacher, mask, 10.0), expected, _tol(logits, teacher + 10.0))
 
 
 def test_gsr_vanishes_when_student_matches_masked_teacher():
@@ -122,7 +118,7 @@ def test_delete_is_kl_to_the_teacher_with_the_own_label_at_minus_1e10():
   z[np.arange(5), labels] = -1e10
   expected = _kl_by_hand(softmax(z, -1), logits)
   got = np.asarray(losses.delete(logits, teacher, labels))
-  _within(got, expected, _tol(logits, teacher))
+  assert_within(got, expected, _tol(logits, teacher))
   # Only the own label is masked: the other classes keep the teacher's relative odds.
   assert np.all(got > 0)
   assert np.asarray(losses.delete(np.where(np.eye(K)[labels] > 0, -40.0, teacher), teacher,
@@ -134,5 +130,5 @@ def test_distill_kl_is_t_squared_kl_of_softened_distributions(temperature):
   logits, teacher = _case(7)
   expected = temperature**2 * _kl_by_hand(softmax(teacher / temperature, -1),
                                           logits / temperature)
-  _within(losses.distill_kl(logits, teacher, temperature), expected,
+  assert_within(losses.distill_kl(logits, teacher, temperature), expected,
           _tol(logits, teacher, temperature))

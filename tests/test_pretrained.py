@@ -11,7 +11,7 @@ import pytest
 from cure_jax.lm import chat, pretrained
 from cure_jax.models.causal_lm import generate
 
-from tests.test_lm_window import _assert_logits_close
+from tests import tolerances
 from tests.tiny_llama import (CASES, llama_cpp_permute, numpy_forward, reference_bpe,
                                write_gguf, write_hf)
 
@@ -21,9 +21,9 @@ def _check_logits(lm, cfg, w):
   with jax.default_matmul_precision('highest'):  # full float32 on GPU/TPU too
     got = np.asarray(jax.jit(lm.model.apply)({'params': lm.params}, ids))
   # Float32 against the float64 numpy forward: the first-order logit bound of every stage's
-  # reduction (tests/test_lm_window.py's _assert_logits_close).
+  # reduction (tests/tolerances.py's assert_lm_logits_close).
   for row in range(2):
-    _assert_logits_close(got[row], numpy_forward(w, cfg, ids[row]), lm.config)
+    tolerances.assert_lm_logits_close(got[row], numpy_forward(w, cfg, ids[row]), lm.config)
 
 
 @pytest.mark.parametrize('case', sorted(CASES))

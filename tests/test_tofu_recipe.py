@@ -168,9 +168,9 @@ def _nll_tol(logits, recomputed=False):
   of size 2 max|z| + log V. ``recomputed``: the step recomputes the logits of _tiny_lm in its
   own program (1 layer x 8 stages + norm + head, reductions of <= 32 terms: the first-order
   logit bound), which moves an NLL by at most twice that."""
-  zmax = float(np.abs(np.asarray(logits)).max())
-  tol = tolerances.gamma(V + 24) * (2 * zmax + np.log(V))
+  tol = tolerances.nll_bound(logits, V, 24)
   if recomputed:
+    zmax = float(np.abs(np.asarray(logits)).max())
     tol += 2 * tolerances.logits_bound(tolerances.reordered_sum(32), 8 + 2, zmax)
   return tol
 

@@ -79,3 +79,31 @@ def near_ties(logits_NxK, delta):
   """Examples whose prediction logits within ``delta`` each can flip: top-2 margin <= 2 delta."""
   top2 = np.sort(np.asarray(logits_NxK, np.float64), axis=-1)[:, -2:]
   return (top2[:, 1] - top2[:, 0]) <= 2 * delta
+
+
+def assert_within(got, want, tol):
+  """Element-wise ``|got - want| <= tol`` in float64, shapes equal."""
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  assert got.shape == want.shape and np.all(np.abs(got - want) <= tol), (got, want, tol)
+
+
+def nll_bound(logits, classes, roundings):
+  """A float32 NLL (a log-sum-exp over ``classes`` logits, a subtraction, means of them)
+  against its float64 formula on the same logits: at most ``classes + roundings`` roundings
+  on values of size ``2 max|z| + log(classes)``."""
+  zmax = float(np.abs(np.asarray(logits)).max())
+  return gamma(classes + roundings) * (2 * zmax + np.log(classes))
+
+
+def assert_lm_logits_close(got, want, cfg):
+  """An LM's logits from two programs (another head layout, padding, a KV cache, a window, a
+  float64 forward) that order their reductions differently: per layer 8 stages (norms,
+  q/k/v, scores, attention, o_proj, gate/up, down), then the final norm and the head, each a
+  reduction of at most ``max(d_ff, d_model, max_len)`` terms: within :func:`logits_bound`
+  (about 1e-4 of the largest logit for the tests' tiny LMs), where a wrong head, mask, cache
+  position or window moves them by > 1e-2."""
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  assert got.shape == want.shape
+  longest = max(cfg.d_ff, cfg.d_model, cfg.max_len)
+  delta = logits_bound(reordered_sum(longest), 8 * cfg.num_layers + 2, np.abs(want).max())
+  assert np.abs(got - want).max() <= delta, (np.abs(got - want).max(), delta)
