@@ -26,7 +26,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import time
 
 import flax.linen as nn
@@ -38,7 +37,7 @@ import numpy as np
 import cure_jax
 from cure_jax import models
 from cure_jax.classification import train
-from cure_jax.infra import sharding, train_state
+from cure_jax.infra import host, sharding, train_state
 
 METHODS = ('ghr', 'gsr', 'grogu', 'gradasc', 'randlabel', 'undial', 'ghr_descent',
            'grogu_descent', 'scrub')
@@ -61,17 +60,19 @@ class StockSmallCNN(nn.Module):
 
 
 def machine():
-  """CPU model, cores, clock (GHz) and the assumed fp32 peak (GFLOP/s) of this machine."""
-  info = open('/proc/cpuinfo', encoding='utf-8').read() if os.path.exists('/proc/cpuinfo') else ''
-  field = lambda key: next((line.split(':', 1)[1].strip() for line in info.splitlines()
-                            if line.startswith(key)), '')
-  flags = set(field('flags').split())
+  """This machine (:func:`cure_jax.infra.host.describe`), its clock (GHz, /proc/cpuinfo) and
+  the assumed fp32 peak (GFLOP/s)."""
+  info = host.describe()
+  flags = set(info['vector_isa'] or ())
   per_cycle = 64 if 'avx512f' in flags else 32 if {'avx2', 'fma'} <= flags else 8
-  ghz = float(field('cpu MHz') or 0) / 1000
-  cores = os.cpu_count()
-  return dict(cpu=field('model name') or platform.processor(), cores=cores, ghz=round(ghz, 2),
-              flop_per_cycle=per_cycle, peak_gflops=round(cores * ghz * per_cycle, 1),
-              jax=jax.__version__, backend=jax.default_backend())
+  mhz = 0.0
+  if os.path.exists('/proc/cpuinfo'):
+    with open('/proc/cpuinfo', encoding='utf-8', errors='replace') as f:
+      mhz = next((float(line.split(':', 1)[1]) for line in f if line.startswith('cpu MHz')), 0.0)
+  ghz, cores = mhz / 1000, info['cpu_count']
+  return dict(cpu=info['cpu'], cores=cores, ghz=round(ghz, 2), flop_per_cycle=per_cycle,
+              peak_gflops=round(cores * ghz * per_cycle, 1), jax=jax.__version__,
+              backend=jax.default_backend())
 
 
 def median_call(fn, args, repeats, chain=True):

@@ -70,15 +70,18 @@ max_pool_2x2.defvjp(_pool_fwd, _pool_bwd)
 def _is_grey_3x3(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                  dimension_numbers, feature_group_count):
   """Whether the call is a stride-1 'SAME' 3 × 3 NHWC/HWIO convolution of one input channel."""
-  same = padding == 'SAME' or (not isinstance(padding, str)
-                               and [tuple(p) for p in padding] == [(1, 1), (1, 1)])
-  layout = dimension_numbers in (('NHWC', 'HWIO', 'NHWC'),) or (
-      getattr(dimension_numbers, 'lhs_spec', None) == (0, 3, 1, 2)
-      and dimension_numbers.rhs_spec == (3, 2, 0, 1) and dimension_numbers.out_spec == (0, 3, 1, 2))
+  if lhs.ndim != 4 or rhs.ndim != 4:
+    return False
+  # lax's own normalisations: layout strings or None -> ConvDimensionNumbers, 'SAME' -> pads.
+  dims = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC'))
+  if dims != nhwc or rhs.shape[:3] != (3, 3, 1) or lhs.shape[-1] != 1:
+    return False
+  pads = (jax.lax.padtype_to_pads(lhs.shape[1:3], (3, 3), window_strides, padding)
+          if isinstance(padding, str) else padding)
   ones = lambda v: v is None or tuple(v) == (1, 1)
-  return (lhs.ndim == 4 and lhs.shape[-1] == 1 and rhs.shape[:3] == (3, 3, 1) and same
-          and layout and tuple(window_strides) == (1, 1) and ones(lhs_dilation)
-          and ones(rhs_dilation) and feature_group_count == 1)
+  return ([tuple(p) for p in pads] == [(1, 1), (1, 1)] and tuple(window_strides) == (1, 1)
+          and ones(lhs_dilation) and ones(rhs_dilation) and feature_group_count == 1)
 
 
 def _lax_conv(x_BxHxWx1, kernel_3x3x1xO):
