@@ -1,5 +1,11 @@
 """SalUn, SCRUB, DELETE and GROGU T1 Descent: directions against hand-written references on
-a tiny Flax MLP, and SalUn's freezing under momentum (the runner's optimizer)."""
+a tiny Flax MLP, and SalUn's freezing under momentum (the runner's optimizer).
+
+The formula checks run in float64 (tests/tolerances.py: assert_same_formula): the MLP's
+longest reduction has 12 terms (its hidden width; the batch is 7, the inputs 6, the classes
+5) and a direction passes at most 16 such stages (forward, loss, backward; LUR's look-ahead
+twice), so the bound is 16 float64 reorderings of 12 terms with room for cancellation, 4e-8
+of the largest component, where a wrong sign, weight or mask moves it by 1e-3 or more."""
 import types
 
 import flax.linen as nn
@@ -12,16 +18,24 @@ import pytest
 from cure_jax.classification import defaults
 from cure_jax.unlearning import hparams, methods, peers, saliency
 from cure_jax.unlearning.batch import Batch, StepInputs
-from tests import helpers
+from tests import helpers, tolerances
 
 K, D, B = 5, 6, 7
 FORGET = 2
+STAGES, TERMS = 16, 12
+
+
+def _close(got, want):
+  tolerances.assert_same_formula(_flat(got), _flat(want), STAGES, TERMS)
 
 
 class MLP(nn.Module):
+  param_dtype: jnp.dtype = jnp.float32
+
   @nn.compact
   def __call__(self, x):
-    return nn.Dense(K)(nn.tanh(nn.Dense(12)(x)))
+    dense = lambda n: nn.Dense(n, dtype=self.param_dtype, param_dtype=self.param_dtype)
+    return dense(K)(nn.tanh(dense(12)(x)))
 
 
 def _hp(**kw):
@@ -32,16 +46,22 @@ def _hp(**kw):
   return types.SimpleNamespace(**values)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture
 def env():
-  model = MLP()
-  params = model.init(jax.random.key(0), jnp.zeros((1, D)))['params']
+  """The MLP, its parameters and a forget and a retain batch, in float64 for the test."""
+  with jax.enable_x64():
+    yield _env()
+
+
+def _env():
+  model = MLP(param_dtype=jnp.float64)
+  params = model.init(jax.random.key(0), jnp.zeros((1, D), jnp.float64))['params']
   apply = lambda p, x: model.apply({'params': p}, x)
   rng = np.random.default_rng(0)
   mask_K = np.arange(K) == FORGET
 
   def batch(n, label=None, teacher=True):
-    x = rng.normal(size=(n, D)).astype(np.float32)
+    x = rng.normal(size=(n, D))
     y = np.full(n, label) if label is not None else rng.integers(0, K, n)
     return Batch(jnp.asarray(x), jnp.asarray(y),
                  teacher_logits=apply(params, x) if teacher else None,
@@ -95,8 +115,8 @@ def test_delete_direction_is_the_gradient_of_kl_to_the_label_masked_teacher(env)
 
   value, g = methods.get('delete').direction(_inputs(env, _hp()))
   ref_value, ref_g = jax.value_and_grad(reference)(params)
-  np.testing.assert_allclose(value, ref_value, rtol=1e-5)
-  np.testing.assert_allclose(_flat(g), _flat(ref_g), rtol=1e-4, atol=1e-7)
+  _close(value, ref_value)
+  _close(g, ref_g)
 
 
 # ---- GROGU T1 Descent -----------------------------------------------------------------------
@@ -108,8 +128,7 @@ def test_grogu_t1_descent_adds_the_retain_gradient_to_grogu(env):
   _, g_forget = methods.get('grogu_t1').direction(_inputs(env, hp))
   ce = lambda p: jnp.mean(-_log_softmax(apply(p, retain.inputs))[jnp.arange(B), retain.label])
   g_retain = jax.grad(ce)(params)
-  np.testing.assert_allclose(_flat(g), _flat(g_forget) + 0.7 * _flat(g_retain), rtol=1e-4,
-                             atol=1e-7)
+  _close(_flat(g), _flat(g_forget) + 0.7 * _flat(g_retain))
 
 
 # ---- SCRUB ----------------------------------------------------------------------------------
@@ -140,9 +159,8 @@ def test_scrub_direction_per_phase(env, phase, kind):
     ce = -_log_softmax(logits)[jnp.arange(B), retain.label]
     return jnp.mean(0.9 * ce + 0.3 * _kl_t(logits, apply(params, retain.inputs), 2.0))
   ref_value, ref_g = jax.value_and_grad(max_ref if kind == 'max' else min_ref)(moved)
-  np.testing.assert_allclose(value, ref_value, rtol=1e-4, atol=1e-7)
-  np.testing.assert_allclose(_flat(g), _flat(ref_g) + 0.01 * _flat(moved), rtol=1e-4,
-                             atol=1e-7)
+  _close(value, ref_value)
+  _close(_flat(g), _flat(ref_g) + 0.01 * _flat(moved))
   if kind == 'max':
     assert value < 0
 
@@ -163,8 +181,7 @@ def test_saliency_gradient_matches_the_full_batch_gradient(env):
   apply, params, forget, _ = env
   chunked = saliency.forget_gradient(apply, params, forget.inputs, forget.label, chunk=3)
   ce = lambda p: jnp.mean(-_log_softmax(apply(p, forget.inputs))[jnp.arange(B), forget.label])
-  np.testing.assert_allclose(_flat(chunked), _flat(jax.grad(ce)(params)), rtol=1e-5,
-                             atol=1e-8)
+  _close(chunked, jax.grad(ce)(params))
 
 
 def _run_salun(env, name, steps, hp):
@@ -207,7 +224,7 @@ def test_salun_direction_is_masked_randlabel_gradient_plus_weight_decay(env):
   ce = lambda p: jnp.mean(-_log_softmax(apply(p, forget.inputs))[jnp.arange(B), labels])
   ref = _flat(jax.grad(ce)(params)) + 0.01 * _flat(params)
   m = _flat(mask)
-  np.testing.assert_allclose(_flat(g)[m], ref[m], rtol=1e-4, atol=1e-7)
+  _close(_flat(g)[m], ref[m])
   assert np.all(_flat(g)[~m] == 0.0)
   # The mask: the largest half of |∇ CE_forget(true labels)|.
   score = np.abs(_flat(jax.grad(lambda p: jnp.mean(
@@ -237,8 +254,8 @@ def test_lur_is_the_look_ahead_objective_by_hand(env, name):
     return 0.7 * ce(p, retain.inputs, retain.label) + 1.3 * l_u
   value, g = methods.get(name).direction(inputs)
   ref_value, ref_g = jax.value_and_grad(objective)(params)
-  np.testing.assert_allclose(value, ref_value, rtol=1e-5)
-  np.testing.assert_allclose(_flat(g), _flat(ref_g), rtol=1e-4, atol=1e-7)
+  _close(value, ref_value)
+  _close(g, ref_g)
 
 
 # ---- end to end through the compiled runner (cure_jax.classification.compiled_runs) --------------------------

@@ -72,14 +72,29 @@ def test_every_method_runs_a_step_and_changes_the_parameters(env, name):
   helpers.check_fixture('classification_step', name, before, after, 1, terms)
 
 
+def _assert_reordered_runs(got, want, env, run, steps):
+  """Each run of ``got`` equals its twin in ``want`` up to another order of every step's
+  reductions (tests/tolerances.py: reordered_run, probabilistic; the longest reduction a
+  batch's kernel gradient or GROGU's inner products over every parameter), and each step
+  moved the parameters by more than that, so a step lost or a device's share dropped is
+  outside it. Measured on a 2-core Xeon: 2.3e-9 apart against a bound of 7.0e-4, the runs
+  moved 3.1e-3 (GROGU's two steps: 1.3e-3 against 4.7e-4)."""
+  start = _flat(env[3]['original']['params'])
+  terms = max(start.size, tolerances.conv_terms(int(run.hparams.batch_size),
+                                                env[1].image_shape))
+  bound = tolerances.reordered_run(steps, terms, probabilistic=True)
+  for g, w in zip(got, want):
+    assert tolerances.relative_norm(_flat(g), _flat(w)) <= bound
+    assert tolerances.relative_norm(_flat(w), start) > bound
+
+
 def test_vmapped_runs_equal_sequential_runs(env):
   config = env[0]
   hp = _hp(config, 'ghr_descent', steps=3)
   vmapped, _ = _run(env, hp, seeds=(0, 1), vmapped=True)
   looped, _ = _run(env, hp, seeds=(0, 1), vmapped=False)
-  for v, s in zip(vmapped, looped):
-    np.testing.assert_allclose(_flat(v), _flat(s), rtol=1e-5, atol=1e-6)
-  assert not np.allclose(_flat(vmapped[0]), _flat(vmapped[1]))
+  _assert_reordered_runs(vmapped, looped, env, hp, 3)
+  assert np.any(_flat(vmapped[0]) != _flat(vmapped[1]))   # each seed its own retain subset
 
 
 @pytest.mark.parametrize('name,impl', [('grogu', 'vmap'), ('grogu', 'fast'),
@@ -88,13 +103,13 @@ def test_run_on_4_devices_equals_single_device(env, name, impl):
   hp = _hp(env[0], name, steps=2, grogu_impl=impl)
   [one], _ = _run(env, hp, devices=helpers.single_device())
   [four], _ = _run(env, hp)
-  np.testing.assert_allclose(_flat(one), _flat(four), rtol=1e-4, atol=1e-6)
+  _assert_reordered_runs([four], [one], env, hp, 2)
 
 
 def test_fast_and_vmap_grogu_runs_agree(env):
-  runs = [_run(env, _hp(env[0], 'grogu', steps=2, grogu_impl=impl),
-               devices=helpers.single_device())[0][0] for impl in ('fast', 'vmap')]
-  np.testing.assert_allclose(_flat(runs[0]), _flat(runs[1]), rtol=1e-4, atol=1e-6)
+  hps = [_hp(env[0], 'grogu', steps=2, grogu_impl=impl) for impl in ('fast', 'vmap')]
+  runs = [_run(env, hp, devices=helpers.single_device())[0][0] for hp in hps]
+  _assert_reordered_runs(runs[:1], runs[1:], env, hps[0], 2)
 
 
 def test_one_compiled_program_serves_every_scenario_and_epoch_count(env):

@@ -18,29 +18,38 @@ only difference, and its size follows from the length of the reductions:
   one update, and an update is smaller than the parameters it changes (learning rates of
   0.01-0.1 on unit-scale gradients): :func:`reordered_run` bounds ``|Δw| / |w|`` in norm.
 
+Where a test checks a formula (the library's direction against a transcription of the paper's
+or a peer's formula), both run in float64 (:func:`assert_same_formula`): its rounding is 29
+bits below float32's, so a bound that allows for heavy cancellation still sits many orders
+below what a wrong sign, weight, mask or temperature changes.
+
 Where a test compares the same program with itself (a resumed run, a cache hit, a restored
 checkpoint), the result is bitwise and the test says so with tolerance 0.
 """
 import numpy as np
 
 UNIT_ROUNDOFF = 2.0 ** -24   # float32, round to nearest
+UNIT_ROUNDOFF_F64 = 2.0 ** -53
+# How much smaller than the sum of its terms' magnitudes a reduction's result may be in a
+# formula check (terms cancelling to 1 part in a million); a check's result smaller than this
+# would need its own analysis. Even so the float64 bound stays below 1e-7 of the result.
+CANCELLATION = 2.0 ** 20
 
 
-def gamma(n):
+def gamma(n, u=UNIT_ROUNDOFF):
   """Higham's ``gamma_n = n u / (1 - n u)``: the relative error bound of ``n`` roundings."""
-  nu = n * UNIT_ROUNDOFF
+  nu = n * u
   if nu >= 1:
-    raise ValueError(f'{n} float32 roundings bound nothing (n u >= 1)')
+    raise ValueError(f'{n} roundings of {u:g} bound nothing (n u >= 1)')
   return nu / (1 - nu)
 
 
-def gamma_probabilistic(n, lam=7.0):
+def gamma_probabilistic(n, lam=7.0, u=UNIT_ROUNDOFF):
   """Higham & Mary's probabilistic bound (SIAM J. Sci. Comput. 41(5), 2019, Thm. 2.4):
   rounding errors that are independent and of mean zero make ``n`` roundings' relative error
   ``exp(lam sqrt(n) u + n u^2 / (1 - u)) - 1`` at most, except with probability
   ``1 - P(lam) <= 2 exp(-lam^2 (1 - u)^2 / 2)`` (``lam = 7``: below 5e-11 for each bound,
   below 1e-4 over the millions of reductions of a test run)."""
-  u = UNIT_ROUNDOFF
   return float(np.expm1(lam * np.sqrt(n) * u + n * u * u / (1 - u)))
 
 
@@ -95,15 +104,37 @@ def nll_bound(logits, classes, roundings):
   return gamma(classes + roundings) * (2 * zmax + np.log(classes))
 
 
+def lm_logits_delta(cfg, max_abs_logit):
+  """How far an LM's logits from two programs that order their reductions differently may
+  be apart: per layer 8 stages (norms, q/k/v, scores, attention, o_proj, gate/up, down),
+  then the final norm and the head, each a reduction of at most
+  ``max(d_ff, d_model, max_len)`` terms (:func:`logits_bound`)."""
+  longest = max(cfg.d_ff, cfg.d_model, cfg.max_len)
+  return logits_bound(reordered_sum(longest), 8 * cfg.num_layers + 2, max_abs_logit)
+
+
 def assert_lm_logits_close(got, want, cfg):
   """An LM's logits from two programs (another head layout, padding, a KV cache, a window, a
-  float64 forward) that order their reductions differently: per layer 8 stages (norms,
-  q/k/v, scores, attention, o_proj, gate/up, down), then the final norm and the head, each a
-  reduction of at most ``max(d_ff, d_model, max_len)`` terms: within :func:`logits_bound`
-  (about 1e-4 of the largest logit for the tests' tiny LMs), where a wrong head, mask, cache
-  position or window moves them by > 1e-2."""
+  float64 forward) within :func:`lm_logits_delta` (about 1e-4 of the largest logit for the
+  tests' tiny LMs), where a wrong head, mask, cache position or window moves them by
+  > 1e-2."""
   got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
   assert got.shape == want.shape
-  longest = max(cfg.d_ff, cfg.d_model, cfg.max_len)
-  delta = logits_bound(reordered_sum(longest), 8 * cfg.num_layers + 2, np.abs(want).max())
+  delta = lm_logits_delta(cfg, np.abs(want).max())
+  assert np.abs(got - want).max() <= delta, (np.abs(got - want).max(), delta)
+
+
+def assert_same_formula(got, want, stages, n, probabilistic=False):
+  """Two float64 evaluations of one formula (the library's code and a test's transcription)
+  that order their reductions differently: each of ``stages`` stages a reduction of at most
+  ``n`` terms, first order, relative to the result's largest magnitude times
+  :data:`CANCELLATION`; ``probabilistic``: :func:`gamma_probabilistic` in place of the worst
+  case (for reductions over many parameters). Both must be float64 (a silent float32 cast in
+  the code is an error here, not a rounding)."""
+  got, want = np.asarray(got), np.asarray(want)
+  assert got.dtype == want.dtype == np.float64, (got.dtype, want.dtype)
+  assert got.shape == want.shape
+  g = (gamma_probabilistic(n, u=UNIT_ROUNDOFF_F64) if probabilistic
+       else gamma(n, UNIT_ROUNDOFF_F64))
+  delta = stages * 2 * g * CANCELLATION * np.abs(want).max()
   assert np.abs(got - want).max() <= delta, (np.abs(got - want).max(), delta)

@@ -118,7 +118,7 @@ class Patches:
     spatial = 'DHW'[-rank:] if rank <= 3 else None
     dims = ('N' + spatial + 'C', spatial + 'IO', 'N' + spatial + 'C')
     batch, channels = self.x.shape[0], self.x.shape[-1]
-    kernel = jnp.zeros(self.kernel_size + (channels, right_BxNxQ.shape[-1]), jnp.float32)
+    kernel = jnp.zeros(self.kernel_size + (channels, right_BxNxQ.shape[-1]), right_BxNxQ.dtype)
     conv = lambda k: jax.lax.conv_general_dilated(
         self.x, k, self.strides, self.pads, rhs_dilation=self.dilation, dimension_numbers=dims)
     cot = right_BxNxQ.reshape((batch,) + self.out_size + (right_BxNxQ.shape[-1],))
@@ -158,7 +158,7 @@ def _as_blocks(left):
 def _left_gram(a, b):
   """``L_a L_bᵀ`` per example, ``BxNxM``, for block lists, one-hot rows or patches."""
   if isinstance(a, Patches) and a is b:
-    init = jnp.zeros((a.x.shape[0], a.rows, a.rows), jnp.float32)
+    init = jnp.zeros((a.x.shape[0], a.rows, a.rows), a.x.dtype)
     return a.scan(lambda acc, x: acc + jnp.einsum('bnc,bmc->bnm', x, x), init)
   a, b = _as_blocks(a), _as_blocks(b)
   if isinstance(a, OneHot) and isinstance(b, OneHot):
@@ -226,7 +226,7 @@ def _factor_grads(factor):
   batch = right.shape[0]
   if isinstance(factor.left, OneHot):
     ids = factor.left.ids_BxN
-    table = jnp.zeros((batch, factor.left.size, right.shape[-1]), jnp.float32)
+    table = jnp.zeros((batch, factor.left.size, right.shape[-1]), right.dtype)
     both = table.at[jnp.arange(batch)[:, None], ids].add(right)
   elif isinstance(factor.left, Patches):
     # One example at a time: its im2col rows (N x KC, small) and one plain matrix product,
@@ -255,14 +255,15 @@ def _factor_grads(factor):
 
 
 def per_example_grads(factors, grads=()):
-  """Per-example gradients ``(G_H, G_S)`` of one leaf, each ``Bx(size)`` float32.
+  """Per-example gradients ``(G_H, G_S)`` of one leaf, each ``Bx(size)``, float32 at least.
 
   Args:
     factors: :class:`Factor` uses of the weight.
     grads: further per-example gradients of the same weight, pairs of ``Bx...``.
   """
   parts = [_factor_grads(f) for f in factors]
-  parts += [tuple(x.reshape(x.shape[0], -1).astype(jnp.float32) for x in g) for g in grads]
+  parts += [tuple(x.reshape(x.shape[0], -1).astype(jnp.result_type(jnp.float32, x.dtype))
+                  for x in g) for g in grads]
   return tuple(sum(p[s] for p in parts[1:]) + parts[0][s] for s in (0, 1))
 
 
@@ -279,7 +280,7 @@ def factor_direction(factor, w_h, w_s):
   if isinstance(factor.left, OneHot):
     flat = right.reshape(-1, right.shape[-1])
     ids = factor.left.ids_BxN.reshape(-1)
-    return jnp.zeros((factor.left.size, flat.shape[-1]), jnp.float32).at[ids].add(flat).ravel()
+    return jnp.zeros((factor.left.size, flat.shape[-1]), flat.dtype).at[ids].add(flat).ravel()
   if isinstance(factor.left, Patches) and len(factor.left.kernel_size) <= 3:
     return factor.left.weight_grad(right)
   if isinstance(factor.left, Patches):

@@ -9,11 +9,18 @@ import jax
 import jax.numpy as jnp
 
 
+def accumulation_dtype(*dtypes):
+  """float32 at least: bfloat16 and float16 leaves accumulate in float32, float64 ones stay
+  float64 (an exactness check in float64 must not round to float32 on the way)."""
+  return jnp.result_type(jnp.float32, *dtypes)
+
+
 def tree_vdot(a, b):
-  """Inner product of two pytrees, all leaves together, accumulated in float32."""
+  """Inner product of two pytrees, all leaves together, in :func:`accumulation_dtype`."""
+  dtype = accumulation_dtype(*[x.dtype for x in jax.tree.leaves((a, b))])
   leaves = jax.tree.leaves(jax.tree.map(
-      lambda x, y: jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32)), a, b))
-  return sum(leaves, jnp.zeros((), jnp.float32))
+      lambda x, y: jnp.vdot(x.astype(dtype), y.astype(dtype)), a, b))
+  return sum(leaves, jnp.zeros((), dtype))
 
 
 def project_out(a, b, eps):

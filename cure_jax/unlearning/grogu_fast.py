@@ -133,8 +133,9 @@ def choose_impl(impl, apply_fn, params, inputs):
 
 
 def _rows(x, batch):
-  """``Bx...xP -> BxNxP`` in float32 (all middle axes are positions sharing the weight)."""
-  return x.reshape(batch, -1, x.shape[-1]).astype(jnp.float32)
+  """``Bx...xP -> BxNxP`` in :func:`grogu.accumulation_dtype` (all middle axes are positions
+  sharing the weight)."""
+  return x.reshape(batch, -1, x.shape[-1]).astype(grogu.accumulation_dtype(x.dtype))
 
 
 def _pair(cot, fn):
@@ -149,7 +150,8 @@ def _uses(call, arrays, cot, params, batch):
     if call.kind == 'dense':
       left = [_rows(arrays['x'], batch)]
     else:
-      left = ghost.conv_patches(arrays['x'].astype(jnp.float32), **call.config)
+      x = arrays['x']
+      left = ghost.conv_patches(x.astype(grogu.accumulation_dtype(x.dtype)), **call.config)
     yield call.path + ('kernel',), ghost.Factor(left, right, right_seeded=True)
     if 'bias' in call.leaves:
       yield call.path + ('bias',), _pair(right, lambda r: jnp.sum(r, axis=1))
