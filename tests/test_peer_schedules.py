@@ -52,6 +52,22 @@ def test_salun_descent_steps_alternate_whole_passes():
   assert _positions('salun_descent', 3, 5, 2, 15) == want
 
 
+@pytest.mark.parametrize('name,n,m,b,steps,hp', [
+    ('scrub', 5, 7, 2, 40, dict(scrub_max_epochs=2)), ('scrub', 5, 7, 2, 12,
+                                                       dict(scrub_max_epochs=0)),
+    ('scrub', 9, 4, 3, 30, dict(scrub_max_epochs=9)), ('scrub', 2, 2, 2, 5,
+                                                       dict(scrub_max_epochs=1)),
+    ('salun_descent', 3, 5, 2, 15, {}), ('salun_descent', 8, 1, 4, 7, {})])
+def test_the_host_loop_calls_the_phase_the_program_locates(name, n, m, b, steps, hp):
+  """On a CPU each phase is its own step program, chosen on the host: the same phase as
+  the in-program mapping for every step."""
+  located = [phase for _, phase, _, _ in _positions(name, n, m, b, steps, **hp)]
+  lengths = schedule.pass_lengths(n, m, b, b)
+  host = schedule.host_phases(methods.get(name).schedule, types.SimpleNamespace(**hp), steps,
+                              lengths)
+  assert host.tolist() == located
+
+
 @pytest.mark.parametrize('epochs,k,steps,scrub_steps', [
     (3, 2, 18, 5), (2.5, 2, 16, 5), (1e-6, 2, 1, 1), (2, 0, 8, 2), (0.5, 0, 2, 1)])
 def test_total_steps_counts_the_passes(epochs, k, steps, scrub_steps):

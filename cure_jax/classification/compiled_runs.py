@@ -97,10 +97,11 @@ class Programs:
           x, sharding.batch_sharded(sharding.traced_mesh(self.mesh)))
     return x
 
-  def _parts(self, method, static, batches):
+  def _parts(self, method, static, batches, phase=None):
     """``(prologue, body)`` of one run: the prologue computes what stays fixed (teacher
     logits, AGE targets) and the initial carry; ``body(step, carry, ...)`` is one step.
-    ``batches``: (the run's batch size, the forget and the retain batch sizes)."""
+    ``batches``: (the run's batch size, the forget and the retain batch sizes); ``phase``:
+    a scheduled method's step for that phase only (else the step's own, traced)."""
     tx, update = step_lib.build_update(method, static)
     model, (b, *stream_batches) = self.model, batches
 
@@ -132,7 +133,7 @@ class Programs:
       teacher_logits, targets_K = consts
       params, opt_state, bad, caches = carry
       f_batch = r_batch = None
-      f_idx, r_idx, phase, caches = run_batches.draw(method, step, key, n, size, m,
+      f_idx, r_idx, drawn, caches = run_batches.draw(method, step, key, n, size, m,
                                                      retain_x.shape[0], stream_batches, hp,
                                                      caches)
       if method.uses_forget:
@@ -149,7 +150,8 @@ class Programs:
                         forget_mask=jnp.broadcast_to(mask_K, (r_idx.shape[0], mask_K.shape[0])))
       rng = jax.random.fold_in(key, step)
       params, opt_state, value = update(apply, params, opt_state, f_batch, r_batch, rng, hp,
-                                        self.mesh, step, aux, phase)
+                                        self.mesh, step, aux,
+                                        drawn if phase is None else phase)
       bad = jnp.where((bad < 0) & ~jnp.isfinite(value), step, bad)
       return params, opt_state, bad, caches
     return prologue, body
@@ -168,11 +170,12 @@ class Programs:
       return params, bad
     return run
 
-  def stepwise_fns(self, method, static, batches):
+  def stepwise_fns(self, method, static, batches, phase=None):
     """The same run as two programs, ``start(*args) -> (consts, carry)`` and
     ``step(i, carry, consts, *args) -> carry``, for a host loop over the steps (on a CPU,
-    XLA ran the loop body ~10× slower inside a ``while`` than as a program of its own)."""
-    prologue, body = self._parts(method, static, batches)
+    XLA ran the loop body ~10× slower inside a ``while`` than as a program of its own);
+    ``phase``: the step of that phase of a scheduled method (see :meth:`_parts`)."""
+    prologue, body = self._parts(method, static, batches, phase)
 
     def start(variables, aux, forget_x, forget_y, n, retain_x, retain_y, m, mask_K, key, dyn,
               steps):
@@ -203,28 +206,42 @@ class Programs:
       over = sharding.over_models(fn, axes, self.mesh) if vmapped else fn
       program = jax.jit(over).lower(*args).compile()
     else:
-      start, step = self.stepwise_fns(method, static, batches)
-      if vmapped:
-        start = sharding.over_models(start, axes, self.mesh)
-        step = sharding.over_models(step, (None, 0, 0) + axes, self.mesh)
-      start_c = jax.jit(start).lower(*args).compile()
-      consts, carry = start_c(*args)   # concrete: the step is lowered for their shardings
-      step_c = jax.jit(step).lower(np.int32(0), carry, consts, *args).compile()
-
-      # Several CPU devices: wait for each step, because many queued steps whose
-      # all-reduces interleave on XLA's CPU thread pool hit its 40 s rendezvous timeout
-      # on a loaded machine (seen with 2 host devices).
-      sync = self.mesh.devices.size > 1
-
-      def program(*a):
-        consts, carry = start_c(*a)
-        for i in range(int(a[-1])):
-          carry = step_c(np.int32(i), carry, consts, *a)
-          if sync:
-            jax.block_until_ready(carry)
-        return carry[0], carry[2]
+      program = self._host_loop(method, static, batches, vmapped, args, axes)
     self.cache[key] = program
     return program, time.perf_counter() - begin
+
+  def _host_loop(self, method, static, batches, vmapped, args, axes):
+    """The ``(start, step)`` programs behind one callable: a scheduled method gets a step
+    program per phase, and the host calls each step's (:func:`schedule.host_phases`)."""
+    start, _ = self.stepwise_fns(method, static, batches)
+    phases = range(len(method.schedule)) if method.schedule else [None]
+    steps = [self.stepwise_fns(method, static, batches, k)[1] for k in phases]
+    if vmapped:
+      start = sharding.over_models(start, axes, self.mesh)
+      steps = [sharding.over_models(s, (None, 0, 0) + axes, self.mesh) for s in steps]
+    start_c = jax.jit(start).lower(*args).compile()
+    consts, carry = start_c(*args)   # concrete: the steps are lowered for their shardings
+    steps_c = [jax.jit(s).lower(np.int32(0), carry, consts, *args).compile() for s in steps]
+    # Several CPU devices: wait for each step, because many queued steps whose all-reduces
+    # interleave on XLA's CPU thread pool hit its 40 s rendezvous timeout on a loaded
+    # machine (seen with 2 host devices).
+    sync = self.mesh.devices.size > 1
+
+    def program(*a):
+      n, m, dyn, total = int(a[4]), int(a[7]), jax.device_get(a[10]), int(a[-1])
+      if method.schedule:
+        hp = hparams_lib.HParams(static, dyn)
+        lengths = schedule.pass_lengths(n, m, *batches[1:])
+        which = schedule.host_phases(method.schedule, hp, total, lengths)
+      else:
+        which = np.zeros(total, np.int32)
+      consts, carry = start_c(*a)
+      for i in range(total):
+        carry = steps_c[which[i]](np.int32(i), carry, consts, *a)
+        if sync:
+          jax.block_until_ready(carry)
+      return carry[0], carry[2]
+    return program
 
   def prepare_fn(self, method):
     """Jitted ``method.prepare`` over the exact (unpadded) forget set."""

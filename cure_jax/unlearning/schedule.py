@@ -15,6 +15,7 @@ from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 FORGET, RETAIN = 'forget', 'retain'
 
@@ -37,8 +38,15 @@ def check(phases):
 
 
 def phased(phases):
-  """The direction of a scheduled method: its phase ``inputs.phase``'s direction."""
+  """The direction of a scheduled method: its phase ``inputs.phase``'s direction.
+
+  A traced phase selects it inside the program (``lax.switch``); a Python int, for a program
+  compiled per phase, calls that phase's direction alone: on XLA's CPU backend a gradient's
+  convolutions inside a switch branch ran with a generic kernel, 4.7x slower (cnn_small,
+  docs/benchmarks.md)."""
   def direction(inputs):
+    if isinstance(inputs.phase, int):
+      return phases[inputs.phase].direction(inputs)
     branches = [lambda p, d=ph.direction: d(dataclasses.replace(inputs, params=p))
                 for ph in phases]
     return jax.lax.switch(inputs.phase, branches, inputs.params)
@@ -59,6 +67,20 @@ def total_steps(phases, hp, epochs, lengths):
   before = sum(lengths[p.data] * min(whole, k) for p, k in zip(phases, limits))
   last = sum(lengths[p.data] for p, k in zip(phases, limits) if whole < k)
   return max(1, int(before + math.ceil((epochs - whole) * last)))
+
+
+def host_phases(phases, hp, steps, lengths):
+  """The phase of each of ``steps`` steps (a host int array; ``lengths``: host ints): what
+  :func:`locate` computes inside the program, for a host loop that calls one program per
+  phase. Every epoch runs its phases' passes in order, a limited phase only in the first
+  ``hp[first_epochs]`` epochs."""
+  out, epoch = [], 0
+  while len(out) < steps:
+    for i, p in enumerate(phases):
+      if p.first_epochs is None or epoch < int(getattr(hp, p.first_epochs)):
+        out.extend([i] * int(lengths[p.data]))
+    epoch += 1
+  return np.asarray(out[:steps], np.int32)
 
 
 class Position(NamedTuple):
