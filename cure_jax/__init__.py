@@ -1,18 +1,21 @@
 """cure-jax: CURE machine unlearning (GHR, GSR, GROGU) and baselines in JAX/Flax.
 
-``cure_jax.make_unlearning_step`` and the core modules ``cure_jax.unlearning.losses`` /
-``cure_jax.unlearning.grogu`` (which live in :mod:`cure_jax.unlearning`) are imported on first use,
-so ``import cure_jax.x`` stays light.
+The public Python API, importable from here:
+
+* :func:`make_unlearning_step` (and the :class:`UnlearningStep` it returns): a jitted
+  unlearning step of any registry method for the user's own Flax model;
+* :mod:`losses`: the per-example objectives on logits (GHR, GSR, ...);
+* :mod:`grogu`: GROGU's projected direction over a batch;
+* ``__version__``: the installed distribution's version.
 """
-import importlib
+from importlib import metadata as _metadata
 
-__all__ = ['make_unlearning_step', 'losses', 'grogu']
+from cure_jax.unlearning import grogu, losses
+from cure_jax.unlearning.user_step import UnlearningStep, make_unlearning_step
 
+try:
+  __version__ = _metadata.version('cure-jax')
+except _metadata.PackageNotFoundError:   # a source tree on sys.path, not installed
+  __version__ = '0+unknown'
 
-def __getattr__(name):
-  if name == 'make_unlearning_step':
-    from cure_jax.unlearning.user_step import make_unlearning_step
-    return make_unlearning_step
-  if name in ('losses', 'grogu'):
-    return importlib.import_module(f'cure_jax.unlearning.{name}')
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+__all__ = ['UnlearningStep', '__version__', 'grogu', 'losses', 'make_unlearning_step']

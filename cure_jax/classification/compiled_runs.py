@@ -34,7 +34,7 @@ from cure_jax.classification import run_batches
 from cure_jax.infra import sharding
 from cure_jax.unlearning import hparams as hparams_lib, methods, objectives, schedule
 from cure_jax.unlearning import step as step_lib
-from cure_jax.unlearning.batch import Batch
+from cure_jax.unlearning.batch import Batch, StepInputs
 
 def total_steps(epochs, n_forget, batch_size, method=None, hp=None, n_retain=0):
   """Steps of a run: ``epochs`` passes over the forget set, or for a scheduled ``method``
@@ -149,9 +149,9 @@ class Programs:
         f_batch = Batch(inputs=r_batch.inputs, label=r_batch.label,
                         forget_mask=jnp.broadcast_to(mask_K, (r_idx.shape[0], mask_K.shape[0])))
       rng = jax.random.fold_in(key, step)
-      params, opt_state, value = update(apply, params, opt_state, f_batch, r_batch, rng, hp,
-                                        self.mesh, step, aux,
-                                        drawn if phase is None else phase)
+      inputs = StepInputs(apply, params, f_batch, r_batch, rng, hp, self.mesh, step=step,
+                          aux=aux, phase=drawn if phase is None else phase)
+      params, opt_state, value = update(inputs, opt_state)
       bad = jnp.where((bad < 0) & ~jnp.isfinite(value), step, bad)
       return params, opt_state, bad, caches
     return prologue, body

@@ -30,7 +30,7 @@ from cure_jax.infra import progress, recipe_switches, sharding, train_state
 from cure_jax.lm import finetune
 from cure_jax.lm.unlearn_batches import batch_size_for, paired_batches, stream_batches
 from cure_jax.unlearning import hparams as hparams_lib, losses, methods, rmu, step as step_lib
-from cure_jax.unlearning.batch import Batch
+from cure_jax.unlearning.batch import Batch, StepInputs
 
 
 def get_method(name):
@@ -186,11 +186,11 @@ def make_unlearn_step(apply_fn, method_name, hp, tx, grad_accum=1, forget_ids=No
   static = hparams_lib.HParams(hp, {})
 
   def step(state, ref_params, forget, retain, rng, alternate=None):
-    params, opt_state, loss = update(apply_fn, state.params, state.opt_state,
-                                     lm_batch(forget, token_mean), lm_batch(retain, token_mean),
-                                     rng, static, None, state.step, ref_params,
-                                     alternate=lm_batch(alternate, token_mean),
-                                     represent=represent_fn)
+    inputs = StepInputs(apply_fn, state.params, lm_batch(forget, token_mean),
+                        lm_batch(retain, token_mean), rng, static, step=state.step,
+                        aux=ref_params, alternate=lm_batch(alternate, token_mean),
+                        represent=represent_fn)
+    params, opt_state, loss = update(inputs, state.opt_state)
     state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return state, {'loss': loss}
 

@@ -43,11 +43,10 @@ def _accumulated(direction, micro_batches):
 def build_update(method, static, optimizer=None, micro_batches=1, complete=None):
   """``(tx, update)`` for a registry :class:`~cure_jax.unlearning.methods.Method`.
 
-  ``update(apply, params, opt_state, forget, retain, rng, hp, mesh, step, aux, phase=0,
-  alternate=None, represent=None) -> (params, opt_state, loss)`` takes the method's direction
-  and one optimizer step (``phase``: the step's phase in a scheduled method's
-  :mod:`~cure_jax.unlearning.schedule`; ``alternate`` / ``represent``: see
-  :class:`~cure_jax.unlearning.batch.StepInputs`). Without
+  ``update(inputs, opt_state) -> (params, opt_state, loss)`` takes the method's direction at
+  ``inputs`` (a :class:`~cure_jax.unlearning.batch.StepInputs`: the model, its parameters,
+  the batches, the step's key, hyperparameters, index and phase) and one optimizer step.
+  Without
   ``optimizer`` it is ``SGD(momentum)`` scaled by the traced ``hp.lr``; a given optimizer's
   updates are applied as they are (its own learning rate and schedule). With
   ``micro_batches > 1`` the batches carry a leading micro-batch axis and the direction (and
@@ -60,13 +59,10 @@ def build_update(method, static, optimizer=None, micro_batches=1, complete=None)
     direction = lambda inputs: method.direction(complete(inputs))
   direction = _accumulated(direction, micro_batches)
 
-  def update(apply, params, opt_state, forget, retain, rng, hp, mesh, step, aux, phase=0,
-             alternate=None, represent=None):
-    inputs = StepInputs(apply, params, forget, retain, rng, hp, mesh, step=step, aux=aux,
-                        phase=phase, alternate=alternate, represent=represent)
+  def update(inputs: StepInputs, opt_state):
     value, d = direction(inputs)
-    updates, opt_state = tx.update(d, opt_state, params)
+    updates, opt_state = tx.update(d, opt_state, inputs.params)
     if optimizer is None:
-      updates = jax.tree.map(lambda u: hp.lr * u, updates)
-    return optax.apply_updates(params, updates), opt_state, value
+      updates = jax.tree.map(lambda u: inputs.hp.lr * u, updates)
+    return optax.apply_updates(inputs.params, updates), opt_state, value
   return tx, update

@@ -26,7 +26,7 @@ from absl import logging
 from cure_jax.infra import rules, sharding
 from cure_jax.unlearning import hparams as hparams_lib, methods, objectives, schedule
 from cure_jax.unlearning import step as step_lib
-from cure_jax.unlearning.batch import Batch
+from cure_jax.unlearning.batch import Batch, StepInputs
 
 
 def resolve_hparams(method, hparams):
@@ -287,9 +287,9 @@ class UnlearningStep:
     target = state['targets'][base.label] if method.needs_target else None
     f = Batch(inputs=self._constrain(base.inputs), label=base.label,
                       teacher_logits=teacher, forget_mask=mask, target=target)
-    params, opt_state, value = self._update(
-        self.apply_fn, state['params'], state['opt_state'], f, r, rng, hp, self.mesh,
-        state['step'], state['aux'], self._phase(state, f, r))
+    inputs = StepInputs(self.apply_fn, state['params'], f, r, rng, hp, self.mesh,
+                        step=state['step'], aux=state['aux'], phase=self._phase(state, f, r))
+    params, opt_state, value = self._update(inputs, state['opt_state'])
     state = dict(state, params=params, opt_state=opt_state, step=state['step'] + 1)
     # The loss is the one before the update: an update that overflows shows in the params.
     finite = jnp.isfinite(value) & jnp.all(jnp.stack(
