@@ -21,7 +21,7 @@ Runtime: 48 min 50 s from an empty workdir, peak RSS 14.5 GB on the 2-core CPU (
 and reference evaluations 506 s, 48 unlearning runs 1,590 s, their evaluations 820 s);
 ``:names`` on the cached models: 9 min. Results: DIR/results.md, DIR/results.json and
 DIR/generations.json (all sets; each set's own in DIR/forget_set<k>/); the published rows
-are in docs/smollm2/ and the table in the README (``scripts/publish_results.py DIR``).
+are in docs/smollm2/ and the table in docs/lm.md (``scripts/publish_results.py DIR``).
 
 Size: 9 authors x 8 questions (5 authors fine-tuned, 1 of them forgotten per set, 3 sets;
 1 holdout author for the membership attacks), rows of <= 51 tokens (batches cut to 32 or 64), original 40 and

@@ -9,10 +9,11 @@ r"""Copies a main-job workdir's generated results into the docs and the README.
   ``## Notes on these numbers``) <- ``WORKDIR/results.md``; the hand-written notes, the
   benchmark and the cross-configuration sections stay as they are (update them by hand);
 - ``README.md``: the Table 1 block and its "Finetune sees ..." note <- the workdir's;
-- another dataset (the README has a ``<!-- results:<dataset> -->`` block): its rows and
-  report go to ``docs/results_<dataset>.json`` / ``.md`` and the block gets its Table 1 and
-  the claims' verdicts; the main dataset's README ``<!-- claims:<dataset> -->`` block, if
-  there is one, gets its verdicts;
+- another dataset (``docs/results_<dataset>.md`` exists, or the README has a
+  ``<!-- results:<dataset> -->`` block): its rows and report go to
+  ``docs/results_<dataset>.json`` / ``.md`` and the README block, if there is one, gets its
+  Table 1 and the claims' verdicts; the main dataset's README ``<!-- claims:<dataset> -->``
+  block, if there is one, gets its verdicts;
 - ``docs/claims.md``: the dataset's section (between ``<!-- claims:<dataset> -->`` markers,
   added if absent; the other datasets' sections stay) <- ``WORKDIR/claims.md``.
 Refuses a workdir whose results.json is missing or holds a row that is neither ok nor
@@ -20,9 +21,9 @@ diverged.
 
 An LM job's workdir (``task='lm'``, e.g. ``configs/authors_smollm2.py``) publishes to
 ``docs/<name>/`` (results.json, results.md, generations.json; ``<name>``: the checkpoint's
-name up to its first '-', ``smollm2`` for ``smollm2-135m-instruct``) and the README's
-``<!-- results:<name> -->`` block (its table and the line above it saying what the numbers
-are over).
+name up to its first '-', ``smollm2`` for ``smollm2-135m-instruct``) and the
+``<!-- results:<name> -->`` block of the README or, where the README has none, of
+``docs/lm.md`` (its table and the line above it saying what the numbers are over).
 """
 import glob
 import json
@@ -91,23 +92,28 @@ def _copy_plots(workdir, root, dataset, generated):
 
 
 def _publish_lm(workdir, root, data):
-  """An LM job: its files into docs/<name>/ and its table into the README block."""
+  """An LM job: its table into its block (README or docs/lm.md), then its files into
+  docs/<name>/ (nothing is copied when there is no block to take the table)."""
   cfg = data['meta'].get('config', {})
   name = os.path.basename(str(cfg.get('model', {}).get('pretrained') or 'bytelm'))
   name = name.split('-')[0].lower()
+  md = open(os.path.join(workdir, 'results.md')).read()
+  start = md.index('Mean ± std')
+  end = md.find('\n\n', md.index('| Method | Variant'))
+  page = 'README.md'
+  if f'<!-- results:{name} -->' not in open(os.path.join(root, page)).read():
+    page = os.path.join('docs', 'lm.md')
+  path = os.path.join(root, page)
+  text = open(path).read() if os.path.exists(path) else ''
+  text = _block(text, f'results:{name}', md[start:end if end >= 0 else len(md)].strip(),
+                'README.md' if page == 'README.md' else 'README.md or docs/lm.md')
   target = os.path.join(root, 'docs', name)
   os.makedirs(target, exist_ok=True)
   for file in ('results.json', 'results.md', 'generations.json'):
     if os.path.exists(os.path.join(workdir, file)):
       shutil.copyfile(os.path.join(workdir, file), os.path.join(target, file))
-  md = open(os.path.join(workdir, 'results.md')).read()
-  start = md.index('Mean ± std')
-  end = md.find('\n\n', md.index('| Method | Variant'))
-  readme_path = os.path.join(root, 'README.md')
-  readme = _block(open(readme_path).read(), f'results:{name}',
-                  md[start:end if end >= 0 else len(md)].strip(), 'README.md')
-  open(readme_path, 'w').write(readme)
-  print(f'published {len(data["rows"])} LM rows from {workdir} to docs/{name}/')
+  open(path, 'w').write(text)
+  print(f'published {len(data["rows"])} LM rows from {workdir} to docs/{name}/ and {page}')
 
 
 def publish(workdir, root=ROOT):
@@ -122,10 +128,12 @@ def publish(workdir, root=ROOT):
   generated, n_plots = _copy_plots(workdir, root, dataset, generated)
   readme_path = os.path.join(root, 'README.md')
   readme = open(readme_path).read()
-  if f'<!-- results:{dataset} -->' in readme:
+  in_readme = f'<!-- results:{dataset} -->' in readme
+  if in_readme or os.path.exists(os.path.join(root, 'docs', f'results_{dataset}.md')):
     _publish_beside(root, dataset, rows_path, generated)
-    readme = _block(readme, f'results:{dataset}', _table1(generated) + '\n\n' + CLAIMS_LEAD
-                    + '\n\n' + _claims_summary(workdir), 'README.md')
+    if in_readme:
+      readme = _block(readme, f'results:{dataset}', _table1(generated) + '\n\n' + CLAIMS_LEAD
+                      + '\n\n' + _claims_summary(workdir), 'README.md')
   else:
     readme = _publish_main(root, dataset, rows_path, generated, readme, workdir)
   open(readme_path, 'w').write(readme)

@@ -1,6 +1,6 @@
-"""The public API the README shows is real: every name its Python blocks import from cure_jax
-or read off ``cure_jax.`` exists as an attribute (no lazy ``__getattr__``), and
-``__version__`` is the version in pyproject.toml."""
+"""The public API the README, docs/api.md and docs/lm.md show is real: every name their Python
+blocks import from cure_jax or read off ``cure_jax.`` exists as an attribute (no lazy
+``__getattr__``), and ``__version__`` is the version in pyproject.toml."""
 import ast
 import importlib
 import importlib.util
@@ -8,15 +8,16 @@ import os
 import re
 import tomllib
 
+import pytest
+
 import cure_jax
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _readme_python_blocks():
-  with open(os.path.join(ROOT, 'README.md')) as f:
-    text = f.read()
-  return re.findall(r'```python\n(.*?)```', text, flags=re.S)
+def _python_blocks(page):
+  with open(os.path.join(ROOT, page)) as f:
+    return re.findall(r'```python\n(.*?)```', f.read(), flags=re.S)
 
 
 def _names(tree):
@@ -31,11 +32,13 @@ def _names(tree):
       yield 'cure_jax', node.attr
 
 
-def test_every_name_the_readme_uses_is_importable():
-  blocks = _readme_python_blocks()
-  assert blocks, 'README has no python blocks'
+@pytest.mark.parametrize('page', ['README.md', 'docs/api.md', 'docs/lm.md'])
+def test_every_name_the_docs_use_is_importable(page):
+  blocks = _python_blocks(page)
+  assert blocks, f'{page} has no python blocks'
   found = [pair for block in blocks for pair in _names(ast.parse(block))]
-  assert ('cure_jax', 'make_unlearning_step') in found
+  if page != 'docs/lm.md':
+    assert ('cure_jax', 'make_unlearning_step') in found
   for module, name in found:
     owner = importlib.import_module(module)
     assert name in vars(owner) or importlib.util.find_spec(f'{module}.{name}'), (module, name)

@@ -122,3 +122,48 @@ def test_an_lm_job_goes_to_its_docs_folder_and_readme_block(tmp_path):
   assert 'old' not in block and readme.endswith('After.\n') and '| ghr | 1 | 0.1 |' in readme
   for name in ('results.json', 'results.md', 'generations.json'):
     assert (root / 'docs' / 'smollm2' / name).read_text() == (work / name).read_text()
+
+
+def test_a_dataset_with_its_own_page_goes_there_without_a_readme_block(tmp_path):
+  """docs/results_<name>.md marks a dataset as another one: its page and rows are written and
+  the README (which shows only the main job) is left as it was."""
+  root, work, script = _tree(tmp_path)
+  readme_before = (root / 'README.md').read_text()
+  (root / 'docs' / 'results_toy.md').write_text('# Toy\n\nHead.\n\n## toy: scenarios OLD\n')
+  subprocess.run([sys.executable, str(script), str(work)], check=True, capture_output=True)
+  assert (root / 'README.md').read_text() == readme_before
+  doc = (root / 'docs' / 'results_toy.md').read_text()
+  assert doc.startswith('# Toy\n\nHead.\n\n## toy: scenarios 1') and '| ghr | 1 | 0.900' in doc
+  assert not (root / 'docs' / 'results.json').exists()
+
+
+def _lm_work(work):
+  (work / 'claims.md').unlink()
+  (work / 'results.md').write_text(
+      'Mean ± std over 3 forget sets.\n\n| Method | Variant | Runs |\n|---|---|---|\n'
+      '| npo_descent | beta=0.1 | 3 |\n')
+  (work / 'results.json').write_text(json.dumps(
+      {'meta': {'config': {'task': 'lm', 'model': {'pretrained': 'smollm2-135m-instruct'}}},
+       'rows': [{'method': 'npo_descent'}]}))
+
+
+def test_an_lm_table_goes_to_docs_lm_when_the_readme_has_no_block(tmp_path):
+  root, work, script = _tree(tmp_path)
+  _lm_work(work)
+  readme_before = (root / 'README.md').read_text()
+  (root / 'docs' / 'lm.md').write_text('# LMs\n\n<!-- results:smollm2 -->\nold\n'
+                                       '<!-- /results:smollm2 -->\nAfter.\n')
+  subprocess.run([sys.executable, str(script), str(work)], check=True, capture_output=True)
+  page = (root / 'docs' / 'lm.md').read_text()
+  assert '| npo_descent | beta=0.1 | 3 |' in page and 'old' not in page
+  assert page.endswith('After.\n') and (root / 'README.md').read_text() == readme_before
+
+
+def test_an_lm_table_with_no_block_anywhere_is_refused(tmp_path):
+  root, work, script = _tree(tmp_path)
+  _lm_work(work)
+  result = subprocess.run([sys.executable, str(script), str(work)], capture_output=True,
+                          text=True)
+  assert result.returncode == 1
+  assert 'README.md or docs/lm.md has no <!-- results:smollm2 -->' in result.stderr
+  assert not (root / 'docs' / 'smollm2').exists()   # nothing half-published
