@@ -37,7 +37,7 @@ import sys
 import time
 
 METHODS = ('ghr', 'vmap', 'fast')
-# The LM of the project's default config (cure_jax/lm/config.py) with its byte tokenizer.
+# The LM of the project's default config (cure_jax/lm/defaults.py) with its byte tokenizer.
 LM_SETTINGS = dict(vocab_size=264, num_layers=4, d_model=128, num_heads=4, num_kv_heads=4,
                    d_ff=384, max_len=192)
 LM_LENGTH = 128
@@ -125,7 +125,8 @@ def _build(model_name, batch):
 def _make_step(method, apply_fn, inputs, batch_loss, example_loss, examples, lr=1e-4):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from cure_jax.unlearning import grogu, grogu_fast  # pylint: disable=g-import-not-at-top
+  from cure_jax.unlearning import grogu
+  from cure_jax.unlearning.grogu import fast as grogu_fast  # pylint: disable=g-import-not-at-top
   weights = dict(eps=1e-8, w_h=0.5, w_s=0.5)
   if method == 'ghr':
     def direction(p):
@@ -154,7 +155,7 @@ def _phase_prefixes(method, apply_fn, inputs, batch_loss):
   """Jitted prefixes of a step, ``[(phase name, fn(params))]``, each ending one phase later."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from cure_jax.unlearning import grogu_fast  # pylint: disable=g-import-not-at-top
+  from cure_jax.unlearning.grogu import fast as grogu_fast  # pylint: disable=g-import-not-at-top
   forward = lambda p: jnp.sum(apply_fn(p, inputs))
   if method != 'fast':
     return [('forward', jax.jit(forward))]

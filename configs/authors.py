@@ -20,7 +20,7 @@ Smoke variant for tests (tiny model and data, seconds):
 
 Tuning history and run logs: docs/tuning.md.
 """
-from cure_jax.lm import config as lm_config
+from cure_jax.lm import defaults as lm_config
 
 
 def get_config(arg=None):

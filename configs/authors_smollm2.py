@@ -31,7 +31,7 @@ method (AdamW lr 5e-5), 1 seed, 8 retain / real-author / world-fact questions ev
 
 Tuning history and run logs: docs/tuning.md.
 """
-from cure_jax.lm import config as lm_config
+from cure_jax.lm import defaults as lm_config
 
 
 def get_config(arg=None):

@@ -93,7 +93,7 @@ Results: DIR/results.md, DIR/results.json and DIR/generations.json.
 
 Tuning history and run logs: docs/tuning.md.
 """
-from cure_jax.lm import config as lm_config
+from cure_jax.lm import defaults as lm_config
 
 
 def get_config(arg=None):

@@ -14,7 +14,7 @@ flag or config value stops the run at start-up with one line naming it (exit cod
 from absl import app, flags
 from ml_collections import config_flags
 
-from cure_jax.infra import cli
+from cure_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file.',
                                           lock_config=True)

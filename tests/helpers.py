@@ -8,7 +8,8 @@ import numpy as np
 
 from cure_jax import models
 from cure_jax.classification import train
-from cure_jax.infra import plan, sharding
+from cure_jax.infra import sharding
+from cure_jax.unlearning import plan
 from cure_jax.data.digits import load_digits
 from tests import tolerances
 

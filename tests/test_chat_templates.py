@@ -10,7 +10,7 @@ import gguf
 import pytest
 
 from cure_jax.data import tofu
-from cure_jax.lm import chat, pretrained
+from cure_jax.weights import chat, pretrained
 
 from tests.tiny_llama import write_hf
 
@@ -171,7 +171,7 @@ def test_explicit_name_wins_over_the_checkpoint_template(tmp_path):
 
 def test_a_run_passes_its_system_turn_and_date_to_the_template():
   """config.data.chat_system / chat_date reach the checkpoint's template; '' means none."""
-  from cure_jax.lm import config as lm_config
+  from cure_jax.lm import defaults as lm_config
   from cure_jax.lm import setup
   seen = []
 

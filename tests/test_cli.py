@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from cure_jax.infra import validation
+from cure_jax import entry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +22,7 @@ def test_every_config_loads_and_validates(name, arg):
   module = importlib.import_module(f'configs.{name}')
   assert module.__doc__ and 'python -m experiments.main' in module.__doc__
   config = module.get_config(arg)
-  validation.validate(config)
+  entry.validate(config)
   assert config.forget_classes
 
 

@@ -109,7 +109,8 @@ def test_rerun_after_the_data_changed_names_the_older_model(tmp_path):
 
 
 def test_embedded_smollm2_weights_keep_the_published_fingerprints():
-  from cure_jax.lm import config as lm_config, pretrained
+  from cure_jax.lm import defaults as lm_config
+  from cure_jax.weights import pretrained
   assert pretrained.weights_digest('smollm2-135m-instruct') in fingerprint.PINNED_WEIGHTS
   config = lm_config.get_config('smoke')
   pinned = fingerprint.lm_model_settings(config, 'original', {}, 't', [],

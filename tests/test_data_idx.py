@@ -130,7 +130,7 @@ def test_digest_follows_the_bytes_not_the_folder(tmp_path, monkeypatch):
 
 
 def test_a_classifier_trains_on_idx_files(tmp_path):
-  from cure_jax.infra import entry
+  from cure_jax import entry
   from tests import helpers
   write_family(str(tmp_path / 'data'), n_train=64, n_test=16, size=8)
   config = helpers.smoke_config(epochs=1)

@@ -15,7 +15,8 @@ import threading
 import pytest
 from absl import logging
 
-from cure_jax.infra import checkpointing, cli, console, files, locks, progress, trainer
+from cure_jax import cli
+from cure_jax.infra import checkpointing, console, files, locks, progress, trainer
 
 from tests.test_trainer import _fit
 

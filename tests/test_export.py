@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from cure_jax.lm import pretrained
+from cure_jax.weights import pretrained
 from cure_jax.models.causal_lm import CausalLM
 from cure_jax.text.tokenizer import HFTokenizer
 
@@ -165,7 +165,7 @@ def test_hf_to_gguf_to_hf(tmp_path, case):
     dict(factor=4.0, low_freq_factor=2.0, high_freq_factor=8.0,  # fixed only up to scale
          original_max_position_embeddings=128)])
 def test_rope_scaling_is_rebuilt_from_any_llama3_divisors(tmp_path, source, scaling):
-  from cure_jax.lm import llama_layout  # pylint: disable=g-import-not-at-top
+  from cure_jax.weights import llama_layout  # pylint: disable=g-import-not-at-top
   lm = source[0]
   divisors = llama_layout.llama3_rope_divisors(8, lm.config.rope_base, scaling)
   lm = _changed(lm, rope_divisors=divisors)

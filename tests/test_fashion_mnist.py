@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from cure_jax.infra import entry
+from cure_jax import entry
 from cure_jax.unlearning import directions
 from tests.test_data_idx import write_family
 

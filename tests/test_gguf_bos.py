@@ -5,7 +5,7 @@ import gguf
 import pytest
 
 from cure_jax.data import tofu
-from cure_jax.lm import gguf_import, pretrained
+from cure_jax.weights import gguf_import, pretrained
 
 from tests import tiny_llama
 

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cure_jax.unlearning import ghost
+from cure_jax.unlearning.grogu import ghost
 from cure_jax.unlearning import grogu
-from cure_jax.unlearning import grogu_fast
+from cure_jax.unlearning.grogu import fast as grogu_fast
 from cure_jax.unlearning import losses
 from cure_jax.models import get_model
 from cure_jax.models.causal_lm import CausalLM, LMConfig

@@ -13,7 +13,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from cure_jax.infra import content_digest
-from cure_jax.lm import import_checks, llama_layout, pretrained
+from cure_jax.weights import import_checks, llama_layout, pretrained
 
 from tests.tiny_llama import write_gguf, write_hf
 

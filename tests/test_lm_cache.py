@@ -6,9 +6,10 @@ import shutil
 
 import pytest
 
-from cure_jax.lm import config as lm_config
-from cure_jax.infra import entry, plan
-from cure_jax.lm import finetune, report, run
+from cure_jax.lm import defaults as lm_config
+from cure_jax import entry
+from cure_jax.unlearning import plan
+from cure_jax.lm import train, report, experiment
 
 RUNS = ('gradasc', 'grogu_descent:T=5,w=10')
 
@@ -31,16 +32,16 @@ def _strict(text):
 def _no_fine_tuning(monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError('a model was fine-tuned again')
-  monkeypatch.setattr(finetune, 'batch_indices', fail)
+  monkeypatch.setattr(train, 'batch_indices', fail)
 
 
 def _unlearning_calls(monkeypatch):
-  """The methods unlearned from here on (run.unlearn.unlearn wrapped)."""
-  calls, real = [], run.unlearn.unlearn
+  """The methods unlearned from here on (experiment.unlearn.unlearn wrapped)."""
+  calls, real = [], experiment.unlearn.unlearn
   def counted(*args, **kwargs):
     calls.append(args[5])
     return real(*args, **kwargs)
-  monkeypatch.setattr(run.unlearn, 'unlearn', counted)
+  monkeypatch.setattr(experiment.unlearn, 'unlearn', counted)
   return calls
 
 
@@ -130,8 +131,8 @@ def test_changed_config_starts_the_sweep_afresh_with_the_same_models(copy, monke
 
 def test_cosmetic_settings_reuse_the_model(first, copy, monkeypatch):
   _no_fine_tuning(monkeypatch)
-  config = _smoke(**{'mode': 'train_original', 'finetune.log_every': 1,
-                     'finetune.checkpoint_every': 1, 'eval.batch_size': 8})
+  config = _smoke(**{'mode': 'train_original', 'train.log_every': 1,
+                     'train.checkpoint_every': 1, 'eval.batch_size': 8})
   assert entry.run(config, str(copy)) is None
   assert _models(copy) == _models(first[0])
 
@@ -139,7 +140,7 @@ def test_cosmetic_settings_reuse_the_model(first, copy, monkeypatch):
 def test_changed_lr_trains_a_new_model_beside_the_old(first, copy):
   [old] = [m for m in _models(copy) if m.startswith('original-')]
   before = (copy / 'models' / old / 'model.json').read_text()
-  assert entry.run(_smoke(**{'mode': 'train_original', 'finetune.lr': 1e-3}), str(copy)) is None
+  assert entry.run(_smoke(**{'mode': 'train_original', 'train.lr': 1e-3}), str(copy)) is None
   new = [m for m in _models(copy) if m.startswith('original-') and m != old]
   assert len(new) == 1 and len(_models(copy)) == 3
   assert (copy / 'models' / old / 'model.json').read_text() == before
@@ -173,7 +174,7 @@ def test_hyperparameter_precedence(mode, cli_keys, expected):
 
 
 def test_undefined_metric_is_null_with_a_note(tmp_path):
-  row = run._row('npo', 'beta=0.1', 0, {'forget_es': 0.5, 'forget_prob': 0.2,
+  row = experiment._row('npo', 'beta=0.1', 0, {'forget_es': 0.5, 'forget_prob': 0.2,
                                          'forget_rouge': 0.3, 'model_utility': float('nan'),
                                          'forget_quality': float('inf')}, 1.0, {})
   assert row['model_utility'] is None and row['forget_quality'] is None

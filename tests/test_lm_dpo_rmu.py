@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 
 from cure_jax.data import authors, refusals
-from cure_jax.infra import entry, plan, sharding
+from cure_jax import entry
+from cure_jax.infra import sharding
+from cure_jax.unlearning import plan
 from cure_jax.infra.rules import ConfigError
-from cure_jax.lm import config as lm_config, unlearn
+from cure_jax.lm import defaults as lm_config, unlearn
 from cure_jax.models.causal_lm import CausalLM, LMConfig
-from cure_jax.unlearning import hparams, methods, preference, rmu
+from cure_jax.unlearning import hparams, methods
+from cure_jax.unlearning.baselines import preference, rmu
 from cure_jax.unlearning.batch import StepInputs
 from tests import tolerances
 from tests.test_lm_methods_ou import IGNORE, _ce_none, _hf_labels

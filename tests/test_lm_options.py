@@ -8,10 +8,11 @@ import numpy as np
 import optax
 import pytest
 
+from cure_jax import entry
 from cure_jax.infra import sharding, train_state
-from cure_jax.lm import config as lm_config
-from cure_jax.infra import plan, validation
-from cure_jax.lm import evaluate, finetune, setup, study, unlearn
+from cure_jax.lm import defaults as lm_config
+from cure_jax.unlearning import plan
+from cure_jax.lm import evaluate, train, setup, protocol, unlearn
 from cure_jax.unlearning import hparams, losses, objectives
 from cure_jax.models.causal_lm import CausalLM, LMConfig
 from cure_jax.text.tokenizer import ByteTokenizer
@@ -68,19 +69,19 @@ def test_ghr_with_name_mask_relabels_to_the_best_token_outside_the_names():
 
 def test_forget_ids_are_the_forget_authors_name_tokens():
   config = lm_config.get_config('smoke')
-  splits = study.load_splits(config.data)
-  assert study.forget_ids(config, ByteTokenizer(), splits) is None
+  splits = protocol.load_splits(config.data)
+  assert protocol.forget_ids(config, ByteTokenizer(), splits) is None
   config.unlearn.forget_mask = 'author_names'
-  ids = study.forget_ids(config, ByteTokenizer(), splits)
+  ids = protocol.forget_ids(config, ByteTokenizer(), splits)
   names = {item['author'] for item in splits['forget']}
   assert set(ids) == set(''.join(names).replace(' ', '').encode())  # bytes, no space
   config.unlearn.forget_mask = 'names'
   with pytest.raises(ValueError, match='config.unlearn.forget_mask'):
-    validation.validate(config)
+    entry.validate(config)
   config.unlearn.forget_mask = 'author_names'
   config.data.update(source='tofu', data_dir='/tofu')
   with pytest.raises(ValueError, match='author_names'):
-    validation.validate(config)
+    entry.validate(config)
 
 
 # _tiny_lm: a logit passes through 1 layer x 8 stages (norm, q/k/v, scores, attention,
@@ -104,8 +105,8 @@ def test_accumulated_is_the_mean_over_micro_batches():
   batch = _batch()
   loss_fn = lambda p, b: jnp.mean(losses.answer_nll(apply_fn(p, b['tokens']), b['tokens'],
                                                     b['loss_mask']))
-  loss, grads = jax.jit(lambda p, b: finetune.accumulated(loss_fn, p, b))(
-      params, finetune.micro_batches(batch, 2))
+  loss, grads = jax.jit(lambda p, b: train.accumulated(loss_fn, p, b))(
+      params, train.micro_batches(batch, 2))
   parts = [jax.value_and_grad(loss_fn)(params, {k: v[i:i + 1] for k, v in batch.items()})
            for i in range(2)]
   # A mean NLL moves by at most twice its logits' bound (plus the float32 log-softmax's and
@@ -153,7 +154,7 @@ def test_finetune_rejects_a_batch_that_accumulation_cannot_split(tmp_path):
   config = lm_config.get_config('smoke')
   config.finetune.grad_accum = 3
   with pytest.raises(ValueError, match='grad_accum=3'):
-    finetune.finetune(None, {'tokens': np.zeros((16, 8), np.int32),
+    train.finetune(None, {'tokens': np.zeros((16, 8), np.int32),
                              'loss_mask': np.zeros((16, 8), np.float32)},
                       config.finetune, 0, str(tmp_path), {})
 
@@ -202,14 +203,14 @@ def test_fsdp_placement_fine_tunes_and_unlearns_like_replicated(tmp_path):
   config.unlearn.update(epochs=1, batch_size=4, warmup_fraction=0.0)
   tok = ByteTokenizer()
   model = setup.make_model(config, tok)
-  encoded = finetune.trim(tofu.encode_qa(tok, authors.generate_authors(2, 4, 0), 160,
+  encoded = train.trim(tofu.encode_qa(tok, authors.generate_authors(2, 4, 0), 160,
                                          config.data.template))
   apply_fn = lambda p, t: model.apply({'params': p}, t)
   hp = plan.runs(config, entries=['npo_descent'])[0].hparams
   results = {}
   for mode in ('replicated', 'fsdp'):
     config.model.sharding = mode
-    tuned = finetune.finetune(model, encoded, config.finetune, 0, str(tmp_path / mode), {},
+    tuned = train.finetune(model, encoded, config.finetune, 0, str(tmp_path / mode), {},
                               mode=mode)
     results[mode] = (tuned, unlearn.unlearn(apply_fn, tuned, encoded, encoded, hp,
                                             'npo_descent', 0, mode=mode))

@@ -13,8 +13,10 @@ import pytest
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from cure_jax.infra import entry, validation
-from cure_jax.lm import pretrained, setup, study
+from cure_jax import entry
+from cure_jax.infra import validation
+from cure_jax.lm import setup, protocol
+from cure_jax.weights import pretrained
 from cure_jax.text.tokenizer import HFTokenizer
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
@@ -81,17 +83,17 @@ def test_config_guards():
   bad = _load_config('authors_smollm2', 'smoke')
   bad.data.train_utility_sets = True
   with pytest.raises(ValueError, match='train_utility_sets'):
-    validation.validate(bad)
+    entry.validate(bad)
   bad = _load_config('authors_smollm2', 'smoke')
   bad.model.sharding = 'zero3'
   with pytest.raises(ValueError, match='config.model.sharding'):
-    validation.validate(bad)
+    entry.validate(bad)
 
 
 def test_utility_sets_never_in_the_fine_tuning_data():
   config = _load_config('authors_smollm2', 'smoke')
-  splits = study.load_splits(config.data)
-  sets = study.train_sets(splits, config)
+  splits = protocol.load_splits(config.data)
+  sets = protocol.train_sets(splits, config)
   utility = {i['question'] for i in splits['real_authors'] + splits['world_facts']}
   for kind in ('original', 'retrain'):
     assert not utility & {i['question'] for i in sets[kind]}
@@ -145,7 +147,7 @@ def test_unlearned_models_are_exported(authors_run, tiny_llama):
   byte_lm = _load_config('authors', 'smoke')
   byte_lm.export.format = 'hf'
   with pytest.raises(validation.ConfigError, match='config.export.format=.hf. needs a pretrained'):
-    validation.validate(byte_lm)
+    entry.validate(byte_lm)
 
 
 def _assert_unlearned(rows):
@@ -165,7 +167,7 @@ def test_prompts_use_the_checkpoints_chat_format(authors_run):
   lm = setup.load_model(config)
   assert isinstance(lm.tokenizer, HFTokenizer)
   assert lm.template == '<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n'
-  encoded = study.encode(lm.tokenizer, study.load_splits(config.data)['forget'][:1], config,
+  encoded = protocol.encode(lm.tokenizer, protocol.load_splits(config.data)['forget'][:1], config,
                         lm.template)
   ids = encoded['tokens'][0]
   assert ids[0] == lm.tokenizer.special_tokens['<|im_start|>']

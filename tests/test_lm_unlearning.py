@@ -13,9 +13,11 @@ import optax
 import pytest
 
 from cure_jax.infra import train_state
-from cure_jax.lm import config as lm_config
-from cure_jax.infra import entry, plan, sharding
-from cure_jax.lm import evaluate, finetune, ou_files, report, setup, study, unlearn
+from cure_jax.lm import defaults as lm_config
+from cure_jax import entry
+from cure_jax.infra import sharding
+from cure_jax.unlearning import plan
+from cure_jax.lm import evaluate, train, ou_files, report, setup, protocol, unlearn
 from cure_jax.unlearning import hparams, losses, objectives
 from cure_jax.models.causal_lm import CausalLM, LMConfig
 from cure_jax.text.tokenizer import ByteTokenizer
@@ -226,12 +228,12 @@ def test_paired_batches_cycle_forget_and_draw_retain():
 
 
 def test_batch_indices_cover_each_epoch_and_batch_width_rounds_up():
-  epoch = [finetune.batch_indices(50, 4, step, seed=0) for step in range(12, 24)]  # epoch 1
+  epoch = [train.batch_indices(50, 4, step, seed=0) for step in range(12, 24)]  # epoch 1
   assert len(set(np.concatenate(epoch).tolist())) == 48
-  np.testing.assert_array_equal(epoch[3], finetune.batch_indices(50, 4, 15, seed=0))
-  assert not np.array_equal(epoch[0], finetune.batch_indices(50, 4, 0, seed=0))
-  assert finetune.batch_width(np.array([33, 64])) == 64
-  assert finetune.batch_width(np.array([65, 2])) == 96
+  np.testing.assert_array_equal(epoch[3], train.batch_indices(50, 4, 15, seed=0))
+  assert not np.array_equal(epoch[0], train.batch_indices(50, 4, 0, seed=0))
+  assert train.batch_width(np.array([33, 64])) == 64
+  assert train.batch_width(np.array([65, 2])) == 96
 
 
 def test_cutting_right_padding_keeps_the_answer_nll():
@@ -382,9 +384,9 @@ def _smoke_model(workdir):
   """The smoke run's original model (reloaded from its checkpoint), splits and config."""
   config = _smoke()
   tokenizer = ByteTokenizer()
-  splits = study.load_splits(config.data)
+  splits = protocol.load_splits(config.data)
   model = setup.make_model(config, tokenizer)
-  params = study.finetuned(config, str(workdir), 'original', model, tokenizer, splits)
+  params = protocol.finetuned(config, str(workdir), 'original', model, tokenizer, splits)
   return config, tokenizer, splits, model, params
 
 
@@ -392,7 +394,7 @@ def _smoke_model(workdir):
 def test_evaluator_chunking_matches_one_split_at_a_time(smoke_run, batch_size):
   """Stacked splits in chunks of any size score like one item at a time."""
   config, tokenizer, splits, model, params = _smoke_model(smoke_run[0])
-  eval_splits = study.eval_splits(splits, config)
+  eval_splits = protocol.eval_splits(splits, config)
   stacked = evaluate.Evaluator(model, tokenizer, eval_splits, config.data.template, batch_size)
   result = stacked.evaluate(params, np.ones(len(eval_splits['forget'])))
   for name in ('forget', 'world_facts'):
@@ -420,7 +422,7 @@ def test_evaluator_chunking_matches_one_split_at_a_time(smoke_run, batch_size):
 def _nll_shift(model, params, split, tokenizer, config):
   """The logit bound of two batch layouts (tests/tolerances.py: lm_logits_delta) on this
   split's logits."""
-  encoded = study.encode(tokenizer, split, config)
+  encoded = protocol.encode(tokenizer, split, config)
   logits = model.apply({'params': params}, encoded['tokens'])
   return tolerances.lm_logits_delta(model.config, float(np.abs(np.asarray(logits)).max()))
 
@@ -431,7 +433,7 @@ def test_evaluator_scores_match_the_training_loss(smoke_run):
   evaluator = evaluate.Evaluator(model, tokenizer, {'forget': splits['forget']},
                                  config.data.template, config.eval.batch_size)
   nll, _, _, _ = evaluator.teacher_forced(params)
-  encoded = study.encode(tokenizer, splits['forget'], config)
+  encoded = protocol.encode(tokenizer, splits['forget'], config)
   expected = losses.answer_nll(model.apply({'params': params}, encoded['tokens']),
                                encoded['tokens'], encoded['loss_mask'])
   # Two batch layouts: each logit within delta, a length-normalised NLL within 2 delta (plus

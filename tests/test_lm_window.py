@@ -14,7 +14,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from cure_jax.infra import fingerprint
-from cure_jax.lm import evaluate, hf_import, pretrained
+from cure_jax.lm import evaluate
+from cure_jax.weights import hf_import, pretrained
 from cure_jax.models.causal_lm import CausalLM, LMConfig, generate, init_cache
 
 from tests import tolerances

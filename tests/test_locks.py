@@ -121,7 +121,7 @@ def test_cli_on_a_workdir_in_use_stops_at_once_with_one_line(held_workdir):
 
 def test_entry_run_on_a_workdir_in_use_raises_in_use_error(held_workdir):
   from configs import digits
-  from cure_jax.infra import entry
+  from cure_jax import entry
   workdir, holder = held_workdir
   with pytest.raises(locks.InUseError, match=rf'in use by pid {holder.pid} \(host '):
     entry.run(digits.get_config('smoke'), str(workdir))

@@ -13,8 +13,8 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from cure_jax.infra.rules import ConfigError
-from cure_jax.lm import config as lm_config
-from cure_jax.lm import evaluate, ou_files, run, setup, study
+from cure_jax.lm import defaults as lm_config
+from cure_jax.lm import evaluate, ou_files, experiment, setup, protocol
 from cure_jax.lm import validate as lm_validate
 from cure_jax.text.tokenizer import ByteTokenizer
 
@@ -150,7 +150,7 @@ def test_reads_a_retain_models_logs(tmp_path):
 def _smoke_evaluator():
   config = lm_config.get_config('smoke')
   tokenizer = ByteTokenizer()
-  splits = study.eval_splits(study.load_splits(config.data), config)
+  splits = protocol.eval_splits(protocol.load_splits(config.data), config)
   model = setup.make_model(config, tokenizer)
   evaluator = evaluate.Evaluator(model, tokenizer, splits, config.data.template,
                                  config.eval.batch_size, max_new_tokens=4,
@@ -245,8 +245,8 @@ def test_config_check_and_run_check_of_retain_logs(tmp_path):
   lm_validate.validate(config, 1)   # the min-k AUC is needed only with a holdout split
   with_holdout = types.SimpleNamespace(splits={'forget': [{}], 'holdout': [{}]})
   with pytest.raises(ValueError, match='lacks "mia_min_k"'):
-    run._retain_logs(config, with_holdout)
-  logs = run._retain_logs(config, types.SimpleNamespace(splits={'forget': [{}, {}]}))
+    experiment._retain_logs(config, with_holdout)
+  logs = experiment._retain_logs(config, types.SimpleNamespace(splits={'forget': [{}, {}]}))
   np.testing.assert_array_equal(logs.truth_ratios, [0.5, 1.0])
 
 

@@ -16,7 +16,8 @@ import optax
 import pytest
 
 from cure_jax.classification import defaults
-from cure_jax.unlearning import hparams, methods, peers, saliency
+from cure_jax.unlearning import hparams, methods
+from cure_jax.unlearning.baselines import peers, saliency
 from cure_jax.unlearning.batch import Batch, StepInputs
 from tests import helpers, tolerances
 
@@ -258,7 +259,7 @@ def test_lur_is_the_look_ahead_objective_by_hand(env, name):
   _close(g, ref_g)
 
 
-# ---- end to end through the compiled runner (cure_jax.classification.compiled_runs) --------------------------
+# ---- end to end through the compiled runner (cure_jax.classification.unlearn) --------------------------
 
 class TinyConvNet(nn.Module):
   """Conv + BatchNorm + Dense: the runner's model interface at a fraction of the compile time."""
@@ -272,7 +273,7 @@ class TinyConvNet(nn.Module):
 
 @pytest.fixture(scope='module')
 def runner():
-  from cure_jax.classification import compiled_runs
+  from cure_jax.classification import unlearn
   from cure_jax.infra import sharding
   model = TinyConvNet()
   variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False)
@@ -281,16 +282,16 @@ def runner():
   mask = np.arange(K) == FORGET
   forget_x = rng.integers(0, 256, (16, 8, 8, 1), dtype=np.uint8)
   retain_x = rng.integers(0, 256, (1, 24, 8, 8, 1), dtype=np.uint8)
-  data = compiled_runs.RunData(forget_x, np.full(16, FORGET, np.int32), n, retain_x,
+  data = unlearn.RunData(forget_x, np.full(16, FORGET, np.int32), n, retain_x,
                               rng.integers(0, K, (1, 24)).astype(np.int32), m, mask)
-  programs = compiled_runs.Programs(model, [0.5], [0.3], sharding.make_mesh(jax.devices()[:1]))
+  programs = unlearn.Programs(model, [0.5], [0.3], sharding.make_mesh(jax.devices()[:1]))
   config = defaults.classification_config()
 
   def run(name, **overrides):
     kw = dict(batch_size=b, epochs=4 * b / n, lr=0.05, momentum=0.9, grogu_impl='vmap')
     planned = helpers.run_of(config, name, **dict(kw, **overrides))
     key = np.asarray(jax.random.key_data(jax.random.key(1)))
-    params, bad, _, _ = compiled_runs.run_group(programs, planned, data, [variables], [key],
+    params, bad, _, _ = unlearn.run_group(programs, planned, data, [variables], [key],
                                                vmapped=False)
     assert bad == [-1]
     return params[0]

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 import cure_jax
-from cure_jax.classification import compiled_runs, defaults, run_batches
+from cure_jax.classification import unlearn, defaults, unlearn_batches
 from cure_jax.infra import sharding
 from cure_jax.lm import unlearn as lm_unlearn
-from cure_jax.unlearning import hparams, methods, saliency, schedule
+from cure_jax.unlearning import hparams, methods, schedule
+from cure_jax.unlearning.baselines import saliency
 from tests import helpers, tolerances
 
 K, FORGET = 4, 1
@@ -76,23 +77,23 @@ def test_total_steps_counts_the_passes(epochs, k, steps, scrub_steps):
   run = types.SimpleNamespace(scrub_max_epochs=float(k))
   assert schedule.total_steps(phases, run, epochs, lengths) == steps
   # SCRUB's own batch sizes (512, 256) hold each set whole: passes of one step each.
-  assert compiled_runs.total_steps(epochs, 5, 2, methods.get('scrub'), run, 7) == scrub_steps
+  assert unlearn.total_steps(epochs, 5, 2, methods.get('scrub'), run, 7) == scrub_steps
   wide = dataclasses.replace(methods.get('scrub'), defaults=(('forget_batch', 2),
                                                               ('retain_batch', 2)))
-  assert compiled_runs.total_steps(epochs, 5, 2, wide, run, 7) == steps
+  assert unlearn.total_steps(epochs, 5, 2, wide, run, 7) == steps
   # An unscheduled method still takes epochs * n / b steps, whatever the retain subset.
-  assert compiled_runs.total_steps(3, 5, 2, methods.get('ghr_descent'), run, 7) == 8
+  assert unlearn.total_steps(3, 5, 2, methods.get('ghr_descent'), run, 7) == 8
 
 
 def test_a_pass_draws_every_example_once_in_a_fresh_order():
   key = jax.random.key(0)
-  passes = [np.concatenate([np.asarray(run_batches.pass_batch(key, p, j, 5, 8, 2))
+  passes = [np.concatenate([np.asarray(unlearn_batches.pass_batch(key, p, j, 5, 8, 2))
                             for j in range(3)]) for p in range(3)]
   for order in passes:
     assert sorted(order[:5]) == list(range(5)) and order[5] == order[0]  # topped up
   assert len({tuple(o) for o in passes}) == 3
-  np.testing.assert_array_equal(run_batches.pass_batch(key, 0, 0, 5, 8, 2),
-                                run_batches.cycled_batch(key, 0, 5, 8, 2))
+  np.testing.assert_array_equal(unlearn_batches.pass_batch(key, 0, 0, 5, 8, 2),
+                                unlearn_batches.cycled_batch(key, 0, 5, 8, 2))
 
 
 def test_registry_schedules_and_peer_defaults():
@@ -122,11 +123,11 @@ def env():
   model = helpers.BNMLP(K)
   variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
   rng = np.random.default_rng(0)
-  data = compiled_runs.RunData(
+  data = unlearn.RunData(
       rng.integers(0, 256, (8, 8, 8, 1), dtype=np.uint8), np.full(8, FORGET, np.int32), N,
       rng.integers(0, 256, (1, 12, 8, 8, 1), dtype=np.uint8),
       rng.integers(0, K, (1, 12)).astype(np.int32), M, np.arange(K) == FORGET)
-  programs = compiled_runs.Programs(model, [MEAN], [STD], sharding.make_mesh(jax.devices()[:1]))
+  programs = unlearn.Programs(model, [MEAN], [STD], sharding.make_mesh(jax.devices()[:1]))
   apply = jax.jit(lambda p, x: model.apply(
       {'params': p, 'batch_stats': variables['batch_stats']}, x, train=False))
   return variables, data, programs, apply
@@ -149,7 +150,7 @@ def _run(env, name, epochs, loaders=None, **hp):
     run = _with_loaders(run, loaders)
   assert run.hparams.momentum == 0.9 or not run.method.defaults   # the peers' SGD
   key = np.asarray(jax.random.key_data(jax.random.key(1)))
-  [params], [bad], _, _ = compiled_runs.run_group(programs, run, data, [variables], [key],
+  [params], [bad], _, _ = unlearn.run_group(programs, run, data, [variables], [key],
                                                  vmapped=False)
   assert bad == -1
   return params, run.hparams
@@ -263,10 +264,10 @@ def test_fused_loop_and_vmapped_seeds_take_the_same_schedule(env, monkeypatch):
   keys = [np.asarray(jax.random.key_data(jax.random.key(s))) for s in (1, 2)]
   two = dataclasses.replace(data, retain_x=np.repeat(data.retain_x, 2, 0),
                             retain_y=np.repeat(data.retain_y, 2, 0))
-  looped, _, _, _ = compiled_runs.run_group(programs, run, two, [variables] * 2, keys, False)
-  vmapped, _, _, _ = compiled_runs.run_group(programs, run, two, [variables] * 2, keys, True)
-  monkeypatch.setattr(compiled_runs, 'fused_loop', lambda: True)
-  fused, _, _, _ = compiled_runs.run_group(programs, run, two, [variables] * 2, keys, False)
+  looped, _, _, _ = unlearn.run_group(programs, run, two, [variables] * 2, keys, False)
+  vmapped, _, _, _ = unlearn.run_group(programs, run, two, [variables] * 2, keys, True)
+  monkeypatch.setattr(unlearn, 'fused_loop', lambda: True)
+  fused, _, _, _ = unlearn.run_group(programs, run, two, [variables] * 2, keys, False)
   # 3 epochs of at most a forget pass (2 steps) and a retain pass (4 steps): 18 steps, whose
   # reductions the vmapped and the fused programs may order differently (1.4e-4).
   for a, b, c in zip(looped, vmapped, fused):
@@ -309,8 +310,8 @@ def test_unscheduled_method_keeps_one_forget_and_one_retain_batch_per_step(env):
                           + _ce(apply(p, rx), ry)))
   params = variables['params']
   for step in range(math.ceil(2.0 * N / B)):
-    fi = np.asarray(run_batches.cycled_batch(jax.random.fold_in(key, 1 << 20), step, N, 8, B))
-    ri = np.asarray(run_batches.cycled_batch(jax.random.fold_in(key, 1 << 21), step, M, 12,
+    fi = np.asarray(unlearn_batches.cycled_batch(jax.random.fold_in(key, 1 << 20), step, N, 8, B))
+    ri = np.asarray(unlearn_batches.cycled_batch(jax.random.fold_in(key, 1 << 21), step, M, 12,
                                                B))
     g = grad(params, _norm(data.forget_x[fi]), data.forget_y[fi], _norm(data.retain_x[0][ri]),
              data.retain_y[0][ri])

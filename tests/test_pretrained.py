@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from cure_jax.lm import chat, pretrained
+from cure_jax.weights import chat, pretrained
 from cure_jax.models.causal_lm import generate
 
 from tests import tolerances
@@ -101,7 +101,7 @@ def test_gguf_sentencepiece_vocabulary(tmp_path):
 
 
 def test_gguf_row_permutation_round_trip():
-  from cure_jax.lm import gguf_import
+  from cure_jax.weights import gguf_import
   w = np.arange(6 * 8 * 5, dtype=np.float32).reshape(6 * 8, 5)
   np.testing.assert_array_equal(gguf_import.unpermute_rows(llama_cpp_permute(w, 6), 6), w)
   assert not np.array_equal(llama_cpp_permute(w, 6), w)
@@ -298,7 +298,7 @@ def test_load_straight_into_fsdp_shardings(tmp_path):
 def test_bos_only_when_the_checkpoint_adds_it(tmp_path, post_processor, add_bos_token,
                                               expected_bos):
   from tokenizers import processors
-  from cure_jax.lm import hf_import
+  from cure_jax.weights import hf_import
   _, _, tok = write_hf(tmp_path, 'tied_mha')
   if post_processor:
     bos = tok.token_to_id('<s>')

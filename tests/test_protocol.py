@@ -10,9 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from cure_jax.classification import compiled_runs, evaluate, protocol, report, tables, tuning
+from cure_jax.classification import unlearn, evaluate, protocol, report, tables, tuning
 from cure_jax.data.digits import load_digits
-from cure_jax.infra import entry, files, plan
+from cure_jax import entry
+from cure_jax.infra import files
+from cure_jax.unlearning import plan
 from cure_jax.metrics import klom
 from tests import helpers
 
@@ -40,7 +42,7 @@ def _strip(rows):
 @pytest.fixture(scope='module')
 def first(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('first')
-  compiled_runs.programs.cache_clear()  # its rows report their compile: none cached before
+  unlearn.programs.cache_clear()  # its rows report their compile: none cached before
   rows = entry.run(tiny_config(), str(workdir))
   return workdir, rows
 
@@ -301,14 +303,14 @@ def test_a_retuned_method_replaces_its_trials_in_place(tmp_path):
 def test_a_run_whose_outputs_overflow_is_diverged_not_an_error(first, monkeypatch):
   """Finite parameters whose logits overflow (a collapsed GradAsc model did this in tuning)
   are an outcome of the run, reported as diverged; the sweep goes on."""
-  run_group = compiled_runs.run_group
+  run_group = unlearn.run_group
 
   def huge(*args, **kwargs):
     params, bads, seconds, compile_s = run_group(*args, **kwargs)
     # Every head weight and bias at 3e38 (finite): their sums overflow to inf.
     head = lambda p: {**p, 'head': {k: np.full_like(v, 3e38) for k, v in p['head'].items()}}
     return [head(p) for p in params], bads, seconds, compile_s
-  monkeypatch.setattr(compiled_runs, 'run_group', huge)
+  monkeypatch.setattr(unlearn, 'run_group', huge)
   config = tiny_config()
   config.reproduce.methods = ('ghr',)
   config.unlearn.overrides.ghr.lr = 0.02   # another sweep unit than the committed rows

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cure_jax.classification import train
-from cure_jax.lm import finetune, unlearn
+from cure_jax.lm import train as lm_train, unlearn
 from tests import tolerances
 
 # A float32 schedule value at lr 0.1: a handful of roundings (fraction, angle, cosine, sum,
@@ -28,7 +28,7 @@ def test_classifier_schedule(fraction, first):
 
 @pytest.mark.parametrize('fraction, first', [(0.0, 0.1), (0.05, 0.0), (0.001, 0.0)])
 def test_lm_fine_tuning_schedule(fraction, first):
-  schedule = finetune.lr_schedule(_cfg(fraction), 100)
+  schedule = lm_train.lr_schedule(_cfg(fraction), 100)
   assert float(schedule(0)) == pytest.approx(first, abs=TOL)
   assert float(schedule(100)) == pytest.approx(0.01, abs=TOL)   # cosine to a tenth of lr
 
@@ -44,6 +44,6 @@ def test_lm_unlearning_first_step(fraction, first):
 
 
 def test_warmup_steps():
-  assert finetune.warmup_steps(0.0, 1000) == 0
-  assert finetune.warmup_steps(1e-6, 10) == 1   # any warm-up is at least one step
-  assert finetune.warmup_steps(0.1, 1000) == 100
+  assert lm_train.warmup_steps(0.0, 1000) == 0
+  assert lm_train.warmup_steps(1e-6, 10) == 1   # any warm-up is at least one step
+  assert lm_train.warmup_steps(0.1, 1000) == 100

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from cure_jax import models
-from cure_jax.classification import compiled_runs, evaluate, model_groups, protocol, train
+from cure_jax.classification import unlearn, evaluate, model_groups, protocol, train
 from cure_jax.data import views
 from cure_jax.data.digits import load_digits
-from cure_jax.infra import entry, sharding, trainer
+from cure_jax import entry
+from cure_jax.infra import sharding, trainer
 from cure_jax.infra.rules import ConfigError
 from tests import helpers, tolerances
 from tests.test_protocol import tiny_config
@@ -163,16 +164,16 @@ def test_groups_of_two_devices_split_each_models_batch(setup, two_by_two):
   run = helpers.run_of(config, 'grogu', epochs=1.0)
   b = int(run.hparams.batch_size)
   x, y = evaluate.materialize(views.forget_retain(data.train, (1,))[0])
-  size = compiled_runs.padded_size(len(y), b)
-  run_data = compiled_runs.RunData(
-      compiled_runs.pad_rows(x, size), compiled_runs.pad_rows(y, size), len(y),
+  size = unlearn.padded_size(len(y), b)
+  run_data = unlearn.RunData(
+      unlearn.pad_rows(x, size), unlearn.pad_rows(y, size), len(y),
       np.zeros((2, b, *x.shape[1:]), np.uint8), np.zeros((2, b), np.int32), b,
       np.arange(10) == 1)
   keys = [np.asarray(jax.random.key_data(jax.random.key(s))) for s in (0, 1)]
   mean, std = tuple(np.ravel(data.mean)), tuple(np.ravel(data.std))
-  seq = compiled_runs.run_group(compiled_runs.programs(model, mean, std, pair), run,
+  seq = unlearn.run_group(unlearn.programs(model, mean, std, pair), run,
                                 run_data, alone, keys, False)
-  par = compiled_runs.run_group(compiled_runs.programs(model, mean, std, seeds_mesh), run,
+  par = unlearn.run_group(unlearn.programs(model, mean, std, seeds_mesh), run,
                                 run_data, alone, keys, True)
   # GROGU's fast path also reduces per-example inner products over every parameter.
   terms = max(tolerances.conv_terms(b, data.image_shape), _flat(alone[0]['params']).size)

@@ -8,7 +8,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from cure_jax.infra import sharding
-from cure_jax.unlearning import grogu_fast, losses
+from cure_jax.unlearning import losses
+from cure_jax.unlearning.grogu import fast as grogu_fast
 from cure_jax.models.causal_lm import CausalLM
 
 from tests import sharded_steps, tolerances

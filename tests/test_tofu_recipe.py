@@ -13,7 +13,8 @@ import pytest
 
 from cure_jax.infra import train_state
 from cure_jax.infra.rules import ConfigError
-from cure_jax.lm import config as lm_config, finetune, pretrained, unlearn, validate
+from cure_jax.lm import defaults as lm_config, train, unlearn, validate
+from cure_jax.weights import pretrained
 from cure_jax.models.causal_lm import CausalLM, LMConfig
 from cure_jax.unlearning import hparams, objectives
 from cure_jax.unlearning.batch import StepInputs, retain_loss
@@ -73,11 +74,11 @@ def test_unlearning_constant_schedule_stays_the_default():
 
 def test_fine_tuning_linear_schedule_decays_to_zero():
   cfg = ml_collections.ConfigDict(dict(lr=1e-5, warmup_fraction=0.2, lr_schedule='linear'))
-  schedule = finetune.lr_schedule(cfg, 25)
+  schedule = train.lr_schedule(cfg, 25)
   for step in range(27):
     assert float(schedule(step)) == pytest.approx(1e-5 * _hf_linear(step, 5, 25),
                                                   abs=1e-5 * tolerances.gamma(8))
-  cosine = finetune.lr_schedule(ml_collections.ConfigDict(dict(lr=1e-5, warmup_fraction=0.2)),
+  cosine = train.lr_schedule(ml_collections.ConfigDict(dict(lr=1e-5, warmup_fraction=0.2)),
                                 25)
   # The default: cosine to a tenth (its float32 roundings as above, at lr 1e-5).
   assert float(cosine(25)) == pytest.approx(1e-6, abs=1e-5 * tolerances.gamma(8))
@@ -115,7 +116,7 @@ def test_unlearning_stream_keeps_the_partial_batch_and_spans_epochs():
   # 10 items, micro-batches of 2, 2 per step: 5 micro-batches an epoch, so every step after
   # the second spans an epoch end and 2 x 3 = 6 steps leave the last epoch's tail unread.
   got = list(unlearn.stream_batches(10, 7, 2, 2, epochs=3, seed=0))
-  assert len(got) == finetune.stream_steps(10, 2, 2, 3) == 6
+  assert len(got) == train.stream_steps(10, 2, 2, 3) == 6
   stream = np.concatenate([f for f, _ in got])
   for epoch in (stream[:10], stream[10:20]):
     assert sorted(epoch.tolist()) == list(range(10))   # every item once per epoch
@@ -130,14 +131,14 @@ def test_fine_tuning_stream_is_hf_steps_over_the_epoch_orders():
   orders = [np.random.default_rng([5, e]).permutation(12) for e in range(3)]
   # 6 micro-batches an epoch, 4 a step: max_steps 3, and the second step spans epochs 0-1.
   want = _hf_stream(12, 2, 4, 3, orders)
-  total = finetune.stream_steps(12, 2, 4, 3)
+  total = train.stream_steps(12, 2, 4, 3)
   assert total == len(want) == 3
   for step in range(total):
-    np.testing.assert_array_equal(finetune.stream_indices(12, 2, 4, step, seed=5), want[step])
+    np.testing.assert_array_equal(train.stream_indices(12, 2, 4, step, seed=5), want[step])
   with pytest.raises(ValueError, match='config.finetune.drop_last=False'):
-    finetune.check_stream(11, 2, 4, 'finetune', 'original items')   # a partial micro-batch
+    train.check_stream(11, 2, 4, 'finetune', 'original items')   # a partial micro-batch
   with pytest.raises(ValueError, match='at least grad_accum=4'):
-    finetune.check_stream(6, 2, 4, 'finetune', 'original items')
+    train.check_stream(6, 2, 4, 'finetune', 'original items')
 
 
 # ---- the token-mean NLL --------------------------------------------------------------------
@@ -297,7 +298,7 @@ def test_weight_decay_skips_norm_scales_like_hf(tmp_path):
   assert len(every - norms) == len(weights) - len(hf_norms)
   opt.decay_norms = True
   assert _decayed(unlearn.make_optimizer(opt, 4), params) == every
-  tx, _ = finetune._optimizer_and_step(None, 0.5, 1.0, False, 0.999)
+  tx, _ = train._optimizer_and_step(None, 0.5, 1.0, False, 0.999)
   state = tx.init(params)
   state[1].hyperparams['learning_rate'] = jnp.float32(0.1)
   updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
@@ -326,7 +327,7 @@ def test_tofu_sets_open_unlearnings_choices_and_authors_keep_ours():
   for name in ('authors', 'authors_smollm2'):
     config = _load_config(name)
     assert {k: config.unlearn[k] for k in unlearn.RECIPE_DEFAULTS} == unlearn.RECIPE_DEFAULTS
-    assert {k: config.finetune[k] for k in finetune.RECIPE_DEFAULTS} == finetune.RECIPE_DEFAULTS
+    assert {k: config.finetune[k] for k in train.RECIPE_DEFAULTS} == train.RECIPE_DEFAULTS
 
 
 @pytest.mark.parametrize('section, key, value', [

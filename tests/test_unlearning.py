@@ -3,8 +3,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cure_jax.classification import compiled_runs, evaluate, run_batches
-from cure_jax.infra import plan, sharding, validation
+from cure_jax import entry
+from cure_jax.classification import unlearn, evaluate, unlearn_batches
+from cure_jax.infra import sharding
+from cure_jax.unlearning import plan
 from cure_jax.unlearning import objectives
 from cure_jax.data import views
 from tests import helpers, tolerances
@@ -20,14 +22,14 @@ def _run_data(data, classes, hp, seeds, n_pad=None, m_pad=None):
   forget, retain = views.forget_retain(data.train, classes)
   fx, fy = evaluate.materialize(forget)
   b = int(hp.batch_size)
-  n_pad = n_pad or compiled_runs.padded_size(len(fy), b)
+  n_pad = n_pad or unlearn.padded_size(len(fy), b)
   subsets = [evaluate.materialize(views.retain_subset(retain, hp.retain_fraction, s))
              for s in seeds]
-  m_pad = m_pad or compiled_runs.padded_size(len(subsets[0][1]), b)
-  return compiled_runs.RunData(
-      compiled_runs.pad_rows(fx, n_pad), compiled_runs.pad_rows(fy, n_pad), len(fy),
-      np.stack([compiled_runs.pad_rows(x, m_pad) for x, _ in subsets]),
-      np.stack([compiled_runs.pad_rows(y, m_pad) for _, y in subsets]), len(subsets[0][1]),
+  m_pad = m_pad or unlearn.padded_size(len(subsets[0][1]), b)
+  return unlearn.RunData(
+      unlearn.pad_rows(fx, n_pad), unlearn.pad_rows(fy, n_pad), len(fy),
+      np.stack([unlearn.pad_rows(x, m_pad) for x, _ in subsets]),
+      np.stack([unlearn.pad_rows(y, m_pad) for _, y in subsets]), len(subsets[0][1]),
       np.isin(np.arange(data.num_classes), classes))
 
 
@@ -40,10 +42,10 @@ def _hp(config, name, steps=1, **overrides):
 def _run(env, run, seeds=(0,), vmapped=False, devices=None, programs=None,
          classes=(1,), pads=(None, None)):
   _, data, model, trained = env
-  programs = programs or compiled_runs.Programs(model, data.mean, data.std,
+  programs = programs or unlearn.Programs(model, data.mean, data.std,
                                                sharding.make_mesh(devices))
   keys = [np.asarray(jax.random.key_data(jax.random.key(s))) for s in seeds]
-  params, bad, _, _ = compiled_runs.run_group(
+  params, bad, _, _ = unlearn.run_group(
       programs, run, _run_data(data, classes, run.hparams, seeds, *pads),
       [trained['original']] * len(seeds), keys, vmapped)
   return params, bad
@@ -114,7 +116,7 @@ def test_fast_and_vmap_grogu_runs_agree(env):
 
 def test_one_compiled_program_serves_every_scenario_and_epoch_count(env):
   config, data, model, _ = env
-  programs = compiled_runs.Programs(model, data.mean, data.std, sharding.make_mesh())
+  programs = unlearn.Programs(model, data.mean, data.std, sharding.make_mesh())
   for classes, steps in (((1,), 2), ((3,), 5), ((2, 7), 3)):
     hp = _hp(config, 'ghr', steps=steps)
     _run(env, hp, programs=programs, classes=classes, pads=(288, 416))
@@ -131,22 +133,22 @@ def test_carried_permutations_give_the_batches_of_fresh_ones(n, size, batch):
   """A run carries each stream's permutations from step to step (sorted once per epoch);
   its batches are the ones each step would draw from scratch, pass after pass."""
   key = jax.random.key(4)
-  step = jax.jit(run_batches.cycled_batch_cached, static_argnums=(3, 4))
-  passes = jax.jit(run_batches.pass_batch_cached, static_argnums=(4, 5))
-  cycled, by_pass = run_batches.perm_cache(size), run_batches.perm_cache(size)
+  step = jax.jit(unlearn_batches.cycled_batch_cached, static_argnums=(3, 4))
+  passes = jax.jit(unlearn_batches.pass_batch_cached, static_argnums=(4, 5))
+  cycled, by_pass = unlearn_batches.perm_cache(size), unlearn_batches.perm_cache(size)
   for t in range(4 * n):
     got, cycled = step(key, t, n, size, batch, cycled)
-    np.testing.assert_array_equal(got, run_batches.cycled_batch(key, t, n, size, batch))
+    np.testing.assert_array_equal(got, unlearn_batches.cycled_batch(key, t, n, size, batch))
     index, b = divmod(t, -(-n // batch))
     got, by_pass = passes(key, index, b, n, size, batch, by_pass)
-    np.testing.assert_array_equal(got, run_batches.pass_batch(key, index, b, n, size, batch))
+    np.testing.assert_array_equal(got, unlearn_batches.pass_batch(key, index, b, n, size, batch))
 
 
 @pytest.mark.parametrize('n,size,batch', [(10, 16, 4), (7, 8, 7), (13, 16, 5)])
 def test_cycled_batches_visit_every_example_once_per_pass(n, size, batch):
   key = jax.random.key(3)
   steps = 3 * n  # many passes
-  stream = np.concatenate([np.asarray(run_batches.cycled_batch(key, t, n, size, batch))
+  stream = np.concatenate([np.asarray(unlearn_batches.cycled_batch(key, t, n, size, batch))
                            for t in range(steps)])
   for p in range(len(stream) // n):
     assert sorted(stream[p * n:(p + 1) * n]) == list(range(n))
@@ -235,7 +237,7 @@ def test_unknown_method_and_mode_are_clear_errors():
   config.mode = 'unlearn'
   config.unlearn.method = 'forgetit'
   with pytest.raises(ValueError, match="Unknown unlearning method 'forgetit'.*grogu"):
-    validation.validate(config)
+    entry.validate(config)
   config.mode = 'delete'
   with pytest.raises(ValueError, match="config.mode='delete' is not allowed"):
-    validation.validate(config)
+    entry.validate(config)

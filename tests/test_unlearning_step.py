@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import cure_jax
-from cure_jax.classification import compiled_runs, defaults, run_batches
+from cure_jax.classification import unlearn, defaults, unlearn_batches
 from cure_jax.infra import sharding
 from cure_jax.unlearning import losses, methods, user_step
 from tests import helpers, tolerances
@@ -198,15 +198,15 @@ def test_step_equals_the_runners_step(name):
   retain_x = rng.integers(0, 256, (1, 24, 8, 8, 1), dtype=np.uint8)
   retain_y = rng.integers(0, K, (1, 24)).astype(np.int32)
   mean, std = np.float32(0.5), np.float32(0.3)
-  data = compiled_runs.RunData(forget_x, forget_y, n, retain_x, retain_y, m,
+  data = unlearn.RunData(forget_x, forget_y, n, retain_x, retain_y, m,
                               np.arange(K) == FORGET)
   run = helpers.run_of(defaults.classification_config(), name, batch_size=b,
                        epochs=steps * b / n, lr=0.05, momentum=0.9, grogu_impl='fast',
                        salun_fraction=0.3)
   hp = run.hparams
   key = np.asarray(jax.random.key_data(jax.random.key(1)))
-  programs = compiled_runs.Programs(model, [mean], [std], sharding.make_mesh(jax.devices()[:1]))
-  [want], _, _, _ = compiled_runs.run_group(programs, run, data, [variables], [key], False)
+  programs = unlearn.Programs(model, [mean], [std], sharding.make_mesh(jax.devices()[:1]))
+  [want], _, _, _ = unlearn.run_group(programs, run, data, [variables], [key], False)
 
   norm = lambda x: (x.astype(np.float32) / 255.0 - mean) / std
   apply_fn = lambda p, x: model.apply({'params': p, 'batch_stats': variables['batch_stats']},
@@ -218,9 +218,9 @@ def test_step_equals_the_runners_step(name):
                    forget_data={'inputs': norm(forget_x[:n]), 'labels': forget_y[:n]})
   typed = jax.random.wrap_key_data(key)
   for i in range(steps):
-    fi = run_batches.cycled_batch(jax.random.fold_in(typed, run_batches._SHUFFLE_STREAM), i,
+    fi = unlearn_batches.cycled_batch(jax.random.fold_in(typed, unlearn_batches._SHUFFLE_STREAM), i,
                                    n, 16, b)
-    ri = run_batches.cycled_batch(jax.random.fold_in(typed, run_batches._RETAIN_STREAM), i,
+    ri = unlearn_batches.cycled_batch(jax.random.fold_in(typed, unlearn_batches._RETAIN_STREAM), i,
                                    m, 24, b)
     forget = {'inputs': norm(forget_x[np.asarray(fi)]), 'labels': forget_y[np.asarray(fi)]}
     retain = {'inputs': norm(retain_x[0][np.asarray(ri)]), 'labels': retain_y[0][np.asarray(ri)]}

@@ -11,11 +11,11 @@ import sys
 import ml_collections
 import pytest
 
+from cure_jax import cli, entry
 from cure_jax.infra import validation
 from cure_jax.data import tofu
-from cure_jax.lm import config as lm_config
+from cure_jax.lm import defaults as lm_config
 import configs.digits as digits_config
-from cure_jax.infra import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = 4
@@ -141,7 +141,7 @@ class _nothing:
 
 def _message(config):
   with pytest.raises(validation.ConfigError) as err:
-    validation.validate(config, num_devices=DEVICES)
+    entry.validate(config, num_devices=DEVICES)
   return str(err.value)
 
 
@@ -155,7 +155,7 @@ def test_bad_classification_value_is_one_line_naming_it(key, value, fragment):
 @pytest.mark.parametrize('key,value,fragment', BAD_TUNE)
 def test_bad_tune_grid_is_rejected_in_tune_mode_only(key, value, fragment):
   config = _with(digits_config.get_config('smoke'), key, value)
-  validation.validate(config, num_devices=DEVICES)  # reproduce mode does not read the grid
+  entry.validate(config, num_devices=DEVICES)  # reproduce mode does not read the grid
   config.mode = 'tune'
   assert fragment in _message(config)
 
@@ -172,7 +172,7 @@ def test_bad_lm_value_is_one_line_naming_it(key, value, fragment):
                                       ('authors', 'smoke')])
 def test_shipped_configs_validate(name, arg):
   config = __import__(f'configs.{name}', fromlist=['get_config']).get_config(arg)
-  validation.validate(config, num_devices=DEVICES)
+  entry.validate(config, num_devices=DEVICES)
 
 
 @pytest.mark.parametrize('value,expected', [('1', (1,)), (' 3, 1', (1, 3)), (7, (7,)),
@@ -351,15 +351,15 @@ def test_model_cache_that_is_a_file_is_rejected(tmp_path, get_config):
   (tmp_path / 'file').write_text('x')
   with pytest.raises(validation.ConfigError,
                      match="config.model_cache=.* is not allowed: it is a file"):
-    validation.validate(config)
+    entry.validate(config)
 
 
 def test_library_entry_points_validate_like_the_cli(tmp_path):
   """The notebooks call protocol.make_study, plan.runs and the tasks' run directly: a bad
   value stops there with the CLI's message, before anything is written."""
   from cure_jax.classification import experiment, protocol
-  from cure_jax.infra import plan
-  from cure_jax.lm import run as lm_run
+  from cure_jax.unlearning import plan
+  from cure_jax.lm import experiment as lm_run
   config = digits_config.get_config('smoke')
   config.unlearn.lr = -0.1
   message = r'config.unlearn.lr=-0.1 is not allowed: use a number > 0'
@@ -372,9 +372,24 @@ def test_library_entry_points_validate_like_the_cli(tmp_path):
   with pytest.raises(validation.ConfigError, match='config.finetune.epochs=0'):
     lm_run.run(lm, str(tmp_path))
   assert os.listdir(tmp_path) == []
-  config.unlearn.lr = 0.1   # the corrected config passes (validated configs are remembered)
-  validation.validate(config, str(tmp_path))
-  validation.validate(config, str(tmp_path))
+  config.unlearn.lr = 0.1   # the corrected config passes
+  entry.validate(config, str(tmp_path))
+
+
+def test_each_entry_point_checks_the_config_once(tmp_path, monkeypatch):
+  """entry.run and the tasks' run check the whole config once (no memo of checked configs)
+  and hand it on as checked: the task's field check runs once per call."""
+  from cure_jax.classification import experiment
+  from cure_jax.classification import validate as cls_validate
+  calls = []
+  real = cls_validate.validate
+  monkeypatch.setattr(cls_validate, 'validate', lambda *a: calls.append(1) or real(*a))
+  monkeypatch.setattr(experiment, 'train_only', lambda *a: 'trained')
+  config = digits_config.get_config('smoke')
+  config.mode = 'train_original'
+  assert entry.run(config, str(tmp_path)) == 'trained' and len(calls) == 1
+  assert experiment.run(config, str(tmp_path)) == 'trained' and len(calls) == 2
+  assert not [name for name in vars(validation) if name.startswith('_PASSED')]
 
 
 @pytest.mark.parametrize('kwargs, fragment', [
@@ -385,6 +400,6 @@ def test_library_entry_points_validate_like_the_cli(tmp_path):
     ({'min_shard_size': -1}, 'min_shard_size=-1 is not allowed'),
 ])
 def test_pretrained_load_checks_its_arguments_first(kwargs, fragment, tmp_path):
-  from cure_jax.lm import pretrained
+  from cure_jax.weights import pretrained
   with pytest.raises(validation.ConfigError, match=fragment):
     pretrained.load(str(tmp_path / 'not-read'), **kwargs)   # refused before any file is read

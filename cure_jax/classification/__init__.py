@@ -1,7 +1,10 @@
 """The classification task: class unlearning on image classifiers under the paper's protocol.
 
-``defaults`` (the complete config), ``experiment`` (the modes behind ``experiments.main``),
-``protocol`` (scenarios × model seeds × methods × runs), ``compiled_runs`` (an unlearning
-run as one compiled program), ``train`` (original and retrain models), ``evaluate``,
-``tables`` / ``plots`` / ``report`` (what a run writes).
+The roles every task has, under the same names as in :mod:`cure_jax.lm`: ``defaults`` (the
+complete config), ``validate`` (its checks), ``experiment`` (the modes behind
+``experiments.main``), ``protocol`` (the models a sweep needs and the sweep: scenarios ×
+model seeds × methods × runs), ``train`` (original and retrain models), ``unlearn`` (an
+unlearning run as one compiled program) and ``unlearn_batches`` (what each of its steps
+reads), ``evaluate`` and ``report`` (what a run writes). Its own: ``tuning``, ``claims``,
+``tables`` / ``plots``, ``model_groups``, ``sizes``.
 """

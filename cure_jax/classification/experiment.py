@@ -9,8 +9,9 @@ Sweeps are resumable: finished runs are logged in ``WORKDIR/runs.jsonl`` (``tune
 """
 import os
 
-from cure_jax.classification import protocol, report, tables, tuning
-from cure_jax.infra import files, fingerprint, plan, sweep_log, validation
+from cure_jax.classification import protocol, report, tables, tuning, validate
+from cure_jax.infra import files, fingerprint, sweep_log
+from cure_jax.unlearning import plan
 
 
 def _meta(config, study, cli_keys):
@@ -23,7 +24,7 @@ def _meta(config, study, cli_keys):
 
 
 def run_unlearning(config, workdir, runs, cli_keys=frozenset()):
-  study = protocol.make_study(config, workdir, runs=runs)
+  study = protocol.build_study(config, workdir, runs=runs)
   rows = protocol.reference_rows(study)
   log = sweep_log.SweepLog(os.path.join(workdir, 'runs.jsonl'), protocol.sweep_key(config))
   rows += protocol.sweep(study, runs, log)
@@ -41,8 +42,8 @@ def run_unlearning(config, workdir, runs, cli_keys=frozenset()):
 
 
 def train_only(config, workdir, kind):
-  study = protocol.make_study(config, workdir, kinds=('original',) if kind == 'original'
-                              else ('retrain',))
+  study = protocol.build_study(config, workdir, kinds=('original',) if kind == 'original'
+                               else ('retrain',))
   out = []
   for sc in study.scenarios:
     trained = study.originals if kind == 'original' else sc.retrain
@@ -58,9 +59,14 @@ def train_only(config, workdir, kind):
 
 def run(config, workdir, cli_keys=frozenset()):
   """Runs ``config.mode``. ``cli_keys``: dotted keys given on the command line (the
-  precedence rule of :mod:`cure_jax.infra.plan`). ``config`` is checked
-  as :func:`cure_jax.infra.entry.run` checks it (a lookup when that already did)."""
-  validation.validate(config, workdir)
+  precedence rule of :mod:`cure_jax.unlearning.plan`). ``config`` is checked first, as
+  :func:`cure_jax.entry.run` checks it."""
+  validate.validate_config(config, workdir)
+  return execute(config, workdir, cli_keys)
+
+
+def execute(config, workdir, cli_keys=frozenset()):
+  """:func:`run` of a config already checked (:func:`cure_jax.entry.run` checked it)."""
   if config.mode in ('train_original', 'train_retrain'):
     return train_only(config, workdir, config.mode.split('_')[1])
   runs = plan.runs(config, cli_keys)

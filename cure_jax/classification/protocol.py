@@ -4,7 +4,7 @@ compared with retrain model i mod K (docs/methods.md, "The evaluation protocol")
 
 One :class:`Study` holds the data, the trained models and the evaluation sets of a sweep;
 :func:`sweep` runs methods × scenarios × runs through the compiled programs of
-:mod:`cure_jax.classification.compiled_runs`, evaluates each run and appends its rows to the
+:mod:`cure_jax.classification.unlearn`, evaluates each run and appends its rows to the
 resumable log (:mod:`cure_jax.infra.sweep_log`). Each evaluated model's margins on the
 scenario's KLOM examples go to ``WORKDIR/margins`` before its unit is logged; the report
 computes KLOM from them (:mod:`cure_jax.classification.report`).
@@ -22,10 +22,10 @@ import numpy as np
 from absl import logging
 
 from cure_jax import models
-from cure_jax.classification import compiled_runs, evaluate, model_groups, sizes
-from cure_jax.infra import console, fingerprint, plan, sharding, validation
+from cure_jax.classification import unlearn, evaluate, model_groups, sizes, validate
+from cure_jax.infra import console, fingerprint, sharding
 from cure_jax.data import load_dataset, views
-from cure_jax.unlearning import methods
+from cure_jax.unlearning import methods, plan
 
 
 def json_safe(obj):
@@ -101,7 +101,13 @@ def make_study(config, workdir, split='test', kinds=('original', 'retrain'), n_r
   A study on the validation split (tuning) measures accuracies only (no MIA-efficacy,
   per-class change, input-gradient distance or KLOM); one of both kinds on another split
   keeps every evaluated model's KLOM margins in ``WORKDIR/margins``."""
-  validation.validate(config, workdir)
+  validate.validate_config(config, workdir)
+  return build_study(config, workdir, split, kinds, n_runs, runs)
+
+
+def build_study(config, workdir, split='test', kinds=('original', 'retrain'), n_runs=None,
+                runs=()):
+  """:func:`make_study` of a config already checked (the task's ``execute``)."""
   timings = Timings()
   with timings.phase('load'):
     sharding.maybe_initialize_distributed(config.distributed)
@@ -136,7 +142,7 @@ def make_study(config, workdir, split='test', kinds=('original', 'retrain'), n_r
         sc.references = [evaluator.reference(r.variables, classes) if full else None
                          for r in sc.retrain]
     scenarios.append(sc)
-  programs = compiled_runs.programs(model, tuple(np.ravel(data.mean)),
+  programs = unlearn.programs(model, tuple(np.ravel(data.mean)),
                                     tuple(np.ravel(data.std)), group_mesh or mesh)
   return Study(config, data, model, mesh, seeds, originals, scenarios, evaluator, programs,
                model_groups.resolve_seed_parallel(config.seed_parallel),
@@ -178,8 +184,8 @@ def run_data(study, sc, run, seeds):
   """Padded device inputs of one scenario's runs (sizes shared by all scenarios)."""
   hp = run.hparams
   b = int(hp.batch_size)
-  n_pad = max(compiled_runs.padded_size(len(s.forget_y), b) for s in study.scenarios)
-  m_pad = max(compiled_runs.padded_size(sizes.retain_subset_size(len(s.retain),
+  n_pad = max(unlearn.padded_size(len(s.forget_y), b) for s in study.scenarios)
+  m_pad = max(unlearn.padded_size(sizes.retain_subset_size(len(s.retain),
                                                                   hp.retain_fraction), b)
               for s in study.scenarios)
   n = len(sc.forget_y)
@@ -188,17 +194,17 @@ def run_data(study, sc, run, seeds):
   sizes.check_unlearn_batch(b, n, m, sc.label, run.method.uses_retain)
   if not run.method.uses_retain:  # a placeholder the program never reads
     shape = (len(seeds), b, *sc.forget_x.shape[1:])
-    return compiled_runs.RunData(compiled_runs.pad_rows(sc.forget_x, n_pad),
-                                compiled_runs.pad_rows(sc.forget_y, n_pad), n,
+    return unlearn.RunData(unlearn.pad_rows(sc.forget_x, n_pad),
+                                unlearn.pad_rows(sc.forget_y, n_pad), n,
                                 np.zeros(shape, np.uint8), np.zeros(shape[:2], np.int32), b,
                                 sc.mask_K)
   for seed in seeds:
     subset = views.retain_subset(sc.retain, hp.retain_fraction, seed)
     x, y = evaluate.materialize(subset)
-    rx.append(compiled_runs.pad_rows(x, m_pad))
-    ry.append(compiled_runs.pad_rows(y, m_pad))
-  return compiled_runs.RunData(compiled_runs.pad_rows(sc.forget_x, n_pad),
-                              compiled_runs.pad_rows(sc.forget_y, n_pad), n, np.stack(rx),
+    rx.append(unlearn.pad_rows(x, m_pad))
+    ry.append(unlearn.pad_rows(y, m_pad))
+  return unlearn.RunData(unlearn.pad_rows(sc.forget_x, n_pad),
+                              unlearn.pad_rows(sc.forget_y, n_pad), n, np.stack(rx),
                               np.stack(ry), m, sc.mask_K)
 
 
@@ -226,7 +232,7 @@ def run_unit(study, run, sc, group, defer=False):
   starts = [study.originals[m].variables for m, _ in group]
   keys = [np.asarray(jax.random.key_data(jax.random.key(s))) for _, s in group]
   with study.timings.phase('unlearn'):
-    params, bads, seconds, compile_s = compiled_runs.run_group(
+    params, bads, seconds, compile_s = unlearn.run_group(
         study.programs, run, data, starts, keys, study.seed_parallel)
   study.timings['unlearn'] -= compile_s  # the compile has its own phase
   study.timings['compile'] += compile_s
@@ -270,7 +276,7 @@ def run_unit(study, run, sc, group, defer=False):
 
 
 def sweep(study, runs, log):
-  """Runs each of ``runs`` (:class:`cure_jax.infra.plan.Run`) over every scenario and seed.
+  """Runs each of ``runs`` (:class:`cure_jax.unlearning.plan.Run`) over every scenario and seed.
   Finished units come from / go to ``log``. Returns the rows in sweep order."""
   rows = []
   for run in runs:

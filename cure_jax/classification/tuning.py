@@ -79,8 +79,8 @@ def tune(config, workdir, runs):
   ``tune.json`` and ``tune.md`` and returns ``{method: chosen settings}`` (copy them into
   the config's ``unlearn.overrides``). A method whose every trial diverged gets no choice
   (a warning, and a line in tune.md), and the other methods are still tuned."""
-  study = protocol.make_study(config, workdir, split='val', n_runs=config.tune.seeds,
-                              runs=runs)
+  study = protocol.build_study(config, workdir, split='val', n_runs=config.tune.seeds,
+                               runs=runs)
   log = sweep_log.SweepLog(os.path.join(workdir, 'tune.jsonl'),
                            protocol.sweep_key(config, extra=('tune',)))
   threshold, choices, records = config.reproduce.forget_threshold, {}, []

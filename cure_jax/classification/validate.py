@@ -1,11 +1,12 @@
 """Start-up checks of a classification config (its defaults: ``defaults.py``)."""
 from cure_jax.data import LOADERS
-from cure_jax.infra import plan
 from cure_jax.infra.rules import (ConfigError, check, checks, choice, fail, fraction_closed,
                                   fraction_closed_open, fraction_open_closed, nonnegative,
                                   nonnegative_int, positive, positive_int)
-from cure_jax.infra.validation import check_batch, check_method_hparams, known_method, parse_classes
+from cure_jax.infra.validation import check_batch, parse_classes
+from cure_jax.infra import validation
 from cure_jax.models import ARCHITECTURES, DTYPES
+from cure_jax.unlearning import hparams, methods, plan
 
 MODES = ('train_original', 'train_retrain', 'unlearn', 'reproduce', 'tune')
 NUM_CLASSES = {'digits': 10, 'cifar10': 10, 'cifar100': 100, 'imagenet': 1000,
@@ -22,7 +23,7 @@ _TRAIN_RULES = {
 
 def _check_unlearn_values(cfg, prefix, num_devices):
   checks(cfg, prefix, _UNLEARN_RULES)
-  check_method_hparams(cfg, prefix)
+  hparams.check_config(cfg, prefix)
   if 'batch_size' in cfg:
     check_batch(f'{prefix}.batch_size', cfg['batch_size'], num_devices)
 
@@ -42,15 +43,15 @@ def _check_data_and_model(config):
 
 def _check_methods(config, num_devices):
   _check_unlearn_values(config.unlearn, 'config.unlearn', num_devices)
-  known_method('config.unlearn.method', config.unlearn.method)
+  methods.get(config.unlearn.method, 'config.unlearn.method')
   names = list(config.reproduce.methods)
   if not names and config.mode in ('reproduce', 'tune'):
     fail('config.reproduce.methods', config.reproduce.methods, 'list at least one method')
   for name in names:
-    known_method(f'config.reproduce.methods (entry {name!r})', name)
+    methods.get(name, f'config.reproduce.methods (entry {name!r})')
   allowed = sorted(k for k in config.unlearn.keys() if k != 'overrides')
   for name, overrides in config.unlearn.overrides.items():
-    known_method(f'config.unlearn.overrides.{name}', name)
+    methods.get(name, f'config.unlearn.overrides.{name}')
     for key in overrides.keys():
       if key not in allowed:
         raise ConfigError(f'config.unlearn.overrides.{name}.{key}: unknown hyperparameter '
@@ -58,7 +59,14 @@ def _check_methods(config, num_devices):
     _check_unlearn_values(overrides, f'config.unlearn.overrides.{name}', num_devices)
 
 
+def validate_config(config, workdir=None, num_devices=None):
+  """The whole config of a classification job, as the command line checks it (one
+  :class:`~cure_jax.infra.rules.ConfigError` line for the first bad value)."""
+  validation.validate(config, workdir, 'classification', validate, num_devices)
+
+
 def validate(config, num_devices):
+  """The classification fields of ``config`` (:func:`validate_config` adds the common ones)."""
   choice('config.mode', config.mode, MODES)
   _check_data_and_model(config)
   num_classes = NUM_CLASSES.get(config.data.name)

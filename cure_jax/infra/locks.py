@@ -8,7 +8,7 @@ waiter lock the deleted file while a newcomer locks a fresh one.
 
 Two uses:
 
-* :func:`workdir_lock` (held by :func:`cure_jax.infra.entry.run` for the whole run): a second
+* :func:`workdir_lock` (held by :func:`cure_jax.entry.run` for the whole run): a second
   run in the same workdir fails at once with :class:`InUseError`.
 * :func:`model_lock` (held by :func:`cure_jax.infra.trainer.fit`): a process that needs a
   model another one is training waits for it, then reuses (or resumes) what it left.

@@ -1,6 +1,6 @@
 """open-unlearning's recipe switches and the values that keep cure-jax's own behaviour.
 
-Each switch (``config.finetune`` / ``config.unlearn``; ``cure_jax.lm.config`` documents
+Each switch (``config.finetune`` / ``config.unlearn``; ``cure_jax.lm.defaults`` documents
 them, ``configs/tofu.py`` sets open-unlearning's values) was added after models had been
 fine-tuned and runs published. At these values a setting behaves as before the switch
 existed, so settings written without it (an old run record, a hand-built namespace) read

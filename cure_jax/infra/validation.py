@@ -1,17 +1,17 @@
-"""Start-up checks of a whole config: every bad value is one line before any data loads.
+"""Start-up checks shared by every task: every bad value is one line before any data loads.
 
-``validate(config, workdir)`` raises :class:`ConfigError` (a ``ValueError``) naming the
-field, the bad value and what is allowed (:mod:`cure_jax.infra.rules`). The parsers here are
-shared; each task checks its own fields next to its defaults (``<task>/validate.py``).
+:func:`validate` checks what every config has and calls the task's own field check
+(``<task>/validate.py``, next to its defaults); it raises :class:`ConfigError` (a
+``ValueError``) naming the field, the bad value and what is allowed
+(:mod:`cure_jax.infra.rules`). The parsers here are shared by the tasks and the run plan.
 """
 import os
 import re
 
 import ml_collections
 
-from cure_jax.infra import rules, tasks
+from cure_jax.infra import rules
 from cure_jax.infra.rules import ConfigError
-from cure_jax.unlearning import hparams
 
 
 def check_batch(field, value, num_devices):
@@ -99,22 +99,6 @@ def check_workdir(workdir, field='--workdir'):
                           'directory')
 
 
-def check_method_hparams(cfg, prefix):
-  """The method hyperparameters of ``cfg`` by the core's rules (the public API's too)."""
-  for key in hparams.DEFAULTS:
-    if key in cfg:
-      allowed = hparams.problem(key, cfg[key])
-      if allowed:
-        rules.fail(f'{prefix}.{key}', cfg[key], allowed)
-
-
-def known_method(field, name):
-  from cure_jax.unlearning import methods  # pylint: disable=g-import-not-at-top
-  if name not in methods.REGISTRY:
-    raise ConfigError(f'{field}: Unknown unlearning method {name!r}; choose one of '
-                      f'{sorted(methods.REGISTRY)}.')
-
-
 def device_count(config):
   """Devices the batches must divide over; None (unchecked here) before multi-host init."""
   if config.get('distributed', False):
@@ -123,28 +107,24 @@ def device_count(config):
   return jax.device_count()
 
 
-# Configs (as JSON, with the workdir and device count) that passed: the library's public
-# entry points each validate what they are given, and a task run called from entry.run
-# then costs one lookup instead of a second full check.
-_PASSED = set()
-
-
-def validate(config, workdir=None, num_devices=None):
-  """Raises :class:`ConfigError` for the first bad field of ``config`` (or the workdir)."""
+def check_task(config, tasks):
+  """``config`` is a ConfigDict whose ``task`` is one of ``tasks``."""
   if not isinstance(config, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):
     raise ConfigError(f'config must be an ml_collections.ConfigDict, got {type(config)}')
   if 'task' not in config:
     raise ConfigError('config.task is missing: start from a configs/*.py file (they set '
                       "'classification' or 'lm').")
-  rules.choice('config.task', config.task, tuple(tasks.TASKS))
+  rules.choice('config.task', config.task, tuple(tasks))
+
+
+def validate(config, workdir, task, task_fields, num_devices=None):
+  """Raises :class:`ConfigError` for the first bad field of a ``task`` config (or the
+  workdir): ``task_fields(config, num_devices)`` checks the task's own fields."""
+  check_task(config, (task,))
   if num_devices is None:
     num_devices = device_count(config)
-  key = (config.to_json_best_effort(sort_keys=True), workdir, num_devices)
-  if key in _PASSED:
-    return
-  tasks.module(config.task, 'validate').validate(config, num_devices)
+  task_fields(config, num_devices)
   if config.model_cache:
     check_workdir(config.model_cache, 'config.model_cache')
   if workdir is not None:
     check_workdir(workdir)
-  _PASSED.add(key)

@@ -7,7 +7,7 @@ of other dtypes or formats sit beside each other). Before writing, an *owner mar
 ``exports/.<name>.cure-jax`` is written beside the target: a path with a mark was written (or
 was being written) by cure-jax and may be replaced by a rerun; a path without one is the
 user's and is refused at start-up, in one line, unless ``config.export.overwrite=True``.
-:func:`cure_jax.lm.export.save` writes into a temporary sibling ``.<name>.tmp-*`` and renames
+:func:`cure_jax.weights.export.save` writes into a temporary sibling ``.<name>.tmp-*`` and renames
 it into place; a run killed in between leaves that sibling, which the next run removes.
 """
 import glob
@@ -77,7 +77,7 @@ def check_targets(config, workdir, runs):
 def write(config, out, lm, params, run, seed, unit):
   """Writes ``params`` to the run's target (replacing only what :func:`check_targets`
   allowed); returns the path relative to ``out``, which the row names."""
-  from cure_jax.lm import pretrained  # pylint: disable=g-import-not-at-top
+  from cure_jax.weights import pretrained  # pylint: disable=g-import-not-at-top
   path = target(config, out, run, seed)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   if os.path.lexists(path):

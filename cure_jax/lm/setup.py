@@ -32,7 +32,7 @@ def make_model(config, tokenizer):
 
 
 def _pretrained():
-  from cure_jax.lm import pretrained  # pylint: disable=g-import-not-at-top
+  from cure_jax.weights import pretrained  # pylint: disable=g-import-not-at-top
   return pretrained
 
 

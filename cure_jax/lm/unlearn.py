@@ -27,9 +27,10 @@ import numpy as np
 import optax
 
 from cure_jax.infra import progress, recipe_switches, sharding, train_state
-from cure_jax.lm import finetune
+from cure_jax.lm import train
 from cure_jax.lm.unlearn_batches import batch_size_for, paired_batches, stream_batches
-from cure_jax.unlearning import hparams as hparams_lib, losses, methods, rmu, step as step_lib
+from cure_jax.unlearning import hparams as hparams_lib, losses, methods, step as step_lib
+from cure_jax.unlearning.baselines import rmu
 from cure_jax.unlearning.batch import Batch, StepInputs
 
 
@@ -76,16 +77,16 @@ def make_optimizer(cfg, total_steps, trainable=None):
   ``trainable``: a regular expression over :func:`param_path`; only the parameters it
   matches train (the others keep their values, no optimizer state, and their gradients
   count in no clipping norm: PyTorch's ``requires_grad=False``)."""
-  warmup = finetune.warmup_steps(cfg.warmup_fraction, total_steps)
+  warmup = train.warmup_steps(cfg.warmup_fraction, total_steps)
   if recipe(cfg, 'lr_schedule') == 'linear':
-    schedule = finetune.hf_linear_schedule(cfg.lr, warmup, total_steps)
+    schedule = train.hf_linear_schedule(cfg.lr, warmup, total_steps)
   elif warmup == 0:
     schedule = optax.constant_schedule(cfg.lr)
   else:
     schedule = optax.join_schedules(
         [optax.linear_schedule(0.0, cfg.lr, warmup), optax.constant_schedule(cfg.lr)], [warmup])
   if cfg.optimizer == 'adamw':
-    mask = None if recipe(cfg, 'decay_norms') else finetune.decay_mask
+    mask = None if recipe(cfg, 'decay_norms') else train.decay_mask
     tx = optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=mask)
   elif cfg.optimizer == 'sgd':
     tx = optax.sgd(schedule, momentum=cfg.momentum or None)
@@ -246,8 +247,8 @@ def _index_batches(hp, num_forget, num_retain, num_devices, seed):
     return (hp.epochs * (num_forget // batch_size),
             paired_batches(num_forget, max(num_retain, 1), batch_size, hp.epochs, seed))
   micro = hp.batch_size // grad_accum   # HF's micro-batches (the validator checked devices)
-  finetune.check_stream(num_forget, micro, grad_accum, 'unlearn', 'forget items')
-  return (finetune.stream_steps(num_forget, micro, grad_accum, hp.epochs),
+  train.check_stream(num_forget, micro, grad_accum, 'unlearn', 'forget items')
+  return (train.stream_steps(num_forget, micro, grad_accum, hp.epochs),
           stream_batches(num_forget, max(num_retain, 1), micro, grad_accum, hp.epochs, seed))
 
 

@@ -7,7 +7,7 @@ as open-unlearning's TOFU data does.
 """
 import numpy as np
 
-from cure_jax.lm import finetune
+from cure_jax.lm import train
 
 
 def paired_batches(num_forget, num_retain, batch_size, epochs, seed):
@@ -38,7 +38,7 @@ def stream_batches(num_forget, num_retain, micro, grad_accum, epochs, seed):
         yield idx, rng.integers(0, num_retain, len(idx))
 
   stream = micro_batches()
-  for _ in range(finetune.stream_steps(num_forget, micro, grad_accum, epochs)):
+  for _ in range(train.stream_steps(num_forget, micro, grad_accum, epochs)):
     group = [next(stream) for _ in range(grad_accum)]
     yield tuple(np.concatenate(part) for part in zip(*group))
 

@@ -3,14 +3,14 @@ line before a model loads or a step is compiled."""
 import os
 import re
 
-from cure_jax.infra import plan, sharding
+from cure_jax.infra import sharding, validation
 from cure_jax.infra.rules import (ConfigError, check, checks, choice, fail,
                                   fraction_closed_open, nonnegative, nonnegative_int, positive,
                                   positive_int)
-from cure_jax.infra.validation import check_method_hparams, known_method
-from cure_jax.lm import chat, ou_files, unlearn
+from cure_jax.lm import ou_files, unlearn
+from cure_jax.weights import chat
 from cure_jax.models import DTYPES
-from cure_jax.unlearning import hparams
+from cure_jax.unlearning import hparams, methods, plan
 
 MODES = ('train_original', 'train_retrain', 'unlearn', 'reproduce')
 SHARDINGS = sharding.MODES
@@ -100,7 +100,7 @@ def check_unlearn_values(u, prefix, num_devices):
                      'warmup_fraction': fraction_closed_open, 'weight_decay': nonnegative,
                      'log_every': positive_int, 'grad_accum': positive_int,
                      'grad_clip': nonnegative, 'rmu_layer': nonnegative_int})
-  check_method_hparams(u, prefix)
+  hparams.check_config(u, prefix)
   for key, allowed in _UNLEARN_CHOICES.items():
     if key in u:
       choice(f'{prefix}.{key}', u[key], allowed)
@@ -132,7 +132,7 @@ def _check_unlearn(config, num_devices):
       raise ConfigError(f'{field}: {e}') from None
     entries.append((field, name, settings))
   for field, name, settings in entries:
-    known_method(field, name)
+    methods.get(name, field)
     try:
       unlearn.get_method(name)
     except ValueError as e:
@@ -144,7 +144,7 @@ def _check_unlearn(config, num_devices):
 
 
 def _check_export(config):
-  from cure_jax.lm import export, gguf_export  # pylint: disable=g-import-not-at-top
+  from cure_jax.weights import export, gguf_export  # pylint: disable=g-import-not-at-top
   e = config.export
   choice('config.export.format', e.format, ('',) + export.FORMATS)
   choice('config.export.overwrite', e.overwrite, BOOLS)
@@ -158,7 +158,14 @@ def _check_export(config):
                       "to export; use '' for it.")
 
 
+def validate_config(config, workdir=None, num_devices=None):
+  """The whole config of an LM job, as the command line checks it (one
+  :class:`~cure_jax.infra.rules.ConfigError` line for the first bad value)."""
+  validation.validate(config, workdir, 'lm', validate, num_devices)
+
+
 def validate(config, num_devices):
+  """The LM fields of ``config`` (:func:`validate_config` adds the common ones)."""
   choice('config.mode', config.mode, MODES)
   check('config.seeds', config.seeds, positive_int)
   _check_model(config)
@@ -175,7 +182,7 @@ def validate(config, num_devices):
 
 def _check_retain_logs(config):
   """A retain model's logs must be readable before any model trains; whether privleak
-  needs their min-k% AUC is known once the splits load (cure_jax.lm.run checks it then)."""
+  needs their min-k% AUC is known once the splits load (cure_jax.lm.experiment checks it then)."""
   if config.eval.retain_logs:
     try:
       ou_files.read_retain_logs(config.eval.retain_logs, need_mia=False)

@@ -4,7 +4,7 @@ Two conv–BatchNorm–ReLU–max-pool stages and a hidden dense layer: with the
 (8, 16) and 64 hidden units it costs about 0.33 M multiply-adds per 28×28 image and has about
 52 k parameters, small enough to train the paper's many original and retrain models on a
 2-core CPU. Every parameter lives in ``nn.Conv``, ``nn.Dense`` or ``nn.BatchNorm`` leaves, so
-GROGU's fast path (:mod:`cure_jax.unlearning.grogu_fast`) covers every layer. The pooling
+GROGU's fast path (:mod:`cure_jax.unlearning.grogu.fast`) covers every layer. The pooling
 and the first convolution use :mod:`cure_jax.models.layers` (the same functions, loops that
 XLA's CPU backend runs faster).
 

@@ -18,7 +18,7 @@ Measured on the 2-core Xeon (AVX-512), cnn_small at batch 128, one thread: the p
 backward 5.7 → 0.7 ms per layer, the first convolution's forward 3.6 → 0.5 ms; the training
 step 25.6 → 8.7 ms on two threads (``benchmarks/cnn_throughput.py``, docs/benchmarks.md).
 The module stays an ``nn.Conv`` so that GROGU's fast path
-(:mod:`cure_jax.unlearning.layer_calls`) still recognises it.
+(:mod:`cure_jax.unlearning.grogu.layer_calls`) still recognises it.
 """
 import flax.linen as nn
 import jax

@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from cure_jax.infra import sharding
-from cure_jax.unlearning import grogu, grogu_fast, objectives
+from cure_jax.unlearning import grogu, objectives
+from cure_jax.unlearning.grogu import fast as grogu_fast
 from cure_jax.unlearning.batch import retain_loss
 
 

@@ -6,7 +6,9 @@ float32 scalar the compiled step takes as an argument (:data:`DYNAMIC`), so anot
 learning rate or temperature reuses the program. A task's config section ``unlearn``
 starts from :data:`DEFAULTS` (docs/methods.md describes each).
 """
+import ml_collections
 import numpy as np
+from absl import logging
 
 from cure_jax.infra import rules
 
@@ -87,6 +89,41 @@ def problem(key, value):
   if key == 'momentum' and value is None:
     return None
   return None if RULES[key](value) else RULES[key].allowed
+
+
+def check_config(cfg, prefix):
+  """The method hyperparameters present in ``cfg`` (a config section or a dict) by the rules
+  above, each bad one a :class:`~cure_jax.infra.rules.ConfigError` naming ``prefix.key``."""
+  for key in DEFAULTS:
+    if key in cfg:
+      allowed = problem(key, cfg[key])
+      if allowed:
+        rules.fail(f'{prefix}.{key}', cfg[key], allowed)
+
+
+def resolve(method, base, settings, field, applies=None):
+  """The one resolver of a run's effective hyperparameters (the command line's plan, both
+  tasks and the public step): ``base`` (every value; the defaults above or a config's
+  ``unlearn`` section), updated by the run's own ``settings`` (each a known key, checked by
+  the rules above and named ``field(key)`` in the error), then the values registry
+  ``method``'s name fixes. ``applies(key)``: False keeps ``base``'s value for that setting
+  (a value typed on the command line wins over a config file's per-run one; logged)."""
+  hp = dict(base)
+  hp.pop('overrides', None)
+  for key, value in settings.items():
+    if key not in hp:
+      raise rules.ConfigError(f'{field(key)}: unknown hyperparameter; choose from '
+                              f'{sorted(hp)} (docs/methods.md describes each).')
+    allowed = problem(key, value) if key in DEFAULTS else None
+    if allowed:
+      rules.fail(field(key), value, allowed)
+    if applies is not None and not applies(key):
+      logging.warning("%s=%s not applied: the command line's unlearn.%s=%s wins over a config "
+                      "file's per-run setting", field(key), value, key, hp[key])
+      continue
+    hp[key] = value
+  hp.update(dict(method.defaults))
+  return ml_collections.FrozenConfigDict(hp)
 
 
 class HParams:

@@ -26,8 +26,9 @@ activations: :attr:`Method.lm_only`); the classification runs and the public ste
 import dataclasses
 from typing import Any, Callable, Optional
 
-from cure_jax.unlearning import (directions, objectives, peers, preference, rmu,
-                                 schedule as schedule_lib)
+from cure_jax.infra import rules
+from cure_jax.unlearning import directions, objectives, schedule as schedule_lib
+from cure_jax.unlearning.baselines import peers, preference, rmu
 from cure_jax.unlearning.batch import StepInputs
 
 
@@ -182,8 +183,21 @@ def no_op_note(name, temperature, num_classes, num_forget):
   return None
 
 
-def get(name):
+def get(name, field='config.unlearn.method'):
+  """The registry entry ``name``; an unknown name is one line naming ``field``."""
   if name not in REGISTRY:
-    raise ValueError(f'Unknown unlearning method {name!r}; choose one of {sorted(REGISTRY)} '
-                     '(config.unlearn.method).')
+    raise rules.ConfigError(f'{field}: Unknown unlearning method {name!r}; choose one of '
+                            f'{sorted(REGISTRY)}.')
   return REGISTRY[name]
+
+
+def for_task(name, lm, field='config.unlearn.method'):
+  """The registry entry ``name`` for a run on an LM (``lm``) or a classifier: a method that
+  reads what only the LM loop supplies is refused on a classifier, in one line."""
+  method = get(name, field)
+  if method.lm_only and not lm:
+    raise rules.ConfigError(
+        f"method {name!r} reads preferred answers or a layer's activations, which only the "
+        'LM loop supplies: run it with an LM config (configs/authors.py, configs/tofu.py) or '
+        'cure_jax.lm.unlearn.unlearn.')
+  return method

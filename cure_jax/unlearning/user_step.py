@@ -31,20 +31,11 @@ from cure_jax.unlearning.batch import Batch, StepInputs
 
 def resolve_hparams(method, hparams):
   """:data:`~cure_jax.unlearning.hparams.DEFAULTS`, updated by ``hparams`` (each value
-  checked as the command line checks it), then the values ``method``'s name fixes."""
-  hp = dict(hparams_lib.DEFAULTS)
+  checked as the command line checks it), then the values ``method``'s name fixes: the one
+  resolver (:func:`cure_jax.unlearning.hparams.resolve`) with the step's field names."""
   given = dict(hparams.to_dict() if isinstance(hparams, ml_collections.ConfigDict)
                else (hparams or {}))
-  for key, value in given.items():
-    if key not in hp:
-      raise ValueError(f'hparams[{key!r}]: unknown hyperparameter; choose from {sorted(hp)} '
-                       '(docs/methods.md describes each).')
-    allowed = hparams_lib.problem(key, value)
-    if allowed:
-      raise ValueError(f'hparams[{key!r}]={value!r} is not allowed: {allowed}.')
-    hp[key] = value
-  hp.update(dict(method.defaults))
-  return ml_collections.FrozenConfigDict(hp)
+  return hparams_lib.resolve(method, hparams_lib.DEFAULTS, given, lambda key: f'hparams[{key!r}]')
 
 
 def _as_batch(batch, what):
@@ -108,13 +99,13 @@ def _data_sizes(method, name, sizes):
 class UnlearningStep:
   """What :func:`make_unlearning_step` returns: ``init`` and the jitted ``step``."""
 
+  # (state, forget_batch, retain_batch=None, rng=None) -> (state, metrics), jitted.
+  step: Callable[..., tuple[dict, dict]]
+
   def __init__(self, apply_fn, name, teacher, forget_mask, hparams, optimizer, mesh,
                data_sizes=None):
     self.apply_fn, self.name, self.mesh = _logits_only(apply_fn), name, mesh
-    self.method = methods.get(name)
-    if self.method.lm_only:
-      raise ValueError(f'method {name!r} reads preferred answers or a layer\'s activations, '
-                       'which only the LM loop supplies (cure_jax.lm.unlearn.unlearn).')
+    self.method = methods.for_task(name, lm=False, field='method')
     self.hparams = resolve_hparams(self.method, hparams)
     self.data_sizes = _data_sizes(self.method, name, data_sizes)
     self.static, self._dyn = hparams_lib.split(self.hparams)
@@ -183,7 +174,7 @@ class UnlearningStep:
 
   # ---- public API ---------------------------------------------------------------------------
 
-  def init(self, params, forget_data=None, rng=None):
+  def init(self, params: Any, forget_data: Any = None, rng: Optional[jax.Array] = None) -> dict:
     """The step's state: ``{'params', 'opt_state', 'step', 'hparams', 'teacher', 'aux',
     'targets'}``. ``forget_data`` (the whole forget set, a batch as for ``step``) is needed
     by methods with a ``prepare`` (SalUn's saliency mask, SCRUB's teacher) and by AGE."""
@@ -232,7 +223,7 @@ class UnlearningStep:
     return schedule.pass_lengths(*self.data_sizes, forget_batch_size,
                                  retain_batch_size or forget_batch_size)
 
-  def batch_sizes(self, batch_size):
+  def batch_sizes(self, batch_size: int) -> tuple[int, int]:
     """``(forget, retain)`` batch sizes for this method's loaders: those its name fixes
     (SCRUB: its code's 512 and 256, each capped at ``data_sizes``), else ``batch_size``
     for both."""
@@ -240,7 +231,8 @@ class UnlearningStep:
     n, m = self.data_sizes if self.data_sizes else (math.inf, math.inf)
     return methods.batch_sizes(self.method, batch_size, n, m)
 
-  def data_at(self, step, forget_batch_size, retain_batch_size=None):
+  def data_at(self, step: int, forget_batch_size: int,
+              retain_batch_size: Optional[int] = None) -> str:
     """Which set step ``step`` of a scheduled method reads, ``'forget'`` or ``'retain'``
     (a loader advances only that stream; the step takes both batches and uses that one),
     with the hyperparameters given to :func:`make_unlearning_step`."""
@@ -249,7 +241,8 @@ class UnlearningStep:
     at = schedule.locate(step, self.method.schedule, self.hparams, lengths)
     return self.method.schedule[int(at.phase)].data
 
-  def total_steps(self, epochs, forget_batch_size, retain_batch_size=None):
+  def total_steps(self, epochs: float, forget_batch_size: int,
+                  retain_batch_size: Optional[int] = None) -> int:
     """Steps of ``epochs`` epochs of a scheduled method (its passes; fractions allowed)."""
     rules.check('epochs', epochs, rules.positive)   # as config.unlearn.epochs
     lengths = self._lengths(forget_batch_size, retain_batch_size)
@@ -263,7 +256,8 @@ class UnlearningStep:
     lengths = self._lengths(f.inputs.shape[0], r.inputs.shape[0])
     return schedule.locate(state['step'], self.method.schedule, hp, lengths).phase
 
-  def _step(self, state, forget_batch, retain_batch=None, rng=None):
+  def _step(self, state: dict, forget_batch: Any, retain_batch: Any = None,
+            rng: Optional[jax.Array] = None) -> tuple[dict, dict]:
     method = self.method
     rng = jax.random.key(0) if rng is None else rng
     hp = hparams_lib.HParams(self.static, state['hparams'])

@@ -1,6 +1,7 @@
-"""The run plan of a sweep, resolved once near the command line: its scenarios, its model
-seeds and its runs, each with the registry :class:`Method` and every effective
-hyperparameter.
+"""The run plan of a sweep: its scenarios, its model seeds and its runs, each with the
+registry :class:`Method` and every effective hyperparameter (:func:`hparams.resolve`, the
+resolver the public step uses too). It reads a config's ``unlearn``, ``reproduce``,
+``scenarios`` and seed fields, and lives with the methods and their hyperparameters.
 
 One precedence rule serves every task, lowest to highest:
 
@@ -19,7 +20,6 @@ Runs that end up with the same method and hyperparameters are run once.
 import dataclasses
 from typing import Any
 
-import ml_collections
 from absl import logging
 
 from cure_jax.infra import fingerprint, validation
@@ -92,18 +92,10 @@ def effective_hparams(unlearn_cfg, name, method, settings, cli_keys, settings_ty
   """Every effective ``config.unlearn`` value of registry ``method`` (named ``name``) with
   its own ``settings`` (``settings_typed(key)``: whether that setting was given on the
   command line)."""
-  hp = unlearn_cfg.to_dict()
-  hp.pop('overrides', None)
-  for key, value in settings.items():
-    if key not in hp:
-      raise ValueError(f'{name}: unknown hyperparameter {key!r}; choose from {sorted(hp)}.')
-    if f'unlearn.{key}' in cli_keys and not settings_typed(key):
-      logging.warning('%s: --config.unlearn.%s=%s from the command line wins over the config '
-                      "file's %s=%s for this method", name, key, hp[key], key, value)
-      continue
-    hp[key] = value
-  hp.update(dict(method.defaults))
-  return ml_collections.FrozenConfigDict(hp)
+  def applies(key):   # a value typed for every run wins over the file's per-run one
+    return not (f'unlearn.{key}' in cli_keys and not settings_typed(key))
+  return hparams.resolve(method, unlearn_cfg.to_dict(), settings,
+                         lambda key: f'config.unlearn.overrides.{name}.{key}', applies)
 
 
 def _entries(config, cli_keys, entries):
@@ -131,16 +123,13 @@ def _entries(config, cli_keys, entries):
 def runs(config, cli_keys=frozenset(), entries=None):
   """The runs of ``config.mode`` with their effective hyperparameters (precedence above).
 
-  ``entries``: plan these instead (method names; for an LM, run specs). ``config`` is
-  checked as on the command line first."""
-  validation.validate(config)
+  ``entries``: plan these instead (method names; for an LM, run specs). Each method name and
+  hyperparameter is checked by the core's rules (one line naming it); the rest of the config
+  is the entry point's to check (:func:`cure_jax.entry.validate`)."""
+  hparams.check_config(config.unlearn, 'config.unlearn')
   out, seen = [], set()
   for name, settings, typed in _entries(config, frozenset(cli_keys), entries):
-    method = methods.get(name)
-    if method.lm_only and config.get('task') != 'lm':
-      raise ValueError(f'Method {name!r} reads preferred answers or a layer\'s activations, '
-                       'which only the LM loop supplies; run it with an LM config '
-                       '(configs/authors.py, configs/tofu.py).')
+    method = methods.for_task(name, lm=config.get('task') == 'lm')
     run = Run(name, method,
               effective_hparams(config.unlearn, name, method, settings, cli_keys, typed))
     ident = (name, fingerprint.digest(run.record))

@@ -1,7 +1,7 @@
 """Saving a loaded LM as a Hugging Face model directory or a llama.cpp GGUF file: :func:`save`.
 
-The inverse of the importers (:mod:`~cure_jax.lm.hf_import`, :mod:`~cure_jax.lm.gguf_import`):
-what :func:`save` writes, :func:`cure_jax.lm.pretrained.load` reads back as the same model.
+The inverse of the importers (:mod:`~cure_jax.weights.hf_import`, :mod:`~cure_jax.weights.gguf_import`):
+what :func:`save` writes, :func:`cure_jax.weights.pretrained.load` reads back as the same model.
 Before the result is moved into place it is read back with the importer and its architecture
 and tokenizer compared with the saved LM's, so what a format cannot express (a RoPE scaling
 that is no llama3 ``rope_scaling``, a tokenizer GGUF cannot describe) is refused instead of
@@ -17,7 +17,7 @@ import tempfile
 
 import numpy as np
 
-from cure_jax.lm import gguf_export, gguf_import, hf_import, llama_layout
+from cure_jax.weights import gguf_export, gguf_import, hf_import, llama_layout
 
 FORMATS = ('hf', 'gguf')
 HF_DTYPES = ('float32', 'bfloat16', 'float16')
@@ -26,7 +26,7 @@ DEFAULT_SHARD_SIZE = 5 * 10**9  # bytes, as transformers' max_shard_size='5GB'
 
 # pylint: disable-next=redefined-builtin
 def save(lm, path, format='hf', *, params=None, dtype=None, shard_size=None):
-  """Writes ``lm`` (what :func:`~cure_jax.lm.pretrained.load` returns) to ``path``.
+  """Writes ``lm`` (what :func:`~cure_jax.weights.pretrained.load` returns) to ``path``.
 
   ``format='hf'``: the directory ``path`` (new, or empty) with ``config.json``
   (``LlamaForCausalLM``, or ``MistralForCausalLM`` with a sliding window; a llama3
@@ -36,13 +36,13 @@ def save(lm, path, format='hf', *, params=None, dtype=None, shard_size=None):
   tokens, the checkpoint's Jinja chat template) and ``generation_config.json``.
 
   ``format='gguf'``: the new file ``path`` (ending in ``.gguf``), llama.cpp's ``llama``
-  layout with its tokenizer and chat template (see :mod:`~cure_jax.lm.gguf_export`).
+  layout with its tokenizer and chat template (see :mod:`~cure_jax.weights.gguf_export`).
 
   ``max_position_embeddings`` (GGUF: ``context_length``) is ``lm.config.max_len``: load without
   ``max_len`` to keep the checkpoint's own.
 
   Args:
-    lm: a :class:`~cure_jax.lm.pretrained.Pretrained`.
+    lm: a :class:`~cure_jax.weights.pretrained.Pretrained`.
     path: the directory ('hf') or ``.gguf`` file ('gguf') to create.
     format: 'hf' or 'gguf'.
     params: the ``'params'`` tree to save (e.g. after unlearning); default ``lm.params``.

@@ -18,7 +18,7 @@ checkpoints (``config.model.original`` / ``.retrain``) skip that fine-tuning.
 Fine-tuned models live in the model cache of :mod:`cure_jax.infra.trainer` (same settings:
 reused; other settings: trained anew beside). Each finished (method, variant, seed) run is
 appended to ``runs.jsonl`` (:class:`cure_jax.infra.sweep_log.SweepLog`), so a killed
-``reproduce`` rerun skips it. Hyperparameter precedence: :mod:`cure_jax.infra.plan`.
+``reproduce`` rerun skips it. Hyperparameter precedence: :mod:`cure_jax.unlearning.plan`.
 """
 import dataclasses
 import math
@@ -28,8 +28,9 @@ from typing import Any
 
 from absl import logging
 
-from cure_jax.infra import fingerprint, plan, sweep_log, validation
-from cure_jax.lm import evaluate, exports, finetune, ou_files, report, setup, study, unlearn
+from cure_jax.infra import fingerprint, sweep_log
+from cure_jax.lm import (evaluate, exports, train, ou_files, report, setup, protocol, unlearn, validate)
+from cure_jax.unlearning import plan
 
 
 def _row(method, variant, seed, result, seconds, extra):
@@ -83,9 +84,9 @@ def _references(config, workdir, out, lm, splits, evaluator, retain_logs=None):
   with ``retain_logs`` (:class:`cure_jax.lm.ou_files.RetainLogs`) for every row, the
   retrain model's included.
   """
-  infos = {kind: study.model_info(config, workdir, kind, lm, splits)
+  infos = {kind: protocol.model_info(config, workdir, kind, lm, splits)
            for kind in ('original', 'retrain')}
-  params = {kind: study.finetuned(config, workdir, kind, lm.model, lm.tokenizer, splits, lm)
+  params = {kind: protocol.finetuned(config, workdir, kind, lm.model, lm.tokenizer, splits, lm)
             for kind in ('original', 'retrain')}
   extra = {'model_fingerprint': {k: i['fingerprint'] for k, i in infos.items()},
            'hparams': {k: v for k, v in config.finetune.to_dict().items()
@@ -206,15 +207,15 @@ def _forget_set(config, workdir, k, lm, runs, fns):
   start = time.time()
   out = exports.forget_set_dir(config, workdir, k)
   os.makedirs(out, exist_ok=True)
-  splits = study.load_splits(config.data, k)
+  splits = protocol.load_splits(config.data, k)
   # Encode before any training: an answer too long for the context fails in seconds.
-  data = {name: finetune.trim(study.encode(lm.tokenizer, splits[name], config, lm.template))
+  data = {name: train.trim(protocol.encode(lm.tokenizer, splits[name], config, lm.template))
           for name in ('forget', 'retain')}
-  data['names'] = study.forget_ids(config, lm.tokenizer, splits)
-  data['alternate'] = {kind: study.alternates(lm.tokenizer, splits['forget'], config,
+  data['names'] = protocol.forget_ids(config, lm.tokenizer, splits)
+  data['alternate'] = {kind: protocol.alternates(lm.tokenizer, splits['forget'], config,
                                               lm.template, kind)
                        for kind in sorted({r.method.alternate for r in runs} - {None})}
-  evaluator = evaluate.Evaluator(lm.model, lm.tokenizer, study.eval_splits(splits, config),
+  evaluator = evaluate.Evaluator(lm.model, lm.tokenizer, protocol.eval_splits(splits, config),
                                  lm.template, config.eval.batch_size, config.eval.max_new_tokens,
                                  config.model.max_len, config.eval.num_perturbed)
   retain_logs = _retain_logs(config, evaluator)
@@ -235,20 +236,25 @@ def run(config, workdir, cli_keys=frozenset()):
   """Runs ``config.mode``; returns the result rows (unlearn / reproduce) or None.
 
   ``cli_keys``: dotted config keys given on the command line (the precedence rule of
-  :mod:`cure_jax.infra.plan`). ``config`` is checked as :func:`cure_jax.infra.entry.run`
-  checks it (a lookup when that already did). With ``config.data.forget_sets > 1`` every
+  :mod:`cure_jax.unlearning.plan`). ``config`` is checked first, as
+  :func:`cure_jax.entry.run` checks it. With ``config.data.forget_sets > 1`` every
   forget set runs in ``WORKDIR/forget_set<k>`` (its own results and files) on the one
   fine-tuned original, and ``WORKDIR/results.*`` gather all rows: mean ± std over sets.
   """
-  validation.validate(config, workdir)
+  validate.validate_config(config, workdir)
+  return execute(config, workdir, cli_keys)
+
+
+def execute(config, workdir, cli_keys=frozenset()):
+  """:func:`run` of a config already checked (:func:`cure_jax.entry.run` checked it)."""
   start = time.time()
   if config.mode not in ('train_original', 'train_retrain'):
     runs = plan.runs(config, cli_keys)
     exports.check_targets(config, workdir, runs)   # before any model loads
   lm = setup.load_model(config)
   if config.mode in ('train_original', 'train_retrain'):
-    study.finetuned(config, workdir, config.mode.split('_')[1], lm.model, lm.tokenizer,
-                    study.load_splits(config.data), lm)
+    protocol.finetuned(config, workdir, config.mode.split('_')[1], lm.model, lm.tokenizer,
+                    protocol.load_splits(config.data), lm)
     return None
   fns = _model_fns(config, lm, runs)
   all_rows, samples, infos, seconds, forgotten = [], [], [], {}, []

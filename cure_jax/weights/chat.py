@@ -192,7 +192,7 @@ def render_template_string(chat_template, system=None, bos_token='', eos_token='
   return _escape(text).replace(_QUESTION_MARK, '{question}')
 
 
-# --- a loaded checkpoint's prompts (the methods of cure_jax.lm.pretrained.Pretrained) --------
+# --- a loaded checkpoint's prompts (the methods of cure_jax.weights.pretrained.Pretrained) --------
 
 def special_tokens(tokenizer):
   """The ``bos_token``/``eos_token`` texts a checkpoint's template renders with. bos: only the

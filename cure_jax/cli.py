@@ -1,6 +1,6 @@
 """What ``experiments/main.py`` does beyond defining its flags: absl parsing with one-line
 errors, None-valued config overrides, start-up validation and the call into
-:func:`cure_jax.infra.entry.run` (importable, so tests and other entry points share it).
+:func:`cure_jax.entry.run` (importable, so tests and other entry points share it).
 
 config_flags cannot override a field whose value is None (no type to parse with) nor set a
 typed field to None: such ``--config.key=value`` arguments are taken out before parsing and
@@ -134,7 +134,8 @@ def run_experiment(config, workdir, config_flag, verbose):
   """Deferred overrides, workdir and config checks, console set-up, then the run; a user
   error (bad value, missing file, NaN, corrupt checkpoint, a workdir in use by another run,
   a full disk, an unwritable log file) ends it with one line, exit 1."""
-  from cure_jax.infra import checkpointing, console, entry, locks, progress, validation
+  from cure_jax import entry
+  from cure_jax.infra import checkpointing, console, locks, progress, validation
   for key, value in DEFERRED.items():
     _set(config, key, value)
   try:

@@ -1,18 +1,18 @@
 """Writing a loaded LM as a llama.cpp GGUF file (architecture ``llama``): :func:`write`.
 
-The inverse of :mod:`cure_jax.lm.gguf_import`: llama.cpp tensor names, Q/K rows permuted
+The inverse of :mod:`cure_jax.weights.gguf_import`: llama.cpp tensor names, Q/K rows permuted
 back to interleaved pairs, llama3 RoPE divisors as ``rope_freqs``, and the tokenizer as
 ``tokenizer.ggml.*`` in the two kinds the importer rebuilds: byte-level BPE ('gpt2') and
 SentencePiece BPE ('llama', whose merges the importer derives from the scores written here).
 Tensors are converted and written one at a time, so the host never holds a second copy of
-the model. :func:`cure_jax.lm.export.save` checks what it wrote by reading it back.
+the model. :func:`cure_jax.weights.export.save` checks what it wrote by reading it back.
 """
 import json
 import re
 
 import numpy as np
 
-from cure_jax.lm import gguf_import, llama_layout
+from cure_jax.weights import gguf_import, llama_layout
 
 DTYPES = ('float32', 'float16', 'bfloat16', 'q8_0')
 _TOKEN_NORMAL, _TOKEN_UNKNOWN, _TOKEN_CONTROL = 1, 2, 3

@@ -3,24 +3,24 @@
 GROGU needs, per example j, only ``c_j = ⟨g_H,j, g_S,j⟩``, ``‖g_H,j‖²`` and ``‖g_S,j‖²``,
 then ``G = ∇θ mean_j [a_j ℓ_H,j + b_j ℓ_S,j]`` with ``a_j, b_j`` held constant. The work:
 
-1. One forward pass under :mod:`cure_jax.unlearning.layer_calls`: every parameter-leaf call (``nn.Dense``,
+1. One forward pass under :mod:`cure_jax.unlearning.grogu.layer_calls`: every parameter-leaf call (``nn.Dense``,
    ``nn.Conv``, ``nn.Embed`` lookup and tied ``attend``, norms and other leaves) saves its
    inputs and gets a zero added to its output.
 2. Two *activation* pulls of that forward's vjp, taken with respect to the added zeros only
    (parameters are constants: no weight gradients), seeded with each loss's logit cotangent:
    the per-example output cotangents ``B_H``, ``B_S`` of every call.
-3. Per leaf (:func:`cure_jax.unlearning.ghost.leaf_plan`), the per-example inner products, and
+3. Per leaf (:func:`cure_jax.unlearning.grogu.ghost.leaf_plan`), the per-example inner products, and
 4. the direction from what is already there: a weight used as ``y = x W`` gets
    ``Σ_j x_jᵀ (a_j B_H,j + b_j B_S,j)/B`` (biases: summed cotangents; embeddings: a
    scatter-add; ``attend``: the combined cotangent times the query; generic leaves: weighted
    sums of their per-example gradients). There is no third pass through the network.
 
-Choices, per layer by shape (:func:`cure_jax.unlearning.ghost.ghost_is_cheaper`): with ``N`` rows per
+Choices, per layer by shape (:func:`cure_jax.unlearning.grogu.ghost.ghost_is_cheaper`): with ``N`` rows per
 example (positions), ``P`` inputs and ``Q`` outputs, the ghost identity costs about
 ``N²(P+3Q) + NPQ`` multiply-adds per example (three Gram pairs, then one weight-gradient
 product for the direction) and materialising ``2NPQ`` (the gradient of each seed, whose
 weighted sum is then the direction for free); the cheaper wins, unless the per-example
-gradients would exceed :data:`cure_jax.unlearning.ghost.MATERIALISE_MAX_BYTES`. Early convolutions
+gradients would exceed :data:`cure_jax.unlearning.grogu.ghost.MATERIALISE_MAX_BYTES`. Early convolutions
 (many positions) materialise, late ones and transformer projections use the ghost form.
 Pulls (:func:`pull_plan`): one pull vmapped over the two seeds doubles the backward's working
 set at once; two pulls keep only the first seed's cotangents alive meanwhile, which GROGU
@@ -31,7 +31,7 @@ of the cotangents held (then one vmapped pull, with larger and fewer matrix prod
 Requirements, checked by :func:`supports` (a caller falls back to the ``jax.vmap`` reference,
 :func:`cure_jax.unlearning.grogu.grogu_direction`, with a logged notice): every parameter belongs to a
 recorded leaf call and is read nowhere else; examples do not interact (BatchNorm frozen, no
-batch statistics anywhere; see :mod:`cure_jax.unlearning.grogu_checks`); every recorded call's inputs
+batch statistics anywhere; see :mod:`cure_jax.unlearning.grogu.checks`); every recorded call's inputs
 and outputs and the logits lead with the batch.
 """
 import dataclasses
@@ -41,7 +41,8 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 
-from cure_jax.unlearning import ghost, grogu, grogu_checks, layer_calls
+from cure_jax.unlearning import grogu
+from cure_jax.unlearning.grogu import checks as grogu_checks, ghost, layer_calls
 
 IMPLEMENTATIONS = ('fast', 'vmap')
 

@@ -1,4 +1,4 @@
-"""Checks that a model fits the fast GROGU path's assumptions (see :mod:`cure_jax.unlearning.grogu_fast`).
+"""Checks that a model fits the fast GROGU path's assumptions (see :mod:`cure_jax.unlearning.grogu.fast`).
 
 1. Parameters reach the outputs only through recorded layer calls: trace the forward with
    every call re-run on ``stop_gradient`` of its own parameters and ask whether the outputs'
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cure_jax.unlearning import layer_calls
+from cure_jax.unlearning.grogu import layer_calls
 
 # Primitive parameters holding a sub-jaxpr whose inputs are the equation's inputs, in order.
 _CALL_JAXPRS = ('jaxpr', 'call_jaxpr', 'fun_jaxpr')
@@ -89,7 +89,7 @@ def _randomise(tree, rng, name):
 def examples_interact(root, batch, rtol=1e-4):
   """Whether row 0 of the root call's outputs or its layer outputs depends on other rows.
 
-  ``root`` is :func:`cure_jax.unlearning.layer_calls.traced_apply`'s description of the outermost call.
+  ``root`` is :func:`cure_jax.unlearning.grogu.layer_calls.traced_apply`'s description of the outermost call.
   Returns ``''`` when it does not, else a one-line reason.
   """
   if batch < 2:

@@ -10,7 +10,8 @@ Their optimizer (SGD with momentum 0.9) is the registry entries' ``defaults``
 import jax
 import jax.numpy as jnp
 
-from cure_jax.unlearning import losses, objectives, saliency
+from cure_jax.unlearning import losses, objectives
+from cure_jax.unlearning.baselines import saliency
 from cure_jax.unlearning.directions import loss_direction
 from cure_jax.unlearning.schedule import FORGET, RETAIN, Phase
 
@@ -23,7 +24,7 @@ def _decayed(value, g, params, wd):
 # ---- SalUn ----------------------------------------------------------------------------------
 
 def salun_prepare(apply, params, forget, rng, hp):
-  """SalUn's saliency mask over the whole forget set (:mod:`cure_jax.unlearning.saliency`)."""
+  """SalUn's saliency mask over the whole forget set (:mod:`cure_jax.unlearning.baselines.saliency`)."""
   return saliency.saliency_mask(apply, params, forget.inputs, forget.label, hp.salun_fraction)
 
 

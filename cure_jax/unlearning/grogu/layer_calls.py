@@ -8,7 +8,7 @@ cotangents. Calls made inside an intercepted call are not intercepted again (a l
 helper methods would otherwise count its parameters twice).
 
 Kinds: ``dense``, ``conv``, ``embed``, ``attend`` have closed-form per-example gradients
-(:mod:`cure_jax.unlearning.ghost`); ``generic`` layers (norm scales, grouped convolutions, custom
+(:mod:`cure_jax.unlearning.grogu.ghost`); ``generic`` layers (norm scales, grouped convolutions, custom
 leaves) get theirs by ``vmap`` of the layer's own vjp over the examples.
 """
 import dataclasses

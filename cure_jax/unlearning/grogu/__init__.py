@@ -1,12 +1,18 @@
 """GROGU: Guided Restricted Orthogonal Gradient Unlearning (docs/methods.md).
 
 Per example j, ``g_j = Proj⊥_{g_S,j}(g_H,j) + Proj⊥_{g_H,j}(g_S,j)`` over the whole
-parameter pytree; the update direction is ``mean_j g_j``. This module holds the reference
-implementation with ``jax.vmap(jax.grad)``; :mod:`cure_jax.unlearning.grogu_fast` computes the same
-direction from per-example inner products only.
+parameter pytree; the update direction is ``mean_j g_j``. This package holds the reference
+implementation with ``jax.vmap(jax.grad)`` (here); ``fast`` computes the same direction from
+per-example inner products only, over the layer calls one forward records (``layer_calls``),
+each leaf's inner products in its cheaper form (``ghost``), after ``checks`` found the model
+within the fast path's assumptions; ``fast.choose_impl`` picks the implementation.
 """
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
+
+Loss = Callable[[Any, Any], jax.Array]   # (params, one example) -> scalar loss
 
 
 def accumulation_dtype(*dtypes):
@@ -42,7 +48,8 @@ def grogu_coefficients(inner, sq_norm_h, sq_norm_s, eps):
   return 1.0 - inner / (sq_norm_h + eps), 1.0 - inner / (sq_norm_s + eps)
 
 
-def grogu_direction(loss_h, loss_s, params, batch, *, eps, w_h=1.0, w_s=1.0):
+def grogu_direction(loss_h: Loss, loss_s: Loss, params: Any, batch: Any, *, eps: float,
+                    w_h: float = 1.0, w_s: float = 1.0) -> Any:
   """Reference GROGU direction with per-example gradients (``jax.vmap(jax.grad)``).
 
   Args:

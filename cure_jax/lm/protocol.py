@@ -6,7 +6,8 @@ from absl import logging
 
 from cure_jax.data import authors, refusals, tofu as tofu_data
 from cure_jax.infra import fingerprint, trainer
-from cure_jax.lm import finetune, pretrained, setup
+from cure_jax.lm import train, setup
+from cure_jax.weights import pretrained
 
 
 def load_splits(data_cfg, forget_set=0):
@@ -75,7 +76,7 @@ def finetuned(config, workdir, kind, model, tokenizer, splits, lm=None):
     logging.info('%s model: the fine-tuned checkpoint %s', kind, config.model[kind])
     return setup.load_params(config, config.model[kind], model)
   items = train_sets(splits, config)[kind]
-  return finetune.finetune(model, encode(tokenizer, items, config, lm.template),
+  return train.finetune(model, encode(tokenizer, items, config, lm.template),
                            config.finetune, config.seed, info['directory'], info['settings'],
                            name=f'finetune {kind}', init_params=lm.params,
                            mode=config.model.sharding)
@@ -128,7 +129,7 @@ def alternates(tokenizer, items, config, template, kind):
       raise ValueError('DPO prefers a perturbed answer, but a forget item has none; use '
                        'idkdpo (refusals) or items with perturbed answers.')
     rows = [dict(item, alternates=list(item['perturbed_answer'][:count])) for item in items]
-  encoded = finetune.trim(tofu_data.encode_answers(tokenizer, rows, config.model.max_len,
+  encoded = train.trim(tofu_data.encode_answers(tokenizer, rows, config.model.max_len,
                                                    'alternates', template))
   n = len(rows)
   return {k: encoded[k].reshape((n, -1) + encoded[k].shape[1:]) for k in ('tokens', 'loss_mask')}

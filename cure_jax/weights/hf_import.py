@@ -10,7 +10,7 @@ weights are transposed to Dense kernels.
 import json
 import os
 
-from cure_jax.lm import import_checks, llama_layout
+from cure_jax.weights import import_checks, llama_layout
 from cure_jax.models.causal_lm import LMConfig
 from cure_jax.text.tokenizer import HFTokenizer
 
@@ -194,7 +194,7 @@ def read_tokenizer(directory):
 
 
 def read(directory, max_len=None, dtype='float32'):
-  """A :class:`~cure_jax.lm.llama_layout.Checkpoint` of a Hugging Face model directory."""
+  """A :class:`~cure_jax.weights.llama_layout.Checkpoint` of a Hugging Face model directory."""
   directory = os.fspath(directory)
   cfg = read_config(directory, max_len, dtype)
   tokenizer, chat_template = read_tokenizer(directory)

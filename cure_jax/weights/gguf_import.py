@@ -8,7 +8,7 @@ rebuilt from ``tokenizer.ggml.*`` with the ``tokenizers`` package.
 """
 import numpy as np
 
-from cure_jax.lm import import_checks, llama_layout
+from cure_jax.weights import import_checks, llama_layout
 from cure_jax.models.causal_lm import LMConfig
 from cure_jax.text.tokenizer import HFTokenizer
 
@@ -208,7 +208,7 @@ def _dequantize(tensor):
 
 
 def read(path, max_len=None, dtype='float32'):
-  """A :class:`~cure_jax.lm.llama_layout.Checkpoint` of the GGUF file at ``path``."""
+  """A :class:`~cure_jax.weights.llama_layout.Checkpoint` of the GGUF file at ``path``."""
   reader = _open(path)
   tensors = {t.name: t for t in reader.tensors}
   cfg = _config(reader, path, tensors, max_len, dtype)

@@ -18,7 +18,7 @@ interact and GROGU's per-example gradients are well defined.
 A scheduled method (:mod:`cure_jax.unlearning.schedule`: SCRUB, SalUn with retain data)
 runs its passes instead: each step's phase, pass and batch come from the step index, the
 forget set size and the traced retain subset size, and a pass draws every example of its
-set once in a fresh seeded order (:func:`cure_jax.classification.run_batches.pass_batch`).
+set once in a fresh seeded order (:func:`cure_jax.classification.unlearn_batches.pass_batch`).
 """
 import dataclasses
 import functools
@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cure_jax.classification import run_batches
+from cure_jax.classification import unlearn_batches
 from cure_jax.infra import sharding
 from cure_jax.unlearning import hparams as hparams_lib, methods, objectives, schedule
 from cure_jax.unlearning import step as step_lib
@@ -122,7 +122,7 @@ class Programs:
       if method.needs_target:
         targets_K = objectives.age_targets(teacher_logits, forget_y, jnp.arange(size) < n, mask_K)
       params = variables['params']
-      caches = (run_batches.perm_cache(size), run_batches.perm_cache(retain_x.shape[0]))
+      caches = (unlearn_batches.perm_cache(size), unlearn_batches.perm_cache(retain_x.shape[0]))
       return (teacher_logits, targets_K), (params, tx.init(params), jnp.int32(-1), caches)
 
     def body(step, carry, variables, aux, consts, forget_x, forget_y, n, retain_x, retain_y, m,
@@ -133,7 +133,7 @@ class Programs:
       teacher_logits, targets_K = consts
       params, opt_state, bad, caches = carry
       f_batch = r_batch = None
-      f_idx, r_idx, drawn, caches = run_batches.draw(method, step, key, n, size, m,
+      f_idx, r_idx, drawn, caches = unlearn_batches.draw(method, step, key, n, size, m,
                                                      retain_x.shape[0], stream_batches, hp,
                                                      caches)
       if method.uses_forget:
@@ -271,7 +271,7 @@ def fused_loop():
 
 
 def run_group(programs, run, data, starts, keys, vmapped):
-  """Runs ``run`` (:class:`cure_jax.infra.plan.Run`) from each start model in ``starts``.
+  """Runs ``run`` (:class:`cure_jax.unlearning.plan.Run`) from each start model in ``starts``.
 
   ``data``: :class:`RunData`; ``keys``: one PRNG key (uint32 key data) per run.
   Returns ``(params_list, first_bad_steps, seconds_per_run, compile_s)``; compile time is

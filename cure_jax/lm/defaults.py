@@ -53,7 +53,7 @@ def get_config(arg=None):
   c.seeds = 2                 # unlearning seeds per run (0..seeds-1)
 
   c.model = ml_collections.ConfigDict()   # LMConfig fields (vocab_size from the tokenizer)
-  # A pretrained checkpoint to start from (anything cure_jax.lm.pretrained.load takes: an HF
+  # A pretrained checkpoint to start from (anything cure_jax.weights.pretrained.load takes: an HF
   # directory, a .gguf file, 'smollm2-135m-instruct'); '' trains the byte-level LM below
   # from scratch. With a checkpoint its architecture wins; only dtype and max_len apply.
   c.model.pretrained = ''
