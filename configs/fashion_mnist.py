@@ -94,6 +94,7 @@ def get_config(arg=None):
   config.tune.lrs = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)
   config.tune.epochs = (1, 2)
   config.tune.seeds = 1
+  config.tune.model_seeds = 1   # tuning's own model (seed config.tune.seed), never reported
   if arg == 'smoke':
     config.scenarios = '6;1'
     config.model_seeds = 2

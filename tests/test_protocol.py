@@ -227,10 +227,17 @@ def test_tune_scores_on_validation_and_records_its_rule(first):
   workdir = first[0]
   config = tiny_config()
   config.mode = 'tune'
-  config.tune.update(lrs=(0.003, 0.03), epochs=(1,), temperatures=(2.0, 4.0), seeds=1)
+  config.tune.update(lrs=(0.003, 0.03), epochs=(1,), temperatures=(2.0, 4.0), seeds=1,
+                     model_seeds=1)
   config.reproduce.methods = ('ghr', 'gsr')
   choices = entry.run(config, str(workdir))
   doc = json.loads((workdir / 'tune.json').read_text())
+  # Its own models and keys: no tuning run shares a start, seed or batch order with a
+  # reported one (the reported run 0 starts from model 0 with key 0).
+  assert doc['rule']['model_seeds'] == [1000] and doc['rule']['reported_model_seeds'] == [0]
+  lines = (workdir / 'tune.jsonl').read_text().splitlines()[1:]
+  tuned = [row for line in lines if line for row in json.loads(line)['rows']]
+  assert tuned and {(r['model_seed'], r['seed']) for r in tuned} == {(1000, 1000)}
   assert doc['choices'] == choices and set(choices) == {'ghr', 'gsr'}
   assert doc['rule']['trials_per_method'] == 2 and doc['rule']['split'] == 'val'
   assert doc['rule']['dataset'] == 'digits'
@@ -242,6 +249,7 @@ def test_tune_scores_on_validation_and_records_its_rule(first):
                             for t in doc['trials'] if t['method'] == 'gsr']
   table = (workdir / 'tune.md').read_text()
   assert 'the same 2 trials for every method' in table
+  assert "from the original models [1000] (tuning's own: the reported runs use [0]" in table
   for name in ('ghr', 'gsr'):
     line = next(l for l in table.splitlines() if l.startswith(f'| {name} |'))
     assert f'lr {choices[name]["lr"]:g}, epochs 1' in line

@@ -87,6 +87,11 @@ BAD_TUNE = [
     ('tune.temperatures', (), 'config.tune.temperatures=()'),
     ('tune.seeds', 0, 'config.tune.seeds=0'),
     ('tune.min_retain_acc', 1.5, 'config.tune.min_retain_acc=1.5 is not allowed: use a fraction'),
+    ('tune.seed', -1, 'config.tune.seed=-1 is not allowed: use a whole number >= 0'),
+    ('tune.model_seeds', 0, 'config.tune.model_seeds=0 is not allowed: use a whole number >= 1'),
+    # Tuning from a reported model (the smoke config reports model 0): refused, naming it.
+    ('tune.seed', 0, 'config.tune.model_seeds=2 is not allowed: model seed(s) [0, 1] are '
+                     'reported models'),
 ]
 BAD_LM = [
     ('finetune.batch_size', 0, 'config.finetune.batch_size=0'),

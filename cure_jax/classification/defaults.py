@@ -89,6 +89,12 @@ def classification_config():
   c.tune.epochs = (5, 10)
   c.tune.temperatures = (2.0, 4.0, 8.0)
   c.tune.seeds = 2
+  # Tuning trains its own original (and retrain) models, seeds tune.seed .. tune.seed+K-1
+  # (K = tune.model_seeds), and its runs draw unlearning keys from tune.seed on: no model,
+  # seed or batch order of a tuning trial is one a reported run uses (config.model_seeds,
+  # seeds from config.seed; the two sets of model seeds must not meet).
+  c.tune.model_seeds = 2
+  c.tune.seed = 1000
   # A trial with any run's val retain acc below this has destroyed the model (GradAsc's
   # collapse onto one or two classes) and is not eligible, as diverged trials are not: which
   # classes a collapsed model keeps is chaotic in floating point (not reproducible across

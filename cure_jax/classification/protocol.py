@@ -89,6 +89,7 @@ class Study:
   n_runs: int                # runs per method and scenario
   timings: Timings
   margins_dir: Any = None    # where each evaluated model's KLOM margins go; None: nowhere
+  first_run_seed: int = 0    # run i's unlearning key; tuning's start at config.tune.seed
 
 
 def make_study(config, workdir, split='test', kinds=('original', 'retrain'), n_runs=None,
@@ -106,14 +107,15 @@ def make_study(config, workdir, split='test', kinds=('original', 'retrain'), n_r
 
 
 def build_study(config, workdir, split='test', kinds=('original', 'retrain'), n_runs=None,
-                runs=()):
-  """:func:`make_study` of a config already checked (the task's ``execute``)."""
+                runs=(), model_seeds=None, first_run_seed=0):
+  """:func:`make_study` of a config already checked (the task's ``execute``); ``model_seeds``
+  and ``first_run_seed`` (tuning's own) replace ``config.model_seeds`` and run i's key i."""
   timings = Timings()
   with timings.phase('load'):
     sharding.maybe_initialize_distributed(config.distributed)
     data = load_dataset(config.data)
   sizes.check(config, data, plan.scenarios(config, data.num_classes), runs, kinds)
-  seeds = plan.model_seeds(config)
+  seeds = tuple(model_seeds) if model_seeds is not None else plan.model_seeds(config)
   mesh, group_mesh = sharding.make_mesh(), model_groups.seeds_mesh(config)
   model = models.get_model(config.model.name, data.num_classes, config.model.dtype)
   trained = functools.partial(model_groups.train_models, config, workdir, data=data,
@@ -147,7 +149,8 @@ def build_study(config, workdir, split='test', kinds=('original', 'retrain'), n_
   return Study(config, data, model, mesh, seeds, originals, scenarios, evaluator, programs,
                model_groups.resolve_seed_parallel(config.seed_parallel),
                n_runs or config.seeds, timings,
-               os.path.join(workdir, evaluate.MARGINS_DIR) if keep_margins else None)
+               os.path.join(workdir, evaluate.MARGINS_DIR) if keep_margins else None,
+               first_run_seed)
 
 
 def reference_rows(study):
@@ -211,7 +214,7 @@ def run_data(study, sc, run, seeds):
 def run_units(study, run):
   """``[(unit_id, scenario, [(model index, seed), ...]), ...]`` in sweep order."""
   k = len(study.model_seeds)
-  runs = [(i % k, i) for i in range(study.n_runs)]
+  runs = [(i % k, study.first_run_seed + i) for i in range(study.n_runs)]
   groups = model_groups.seed_groups(runs, study.programs.mesh if study.seed_parallel else None,
                                     study.config.models_per_device)
   hp_key = fingerprint.digest(run.record)

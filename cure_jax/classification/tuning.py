@@ -2,8 +2,10 @@
 
 Every method gets the same trials (:func:`trials`: the ``config.tune.lrs`` × ``epochs`` grid,
 a method's own temperature searched inside it), each trial runs the protocol on the
-validation split (every scenario, ``config.tune.seeds`` runs from the K original models),
-and :func:`select` applies the paper's rule: among trials whose worst scenario's mean forget
+validation split (every scenario, ``config.tune.seeds`` runs from tuning's own original
+models, ``config.tune.model_seeds`` from ``config.tune.seed``, with unlearning keys from
+``config.tune.seed`` on: no trial starts from a reported model or draws a reported run's
+batches), and :func:`select` applies the paper's rule: among trials whose worst scenario's mean forget
 accuracy is at most ``config.reproduce.forget_threshold``, the best mean retain accuracy;
 diverged and collapsed trials are not eligible. Writes ``tune.json`` (the rule, the choices,
 every trial) and ``tune.md`` (the choices as a table) in the workdir.
@@ -19,6 +21,7 @@ from absl import logging
 
 from cure_jax.classification import protocol
 from cure_jax.infra import files, sweep_log
+from cure_jax.unlearning import plan
 
 
 def _uses_temperature(run):
@@ -80,7 +83,8 @@ def tune(config, workdir, runs):
   the config's ``unlearn.overrides``). A method whose every trial diverged gets no choice
   (a warning, and a line in tune.md), and the other methods are still tuned."""
   study = protocol.build_study(config, workdir, split='val', n_runs=config.tune.seeds,
-                               runs=runs)
+                               runs=runs, model_seeds=plan.tune_model_seeds(config),
+                               first_run_seed=config.tune.seed)
   log = sweep_log.SweepLog(os.path.join(workdir, 'tune.jsonl'),
                            protocol.sweep_key(config, extra=('tune',)))
   threshold, choices, records = config.reproduce.forget_threshold, {}, []
@@ -105,7 +109,9 @@ def tune(config, workdir, runs):
           'lrs': list(config.tune.lrs), 'epochs': list(config.tune.epochs),
           'temperatures': list(config.tune.temperatures), 'split': 'val',
           'scenarios': [sc.label for sc in study.scenarios],
-          'model_seeds': list(study.model_seeds), 'runs_per_scenario': config.tune.seeds,
+          'model_seeds': list(study.model_seeds), 'first_run_seed': study.first_run_seed,
+          'reported_model_seeds': list(plan.model_seeds(config)),
+          'runs_per_scenario': config.tune.seeds,
           'forget_threshold': threshold, 'min_retain_acc': config.tune.min_retain_acc,
           'seconds': round(time.perf_counter() - begin, 1)}
   doc = {'rule': rule, 'choices': choices, 'trials': records}
@@ -141,6 +147,14 @@ def merge(doc, update, why):
   return dict(doc, choices=choices, trials=trials, retuned=retuned)
 
 
+def _own(rule):
+  """How the tuning models stand to the reported ones (older tune.json files lack it)."""
+  if 'reported_model_seeds' not in rule:
+    return ' (the reported runs\' own models: this tuning predates tuning seeds of its own)'
+  return (f' (tuning\'s own: the reported runs use {rule["reported_model_seeds"]}; unlearning '
+          f'keys from {rule["first_run_seed"]})')
+
+
 def _setting(trial):
   return ', '.join(f'{k} {trial[k]:g}' for k in ('lr', 'epochs', 'temperature') if k in trial)
 
@@ -154,7 +168,7 @@ def markdown(doc, methods, dataset):
            f'{rule["lrs"]} × epochs {rule["epochs"]}; a method with its own temperature '
            f'searches {rule["temperatures"]} inside them), {rule["runs_per_scenario"]} '
            f'run(s) per scenario {rule["scenarios"]} from the original models '
-           f'{rule["model_seeds"]}; chosen: the best mean validation retain accuracy among '
+           f'{rule["model_seeds"]}{_own(rule)}; chosen: the best mean validation retain accuracy among '
            f'trials whose worst scenario\'s mean forget accuracy is ≤ '
            f'{rule["forget_threshold"]:g}, else the lowest forget accuracy; diverged trials and '
            f'trials with a run below retain {rule["min_retain_acc"]:g} (collapsed) are not '

@@ -88,6 +88,12 @@ def validate(config, num_devices):
       if not values or not all(positive(v) for v in values):
         fail(f'config.tune.{key}', values, 'give a non-empty list of numbers > 0')
     check('config.tune.seeds', config.tune.seeds, positive_int)
+    check('config.tune.seed', config.tune.seed, nonnegative_int)
+    shared = sorted(set(plan.tune_model_seeds(config)) & set(plan.model_seeds(config)))
+    if shared:
+      fail('config.tune.model_seeds', config.tune.model_seeds,
+           f'model seed(s) {shared} are reported models (config.model_seeds from config.seed); '
+           'tuning must start from models no reported run uses: move config.tune.seed')
     check('config.tune.min_retain_acc', config.tune.min_retain_acc, fraction_closed)
 
 

@@ -153,6 +153,13 @@ def scenarios(config, num_classes):
   return list(zip(labels, parsed))
 
 
+def tune_model_seeds(config):
+  """Training seeds of the models tuning runs start from: ``config.tune.model_seeds`` (a
+  count from ``config.tune.seed``, or a comma list), never a reported model's."""
+  return validation.parse_model_seeds(config.tune.model_seeds, config.tune.seed,
+                                      'config.tune.model_seeds')
+
+
 def model_seeds(config):
   """Training seeds of the K original (and per scenario K retrain) models:
   ``config.model_seeds`` is a count K (seeds ``config.seed .. config.seed+K-1``) or an
