@@ -253,7 +253,7 @@ def test_tune_scores_on_validation_and_records_its_rule(first):
   for name in ('ghr', 'gsr'):
     line = next(l for l in table.splitlines() if l.startswith(f'| {name} |'))
     assert f'lr {choices[name]["lr"]:g}, epochs 1' in line
-    assert sum(int(v) for v in line.split('|')[-2].split('/')) == 2   # ok / diverged / collapsed
+    assert sum(int(v) for v in line.split('|')[-3].split('/')) == 2   # ok / diverged / collapsed
 
 
 def test_tune_markdown_names_methods_without_a_choice():
@@ -268,8 +268,18 @@ def test_tune_markdown_names_methods_without_a_choice():
                     {'method': 'gradasc', 'lr': 0.1, 'epochs': 1.0, 'status': 'diverged'},
                     {'method': 'gradasc', 'lr': 1.0, 'epochs': 1.0, 'status': 'diverged'}]}
   text = tuning.markdown(doc, ['ghr', 'gradasc'], 'toy')
-  assert '| ghr | lr 0.1, epochs 1 | 0.900 | 0.000 | yes | 1 / 0 / 1 |' in text
-  assert '| gradasc | – (every trial diverged) | – | – | – | 0 / 2 / 0 |' in text
+  assert '| ghr | lr 0.1, epochs 1 | 0.900 | 0.000 | yes | 1 / 0 / 1 | lr min |' in text
+  assert '| gradasc | – (every trial diverged) | – | – | – | 0 / 2 / 0 | – |' in text
+  assert '1 of 1 choices sit on an edge of the grid' in text
+
+
+def test_grid_edges_name_the_dimensions_a_choice_did_not_bracket():
+  rule = {'lrs': [0.01, 0.1, 0.001], 'epochs': [1, 10], 'temperatures': [2.0, 4.0, 8.0]}
+  assert tuning.grid_edges({'lr': 0.1, 'epochs': 10.0, 'temperature': 4.0}, rule) == [
+      'lr max', 'epochs max']
+  assert tuning.grid_edges({'lr': 0.001, 'epochs': 1.0, 'temperature': 2.0}, rule) == [
+      'lr min', 'epochs min', 'temperature min']
+  assert tuning.grid_edges({'lr': 0.01, 'epochs': 1.0}, dict(rule, epochs=[1])) == []
 
 
 def test_a_retuned_method_replaces_its_trials_in_place(tmp_path):

@@ -155,6 +155,21 @@ def _own(rule):
           f'keys from {rule["first_run_seed"]})')
 
 
+def grid_edges(choice, rule):
+  """The grid dimensions ``choice`` sits on an edge of (``'lr max'``, ``'epochs max'``, ...):
+  the grid did not bracket the best value there, so a wider one might choose otherwise."""
+  grids = {'lr': rule['lrs'], 'epochs': rule['epochs'], 'temperature': rule['temperatures']}
+  out = []
+  for key in ('lr', 'epochs', 'temperature'):
+    values = sorted(float(v) for v in grids[key])
+    if key in choice and len(values) > 1:
+      if float(choice[key]) == values[0]:
+        out.append(f'{key} min')
+      elif float(choice[key]) == values[-1]:
+        out.append(f'{key} max')
+  return out
+
+
 def _setting(trial):
   return ', '.join(f'{k} {trial[k]:g}' for k in ('lr', 'epochs', 'temperature') if k in trial)
 
@@ -177,7 +192,7 @@ def markdown(doc, methods, dataset):
              f'{", ".join(r["methods"])}, {r["why"]}' for r in doc.get('retuned', [])],
            *([''] if doc.get('retuned') else []),
            '| Method | Chosen | Val retain | Worst-scenario val forget | Under threshold | '
-           'Trials ok / diverged / collapsed |', '|---|---|---|---|---|---|']
+           'Trials ok / diverged / collapsed | On a grid edge |', '|---|---|---|---|---|---|---|']
   for name in methods:
     mine = [t for t in doc['trials'] if t['method'] == name]
     ok = [t for t in mine if t['status'] == 'ok']
@@ -185,10 +200,14 @@ def markdown(doc, methods, dataset):
     counts = f'{len(ok) - collapsed} / {len(mine) - len(ok)} / {collapsed}'
     choice = doc['choices'].get(name)
     if choice is None:
-      lines.append(f'| {name} | – (every trial diverged) | – | – | – | {counts} |')
+      lines.append(f'| {name} | – (every trial diverged) | – | – | – | {counts} | – |')
       continue
     best = next(t for t in ok if all(t[k] == v for k, v in choice.items()))
     under = 'yes' if best['forget_acc'] <= rule['forget_threshold'] + 1e-12 else 'no'
+    edges = ', '.join(grid_edges(choice, rule)) or '–'
     lines.append(f'| {name} | {_setting(choice)} | {best["retain_acc"]:.3f} | '
-                 f'{best["forget_acc"]:.3f} | {under} | {counts} |')
+                 f'{best["forget_acc"]:.3f} | {under} | {counts} | {edges} |')
+  on_edge = sum(bool(grid_edges(c, rule)) for c in doc['choices'].values())
+  lines += ['', f'{on_edge} of {len(doc["choices"])} choices sit on an edge of the grid (the '
+            'last column): there the grid did not bracket the best value.']
   return '\n'.join(lines) + '\n'
