@@ -183,7 +183,7 @@ def markdown(doc, methods, dataset):
            f'{rule["lrs"]} × epochs {rule["epochs"]}; a method with its own temperature '
            f'searches {rule["temperatures"]} inside them), {rule["runs_per_scenario"]} '
            f'run(s) per scenario {rule["scenarios"]} from the original models '
-           f'{rule["model_seeds"]}{_own(rule)}; chosen: the best mean validation retain accuracy among '
+           f'{rule["model_seeds"][:rule["runs_per_scenario"]]}{_own(rule)}; chosen: the best mean validation retain accuracy among '
            f'trials whose worst scenario\'s mean forget accuracy is ≤ '
            f'{rule["forget_threshold"]:g}, else the lowest forget accuracy; diverged trials and '
            f'trials with a run below retain {rule["min_retain_acc"]:g} (collapsed) are not '
