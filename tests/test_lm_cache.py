@@ -131,8 +131,8 @@ def test_changed_config_starts_the_sweep_afresh_with_the_same_models(copy, monke
 
 def test_cosmetic_settings_reuse_the_model(first, copy, monkeypatch):
   _no_fine_tuning(monkeypatch)
-  config = _smoke(**{'mode': 'train_original', 'train.log_every': 1,
-                     'train.checkpoint_every': 1, 'eval.batch_size': 8})
+  config = _smoke(**{'mode': 'train_original', 'finetune.log_every': 1,
+                     'finetune.checkpoint_every': 1, 'eval.batch_size': 8})
   assert entry.run(config, str(copy)) is None
   assert _models(copy) == _models(first[0])
 
@@ -140,7 +140,7 @@ def test_cosmetic_settings_reuse_the_model(first, copy, monkeypatch):
 def test_changed_lr_trains_a_new_model_beside_the_old(first, copy):
   [old] = [m for m in _models(copy) if m.startswith('original-')]
   before = (copy / 'models' / old / 'model.json').read_text()
-  assert entry.run(_smoke(**{'mode': 'train_original', 'train.lr': 1e-3}), str(copy)) is None
+  assert entry.run(_smoke(**{'mode': 'train_original', 'finetune.lr': 1e-3}), str(copy)) is None
   new = [m for m in _models(copy) if m.startswith('original-') and m != old]
   assert len(new) == 1 and len(_models(copy)) == 3
   assert (copy / 'models' / old / 'model.json').read_text() == before
