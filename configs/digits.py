@@ -4,7 +4,7 @@ Command (K = 5 original models, K = 5 retrain models per scenario, every method 
 3 scenarios; prints the Table 1 layout):
   python -m experiments.main --config=configs/digits.py --workdir=runs/digits
 Run i starts from original model i mod K and is compared with retrain model i mod K.
-Runtime: about 7 min from an empty workdir on a 2-core CPU (``:paper``: about 39 min).
+Runtime: about 6 min from an empty workdir on a 2-core CPU (``:paper``: about 39 min).
 Results: results.json, results.md and the per-scenario plots in the workdir; the published
 copy is docs/results.md (raw rows docs/results.json).
 
@@ -16,8 +16,9 @@ Variants:
 
 The per-method values in ``config.unlearn.overrides`` were chosen on the validation split
 (never the test split) with --config.mode=tune, by one rule for every method: the same 20
-trials (``config.tune``), the paper's selection rule (23 min on the 2-core CPU;
-docs/tuning_digits.md lists each method's choice). A value given on the command line (e.g.
+trials (``config.tune``), the paper's selection rule, on tuning's own models (seeds 1000 and
+1001; no reported run starts there) (13 min on the 2-core CPU; docs/tuning_digits.md lists
+each method's choice). A value given on the command line (e.g.
 --config.unlearn.lr=0.01) beats these per-method overrides; --config.unlearn.overrides.ghr.lr=...
 sets one method's value.
 
@@ -46,7 +47,8 @@ def get_config(arg=None):
   config.unlearn.retain_fraction = 0.34
   config.reproduce.forget_threshold = 0.0
   # Chosen by mode=tune on the validation split with the one rule for every method: the same
-  # 20 trials (tune.lrs x tune.epochs below), 2 runs per scenario (docs/tuning_digits.md).
+  # 20 trials (tune.lrs x tune.epochs below), 2 runs per scenario from tuning's own models
+  # 1000 and 1001 (config.tune.model_seeds / seed; docs/tuning_digits.md).
   config.unlearn.overrides = ml_collections.ConfigDict({
       'gradasc': {'lr': 0.003, 'epochs': 1.0},
       'randlabel': {'lr': 0.01, 'epochs': 10.0},

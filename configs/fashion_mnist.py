@@ -22,8 +22,9 @@ about 0.91 test accuracy. Results: results.json, results.md and the plots in the
 The per-method values in ``config.unlearn.overrides`` were chosen on the validation split
 (never the test split) with --config.mode=tune, by one rule for every method: the same 12
 trials (``config.tune``), the paper's selection rule (1 h 38 min on the 2-core CPU with other
-jobs beside it; docs/tuning_fashion_mnist.md lists each method's choice and every trial).
-A value given on the command line beats them.
+jobs beside it; docs/tuning_fashion_mnist.md lists each method's choice and every trial),
+before tuning had models of its own: its runs started from reported model 0 (a rerun of the
+tuning command now uses model 1000). A value given on the command line beats them.
 
 Tuning (the same rule for every method; docs/tuning.md):
   python -m experiments.main --config=configs/fashion_mnist.py --config.mode=tune \
