@@ -175,8 +175,8 @@ def test_hyperparameter_precedence(mode, cli_keys, expected):
 
 def test_undefined_metric_is_null_with_a_note(tmp_path):
   row = experiment._row('npo', 'beta=0.1', 0, {'forget_es': 0.5, 'forget_prob': 0.2,
-                                         'forget_rouge': 0.3, 'model_utility': float('nan'),
-                                         'forget_quality': float('inf')}, 1.0, {})
+                                               'forget_rouge': 0.3, 'model_utility': float('nan'),
+                                               'forget_quality': float('inf')}, 1.0, {})
   assert row['model_utility'] is None and row['forget_quality'] is None
   assert 'model_utility' in row['note'] and 'forget_quality' in row['note']
   table = report.write_report([row], str(tmp_path), title='t', meta={'k': 1})
@@ -192,7 +192,7 @@ def test_model_cache_shared_with_another_workdir(first, tmp_path, monkeypatch):
   shutil.copytree(first[0] / 'models', shared)
   other = tmp_path / 'names'
   rows = entry.run(_smoke(**{'model_cache': str(shared), 'unlearn.forget_mask': 'author_names',
-                           'reproduce.runs': ('ghr_descent',)}), str(other))
+                             'reproduce.runs': ('ghr_descent',)}), str(other))
   assert [r['method'] for r in rows] == ['original', 'retrain', 'ghr_descent']
   assert rows[0]['model_fingerprint'] == first[1][0]['model_fingerprint']
   assert not (other / 'models').exists()

@@ -155,7 +155,7 @@ def test_finetune_rejects_a_batch_that_accumulation_cannot_split(tmp_path):
   config.finetune.grad_accum = 3
   with pytest.raises(ValueError, match='grad_accum=3'):
     train.finetune(None, {'tokens': np.zeros((16, 8), np.int32),
-                             'loss_mask': np.zeros((16, 8), np.float32)},
+                          'loss_mask': np.zeros((16, 8), np.float32)},
                       config.finetune, 0, str(tmp_path), {})
 
 
@@ -204,14 +204,14 @@ def test_fsdp_placement_fine_tunes_and_unlearns_like_replicated(tmp_path):
   tok = ByteTokenizer()
   model = setup.make_model(config, tok)
   encoded = train.trim(tofu.encode_qa(tok, authors.generate_authors(2, 4, 0), 160,
-                                         config.data.template))
+                                      config.data.template))
   apply_fn = lambda p, t: model.apply({'params': p}, t)
   hp = plan.runs(config, entries=['npo_descent'])[0].hparams
   results = {}
   for mode in ('replicated', 'fsdp'):
     config.model.sharding = mode
     tuned = train.finetune(model, encoded, config.finetune, 0, str(tmp_path / mode), {},
-                              mode=mode)
+                           mode=mode)
     results[mode] = (tuned, unlearn.unlearn(apply_fn, tuned, encoded, encoded, hp,
                                             'npo_descent', 0, mode=mode))
   mesh = sharding.make_mesh()

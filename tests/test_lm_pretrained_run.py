@@ -168,7 +168,7 @@ def test_prompts_use_the_checkpoints_chat_format(authors_run):
   assert isinstance(lm.tokenizer, HFTokenizer)
   assert lm.template == '<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n'
   encoded = protocol.encode(lm.tokenizer, protocol.load_splits(config.data)['forget'][:1], config,
-                        lm.template)
+                            lm.template)
   ids = encoded['tokens'][0]
   assert ids[0] == lm.tokenizer.special_tokens['<|im_start|>']
   answer_end = encoded['prompt_lengths'][0] + encoded['answer_lengths'][0] - 1

@@ -259,7 +259,7 @@ def test_lur_is_the_look_ahead_objective_by_hand(env, name):
   _close(g, ref_g)
 
 
-# ---- end to end through the compiled runner (cure_jax.classification.unlearn) --------------------------
+# ---- end to end through the compiled runner (cure_jax.classification.unlearn) -------------------
 
 class TinyConvNet(nn.Module):
   """Conv + BatchNorm + Dense: the runner's model interface at a fraction of the compile time."""
@@ -283,7 +283,7 @@ def runner():
   forget_x = rng.integers(0, 256, (16, 8, 8, 1), dtype=np.uint8)
   retain_x = rng.integers(0, 256, (1, 24, 8, 8, 1), dtype=np.uint8)
   data = unlearn.RunData(forget_x, np.full(16, FORGET, np.int32), n, retain_x,
-                              rng.integers(0, K, (1, 24)).astype(np.int32), m, mask)
+                         rng.integers(0, K, (1, 24)).astype(np.int32), m, mask)
   programs = unlearn.Programs(model, [0.5], [0.3], sharding.make_mesh(jax.devices()[:1]))
   config = defaults.classification_config()
 
@@ -292,7 +292,7 @@ def runner():
     planned = helpers.run_of(config, name, **dict(kw, **overrides))
     key = np.asarray(jax.random.key_data(jax.random.key(1)))
     params, bad, _, _ = unlearn.run_group(programs, planned, data, [variables], [key],
-                                               vmapped=False)
+                                          vmapped=False)
     assert bad == [-1]
     return params[0]
   return variables, run

@@ -151,7 +151,7 @@ def _run(env, name, epochs, loaders=None, **hp):
   assert run.hparams.momentum == 0.9 or not run.method.defaults   # the peers' SGD
   key = np.asarray(jax.random.key_data(jax.random.key(1)))
   [params], [bad], _, _ = unlearn.run_group(programs, run, data, [variables], [key],
-                                                 vmapped=False)
+                                            vmapped=False)
   assert bad == -1
   return params, run.hparams
 
@@ -312,7 +312,7 @@ def test_unscheduled_method_keeps_one_forget_and_one_retain_batch_per_step(env):
   for step in range(math.ceil(2.0 * N / B)):
     fi = np.asarray(unlearn_batches.cycled_batch(jax.random.fold_in(key, 1 << 20), step, N, 8, B))
     ri = np.asarray(unlearn_batches.cycled_batch(jax.random.fold_in(key, 1 << 21), step, M, 12,
-                                               B))
+                                                 B))
     g = grad(params, _norm(data.forget_x[fi]), data.forget_y[fi], _norm(data.retain_x[0][ri]),
              data.retain_y[0][ri])
     params = jax.tree.map(lambda p, gi: p - 0.05 * gi, params, g)

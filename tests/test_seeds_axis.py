@@ -172,9 +172,9 @@ def test_groups_of_two_devices_split_each_models_batch(setup, two_by_two):
   keys = [np.asarray(jax.random.key_data(jax.random.key(s))) for s in (0, 1)]
   mean, std = tuple(np.ravel(data.mean)), tuple(np.ravel(data.std))
   seq = unlearn.run_group(unlearn.programs(model, mean, std, pair), run,
-                                run_data, alone, keys, False)
+                          run_data, alone, keys, False)
   par = unlearn.run_group(unlearn.programs(model, mean, std, seeds_mesh), run,
-                                run_data, alone, keys, True)
+                          run_data, alone, keys, True)
   # GROGU's fast path also reduces per-example inner products over every parameter.
   terms = max(tolerances.conv_terms(b, data.image_shape), _flat(alone[0]['params']).size)
   _within_reordering(par[0], seq[0], -(-len(y) // b), terms)

@@ -79,7 +79,7 @@ def test_fine_tuning_linear_schedule_decays_to_zero():
     assert float(schedule(step)) == pytest.approx(1e-5 * _hf_linear(step, 5, 25),
                                                   abs=1e-5 * tolerances.gamma(8))
   cosine = train.lr_schedule(ml_collections.ConfigDict(dict(lr=1e-5, warmup_fraction=0.2)),
-                                25)
+                             25)
   # The default: cosine to a tenth (its float32 roundings as above, at lr 1e-5).
   assert float(cosine(25)) == pytest.approx(1e-6, abs=1e-5 * tolerances.gamma(8))
 

@@ -43,7 +43,7 @@ def _run(env, run, seeds=(0,), vmapped=False, devices=None, programs=None,
          classes=(1,), pads=(None, None)):
   _, data, model, trained = env
   programs = programs or unlearn.Programs(model, data.mean, data.std,
-                                               sharding.make_mesh(devices))
+                                          sharding.make_mesh(devices))
   keys = [np.asarray(jax.random.key_data(jax.random.key(s))) for s in seeds]
   params, bad, _, _ = unlearn.run_group(
       programs, run, _run_data(data, classes, run.hparams, seeds, *pads),

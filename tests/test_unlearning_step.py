@@ -199,7 +199,7 @@ def test_step_equals_the_runners_step(name):
   retain_y = rng.integers(0, K, (1, 24)).astype(np.int32)
   mean, std = np.float32(0.5), np.float32(0.3)
   data = unlearn.RunData(forget_x, forget_y, n, retain_x, retain_y, m,
-                              np.arange(K) == FORGET)
+                         np.arange(K) == FORGET)
   run = helpers.run_of(defaults.classification_config(), name, batch_size=b,
                        epochs=steps * b / n, lr=0.05, momentum=0.9, grogu_impl='fast',
                        salun_fraction=0.3)
@@ -219,9 +219,9 @@ def test_step_equals_the_runners_step(name):
   typed = jax.random.wrap_key_data(key)
   for i in range(steps):
     fi = unlearn_batches.cycled_batch(jax.random.fold_in(typed, unlearn_batches._SHUFFLE_STREAM), i,
-                                   n, 16, b)
+                                      n, 16, b)
     ri = unlearn_batches.cycled_batch(jax.random.fold_in(typed, unlearn_batches._RETAIN_STREAM), i,
-                                   m, 24, b)
+                                      m, 24, b)
     forget = {'inputs': norm(forget_x[np.asarray(fi)]), 'labels': forget_y[np.asarray(fi)]}
     retain = {'inputs': norm(retain_x[0][np.asarray(ri)]), 'labels': retain_y[0][np.asarray(ri)]}
     state, _ = unl.step(state, forget, retain, jax.random.fold_in(typed, i))

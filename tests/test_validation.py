@@ -107,7 +107,9 @@ BAD_LM = [
     ('unlearn.retain_weight', -1.0, 'config.unlearn.retain_weight=-1.0'),
     ('unlearn.method', 'forgetit', "Unknown unlearning method 'forgetit'"),
     ('unlearn.optimizer', 'lion', "config.unlearn.optimizer='lion'"),
-    ('reproduce.runs', ('gradasc', 'nope'), "config.reproduce.runs entry 'nope'"),
+    # The entry is named once, and no other field (config.unlearn.method is not at fault).
+    ('reproduce.runs', ('gradasc', 'nope'),
+     "config.reproduce.runs entry 'nope': Unknown unlearning method 'nope'"),
     ('reproduce.runs', ('grogu:T=-5',), "entry 'grogu:T=-5': temperature=-5.0 is not allowed"),
     ('reproduce.runs', ('grogu:Q=5',), "Unknown hyper-parameter 'Q'"),
     ('model.d_model', 31, 'config.model.d_model=31 is not allowed: use a multiple of'),

@@ -145,7 +145,7 @@ def build_study(config, workdir, split='test', kinds=('original', 'retrain'), n_
                          for r in sc.retrain]
     scenarios.append(sc)
   programs = unlearn.programs(model, tuple(np.ravel(data.mean)),
-                                    tuple(np.ravel(data.std)), group_mesh or mesh)
+                              tuple(np.ravel(data.std)), group_mesh or mesh)
   return Study(config, data, model, mesh, seeds, originals, scenarios, evaluator, programs,
                model_groups.resolve_seed_parallel(config.seed_parallel),
                n_runs or config.seeds, timings,
@@ -189,7 +189,7 @@ def run_data(study, sc, run, seeds):
   b = int(hp.batch_size)
   n_pad = max(unlearn.padded_size(len(s.forget_y), b) for s in study.scenarios)
   m_pad = max(unlearn.padded_size(sizes.retain_subset_size(len(s.retain),
-                                                                  hp.retain_fraction), b)
+                                                           hp.retain_fraction), b)
               for s in study.scenarios)
   n = len(sc.forget_y)
   rx, ry = [], []
@@ -198,17 +198,17 @@ def run_data(study, sc, run, seeds):
   if not run.method.uses_retain:  # a placeholder the program never reads
     shape = (len(seeds), b, *sc.forget_x.shape[1:])
     return unlearn.RunData(unlearn.pad_rows(sc.forget_x, n_pad),
-                                unlearn.pad_rows(sc.forget_y, n_pad), n,
-                                np.zeros(shape, np.uint8), np.zeros(shape[:2], np.int32), b,
-                                sc.mask_K)
+                           unlearn.pad_rows(sc.forget_y, n_pad), n,
+                           np.zeros(shape, np.uint8), np.zeros(shape[:2], np.int32), b,
+                           sc.mask_K)
   for seed in seeds:
     subset = views.retain_subset(sc.retain, hp.retain_fraction, seed)
     x, y = evaluate.materialize(subset)
     rx.append(unlearn.pad_rows(x, m_pad))
     ry.append(unlearn.pad_rows(y, m_pad))
   return unlearn.RunData(unlearn.pad_rows(sc.forget_x, n_pad),
-                              unlearn.pad_rows(sc.forget_y, n_pad), n, np.stack(rx),
-                              np.stack(ry), m, sc.mask_K)
+                         unlearn.pad_rows(sc.forget_y, n_pad), n, np.stack(rx),
+                         np.stack(ry), m, sc.mask_K)
 
 
 def run_units(study, run):

@@ -5,10 +5,10 @@ a method's own temperature searched inside it), each trial runs the protocol on 
 validation split (every scenario, ``config.tune.seeds`` runs from tuning's own original
 models, ``config.tune.model_seeds`` from ``config.tune.seed``, with unlearning keys from
 ``config.tune.seed`` on: no trial starts from a reported model or draws a reported run's
-batches), and :func:`select` applies the paper's rule: among trials whose worst scenario's mean forget
-accuracy is at most ``config.reproduce.forget_threshold``, the best mean retain accuracy;
-diverged and collapsed trials are not eligible. Writes ``tune.json`` (the rule, the choices,
-every trial) and ``tune.md`` (the choices as a table) in the workdir.
+batches), and :func:`select` applies the paper's rule: among trials whose worst scenario's
+mean forget accuracy is at most ``config.reproduce.forget_threshold``, the best mean retain
+accuracy; diverged and collapsed trials are not eligible. Writes ``tune.json`` (the rule, the
+choices, every trial) and ``tune.md`` (the choices as a table) in the workdir.
 """
 import dataclasses
 import itertools
@@ -183,7 +183,8 @@ def markdown(doc, methods, dataset):
            f'{rule["lrs"]} × epochs {rule["epochs"]}; a method with its own temperature '
            f'searches {rule["temperatures"]} inside them), {rule["runs_per_scenario"]} '
            f'run(s) per scenario {rule["scenarios"]} from the original models '
-           f'{rule["model_seeds"][:rule["runs_per_scenario"]]}{_own(rule)}; chosen: the best mean validation retain accuracy among '
+           f'{rule["model_seeds"][:rule["runs_per_scenario"]]}{_own(rule)}; chosen: the best '
+           f'mean validation retain accuracy among '
            f'trials whose worst scenario\'s mean forget accuracy is ≤ '
            f'{rule["forget_threshold"]:g}, else the lowest forget accuracy; diverged trials and '
            f'trials with a run below retain {rule["min_retain_acc"]:g} (collapsed) are not '

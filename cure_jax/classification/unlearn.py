@@ -134,8 +134,8 @@ class Programs:
       params, opt_state, bad, caches = carry
       f_batch = r_batch = None
       f_idx, r_idx, drawn, caches = unlearn_batches.draw(method, step, key, n, size, m,
-                                                     retain_x.shape[0], stream_batches, hp,
-                                                     caches)
+                                                         retain_x.shape[0], stream_batches, hp,
+                                                         caches)
       if method.uses_forget:
         label = forget_y[f_idx]
         f_batch = Batch(

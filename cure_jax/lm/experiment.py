@@ -29,7 +29,8 @@ from typing import Any
 from absl import logging
 
 from cure_jax.infra import fingerprint, sweep_log
-from cure_jax.lm import (evaluate, exports, train, ou_files, report, setup, protocol, unlearn, validate)
+from cure_jax.lm import (evaluate, exports, ou_files, protocol, report, setup, train, unlearn,
+                         validate)
 from cure_jax.unlearning import plan
 
 
@@ -213,7 +214,7 @@ def _forget_set(config, workdir, k, lm, runs, fns):
           for name in ('forget', 'retain')}
   data['names'] = protocol.forget_ids(config, lm.tokenizer, splits)
   data['alternate'] = {kind: protocol.alternates(lm.tokenizer, splits['forget'], config,
-                                              lm.template, kind)
+                                                 lm.template, kind)
                        for kind in sorted({r.method.alternate for r in runs} - {None})}
   evaluator = evaluate.Evaluator(lm.model, lm.tokenizer, protocol.eval_splits(splits, config),
                                  lm.template, config.eval.batch_size, config.eval.max_new_tokens,
@@ -254,7 +255,7 @@ def execute(config, workdir, cli_keys=frozenset()):
   lm = setup.load_model(config)
   if config.mode in ('train_original', 'train_retrain'):
     protocol.finetuned(config, workdir, config.mode.split('_')[1], lm.model, lm.tokenizer,
-                    protocol.load_splits(config.data), lm)
+                       protocol.load_splits(config.data), lm)
     return None
   fns = _model_fns(config, lm, runs)
   all_rows, samples, infos, seconds, forgotten = [], [], [], {}, []

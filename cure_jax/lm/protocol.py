@@ -77,9 +77,9 @@ def finetuned(config, workdir, kind, model, tokenizer, splits, lm=None):
     return setup.load_params(config, config.model[kind], model)
   items = train_sets(splits, config)[kind]
   return train.finetune(model, encode(tokenizer, items, config, lm.template),
-                           config.finetune, config.seed, info['directory'], info['settings'],
-                           name=f'finetune {kind}', init_params=lm.params,
-                           mode=config.model.sharding)
+                        config.finetune, config.seed, info['directory'], info['settings'],
+                        name=f'finetune {kind}', init_params=lm.params,
+                        mode=config.model.sharding)
 
 
 def _evenly(items, count):
@@ -130,6 +130,6 @@ def alternates(tokenizer, items, config, template, kind):
                        'idkdpo (refusals) or items with perturbed answers.')
     rows = [dict(item, alternates=list(item['perturbed_answer'][:count])) for item in items]
   encoded = train.trim(tofu_data.encode_answers(tokenizer, rows, config.model.max_len,
-                                                   'alternates', template))
+                                                'alternates', template))
   n = len(rows)
   return {k: encoded[k].reshape((n, -1) + encoded[k].shape[1:]) for k in ('tokens', 'loss_mask')}

@@ -127,7 +127,9 @@ def _check_unlearn(config, num_devices):
   for spec in config.reproduce.runs:
     field = f'config.reproduce.runs entry {spec!r}'
     try:
-      name, settings = plan.parse_spec(spec)
+      name, settings = plan.parse_spec(spec, field)
+    except ConfigError:
+      raise   # names the field already
     except ValueError as e:
       raise ConfigError(f'{field}: {e}') from None
     entries.append((field, name, settings))

@@ -66,15 +66,15 @@ def hparams_record(hp):
           if k not in skip}
 
 
-def parse_spec(spec):
+def parse_spec(spec, field=None):
   """``'grogu_descent:T=5,w=10'`` -> ``('grogu_descent', {'temperature': 5.0, 'w_h': 10.0,
-  'w_s': 10.0})``."""
+  'w_s': 10.0})``. ``field``: what an unknown method's message names (default: the spec)."""
   name, _, settings = spec.partition(':')
   name = name.strip()
   if name in RENAMED_METHODS:
     raise ValueError(f'method {name!r} is now {RENAMED_METHODS[name]!r} (one registry for '
                      'every model); use that name.')
-  methods.get(name)
+  methods.get(name, field or f'run {spec!r}')
   overrides = {}
   for setting in filter(None, (s.strip() for s in settings.split(','))):
     key, sep, value = setting.partition('=')
