@@ -39,23 +39,30 @@ def _lax(x, k):
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-def test_grey_convolution_is_the_stock_one_up_to_the_order_of_its_nine_terms():
+def test_grey_convolution_is_the_stock_one_up_to_the_order_of_its_sums():
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(size=(3, 10, 12, 1)).astype(np.float32))
   k = jnp.asarray(rng.normal(size=(3, 3, 1, 5)).astype(np.float32))
   ours = lambda a, b: layers.conv_general_dilated(a, b, (1, 1), [(1, 1), (1, 1)],
                                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  # Not differentiated it is the stock convolution.
-  np.testing.assert_array_equal(np.asarray(ours(x, k)), np.asarray(_lax(x, k)))
-  # Differentiated, its forward is nine shifted multiply-adds: each output a 9-term dot
-  # product, and two summation orders are within 2 gamma(9) of the sum of the terms'
-  # magnitudes (tests/tolerances.py).
-  got, got_vjp = jax.vjp(ours, x, k)
+  # Each output is a 9-term dot product: two summation orders are within 2 gamma(9) of the
+  # sum of the terms' magnitudes (tests/tolerances.py), differentiated or not.
   bound = tolerances.reordered_sum(9) * np.asarray(_lax(jnp.abs(x), jnp.abs(k)))
-  assert np.all(np.abs(np.asarray(got) - np.asarray(_lax(x, k))) <= bound)
+  got, got_vjp = jax.vjp(ours, x, k)
+  for out in (ours(x, k), jax.jit(ours)(x, k), got):
+    assert np.all(np.abs(np.asarray(out) - np.asarray(_lax(x, k))) <= bound)
+  # The differentiated forward is the plain one (its identity product is exact).
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(ours(x, k)))
   g = jnp.asarray(rng.normal(size=got.shape).astype(np.float32))
-  for got_g, want_g in zip(got_vjp(g), jax.vjp(_lax, x, k)[1](g)):  # the stock backward
-    np.testing.assert_array_equal(np.asarray(got_g), np.asarray(want_g))
+  got_dx, got_dk = got_vjp(g)
+  want_vjp = jax.vjp(_lax, x, k)[1]
+  want_dx, want_dk = want_vjp(g)
+  np.testing.assert_array_equal(np.asarray(got_dk), np.asarray(want_dk))  # the stock one
+  # The image's gradient: 9 taps x 5 channels = 45 terms per pixel in another order.
+  dx_bound = tolerances.reordered_sum(45) * np.asarray(
+      jax.vjp(_lax, x, jnp.abs(k))[1](jnp.abs(g))[0])
+  assert np.all(np.abs(np.asarray(got_dx) - np.asarray(want_dx)) <= dx_bound)
+  assert not np.array_equal(np.asarray(got_dx), np.zeros_like(got_dx))
 
 
 @pytest.mark.parametrize('shape,kernel,strides', [

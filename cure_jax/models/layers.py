@@ -1,23 +1,27 @@
 """Drop-in layer functions whose gradients XLA's CPU backend runs several times faster.
 
-Both compute what the stock operation computes; only the loops of their differentiated
-forms differ (``jax.custom_vjp``), and without differentiation they are the stock ones:
+Both compute what the stock operation computes (``jax.custom_vjp`` where their gradients
+take other loops); only the loops differ, and with them, for the convolution, the order of
+its sums:
 
 - :func:`max_pool_2x2` is ``nn.max_pool(x, (2, 2), strides=(2, 2))``. The stock pooling's
   backward is a select-and-scatter that costs more than the rest of a small network's step;
   here the differentiated forward is a reshape and a max, the backward four selects that
   send each window's cotangent where select-and-scatter sends it (the first maximum).
 - :func:`conv_general_dilated` is ``lax.conv_general_dilated`` for ``nn.Conv``'s
-  ``conv_general_dilated`` field. Differentiated, a 3 × 3 convolution of a single-channel
-  image (a grey image's first layer) runs its forward as nine shifted multiply-adds in one
-  fused loop instead of a convolution kernel that handles one input channel badly, and its
-  backward as the stock convolution's. The two forwards agree to the rounding of a 9-term
-  sum in another order. Every other convolution goes to ``lax`` unchanged.
+  ``conv_general_dilated`` field. A 3 × 3 convolution of a single-channel image (a grey
+  image's first layer) runs as nine shifted multiply-adds over channels-first planes (the
+  stock kernel handles one input channel badly), its image gradient likewise as 9 × O shifted
+  multiply-adds, its kernel gradient as the stock one's. They agree with the stock
+  convolution to the rounding of a 9-term (9 × O-term) sum in another order. Every other
+  convolution goes to ``lax`` unchanged.
 
-Measured on the 2-core Xeon (AVX-512), cnn_small at batch 128, one thread: the pooling's
-backward 5.7 → 0.7 ms per layer, the first convolution's forward 3.6 → 0.5 ms; the training
-step 25.6 → 8.7 ms on two threads (``benchmarks/cnn_throughput.py``, docs/benchmarks.md).
-The module stays an ``nn.Conv`` so that GROGU's fast path
+Measured on the 2-core AMD EPYC (AVX-512), cnn_small, in one run against the previous
+version of these layers (stock forward, NHWC shifted training forward): evaluation logits at
+batch 500 24.5 → 13.1 ms, the input-gradient metric at batch 500 74.0 → 39.6 ms, the
+training step at batch 128 unchanged (12.1 → 11.9 ms); docs/benchmarks.md.
+Earlier, on the 2-core Xeon against the stock layers: the pooling's backward 5.7 → 0.7 ms per
+layer, the training step 25.6 → 8.7 ms. The module stays an ``nn.Conv`` so that GROGU's fast path
 (:mod:`cure_jax.unlearning.grogu.layer_calls`) still recognises it.
 """
 import flax.linen as nn
@@ -49,19 +53,19 @@ def _pool_fwd(x_BxHxWxC):
 def _pool_bwd(residuals, g_BxhxwxC):
   """The cotangent goes to the first maximum of each window in row-major order, as
   ``nn.max_pool``'s select-and-scatter sends it (not split between tied maxima as the
-  gradient of a plain ``max`` would)."""
+  gradient of a plain ``max`` would). One broadcast expression, so that XLA writes the
+  input-sized cotangent in a single loop (stacking four selects measured 2-3x slower)."""
   x, y = residuals
   b, h, w, c = x.shape
   hit = x.reshape(b, h // 2, 2, w // 2, 2, c) == y[:, :, None, :, None, :]
-  first00 = hit[:, :, 0, :, 0]
-  first01 = hit[:, :, 0, :, 1] & ~first00
-  first10 = hit[:, :, 1, :, 0] & ~(first00 | first01)
-  first11 = ~(first00 | first01 | first10)
-  zero = jnp.zeros_like(g_BxhxwxC)
-  pick = lambda mask: jnp.where(mask, g_BxhxwxC, zero)
-  top = jnp.stack([pick(first00), pick(first01)], axis=3)
-  bottom = jnp.stack([pick(first10), pick(first11)], axis=3)
-  return (jnp.stack([top, bottom], axis=2).reshape(x.shape),)
+  second = jnp.arange(2) == 1                       # the window's second column / row
+  # First hit along each window row: the right cell only when the left one missed.
+  first_in_row = hit & ~(second[:, None] & hit[:, :, :, :, :1])
+  # Then the bottom row only when the top row had no hit.
+  top_hit = jnp.any(hit[:, :, :1], axis=4, keepdims=True)
+  first = first_in_row & ~(second[:, None, None, None] & top_hit)
+  g = g_BxhxwxC[:, :, None, :, None, :]
+  return (jnp.where(first, g, jnp.zeros_like(g)).reshape(x.shape),)
 
 
 max_pool_2x2.defvjp(_pool_fwd, _pool_bwd)
@@ -89,28 +93,52 @@ def _lax_conv(x_BxHxWx1, kernel_3x3x1xO):
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
+def _grey_shifted(x_BxHxWx1, kernel_3x3x1xO):
+  """The convolution as nine shifted multiply-adds, laid out channels-first so that the
+  loop's innermost dimension is the image width rather than the few output channels, then
+  put back in NHWC by a product with the identity matrix.
+
+  The product is exact (each output is one term times 1 plus zeros) and is never fused:
+  the output is written once. A transpose instead would be fused into every consumer, and
+  XLA would recompute the nine taps through a strided transpose in each (the batch
+  statistics, the pooling, the backward's masks, GROGU's per-example cotangents), measured
+  up to 1.6x slower for a GROGU step. (``lax.optimization_barrier`` does not stop that: the
+  CPU pipeline removes barriers before fusion.)"""
+  h, w = x_BxHxWx1.shape[1:3]
+  padded_BxHxW = jnp.pad(x_BxHxWx1[..., 0], ((0, 0), (1, 1), (1, 1)))
+  taps_9xO = kernel_3x3x1xO.reshape(9, kernel_3x3x1xO.shape[-1])
+  y_BxOxHxW = sum(padded_BxHxW[:, None, dy:dy + h, dx:dx + w]
+                  * taps_9xO[3 * dy + dx][None, :, None, None]
+                  for dy in range(3) for dx in range(3))
+  eye_OxO = jnp.eye(y_BxOxHxW.shape[1], dtype=y_BxOxHxW.dtype)
+  return jnp.einsum('bohw,op->bhwp', y_BxOxHxW, eye_OxO)
+
+
 @jax.custom_vjp
 def _grey_conv3x3(x_BxHxWx1, kernel_3x3x1xO):
-  # Not differentiated (inference, a teacher's logits): the stock convolution, which XLA
-  # fuses with the BatchNorm, ReLU and pooling after it (measured faster than any rewrite).
-  return _lax_conv(x_BxHxWx1, kernel_3x3x1xO)
+  return _grey_shifted(x_BxHxWx1, kernel_3x3x1xO)
 
 
 def _grey_fwd(x_BxHxWx1, kernel_3x3x1xO):
-  """Under differentiation the output is materialised for the backward anyway; the stock
-  convolution then runs alone, slowly (one input channel), and nine shifted multiply-adds in
-  one loop fusion replace it."""
+  return _grey_shifted(x_BxHxWx1, kernel_3x3x1xO), (x_BxHxWx1, kernel_3x3x1xO)
+
+
+def _grey_bwd(residuals, g_BxHxWxO):
+  x_BxHxWx1, kernel_3x3x1xO = residuals
   h, w = x_BxHxWx1.shape[1:3]
-  padded = jnp.pad(x_BxHxWx1, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  # The kernel's gradient: the stock convolution's, fast for one input channel.
+  _, kernel_vjp = jax.vjp(lambda k: _lax_conv(x_BxHxWx1, k), kernel_3x3x1xO)
+  # The image's gradient (only an input-gradient metric asks for it; training drops it):
+  # the transposed convolution as 9 x O shifted multiply-adds over channels-first planes.
   taps_9xO = kernel_3x3x1xO.reshape(9, kernel_3x3x1xO.shape[-1])
-  y = sum(padded[:, dy:dy + h, dx:dx + w] * taps_9xO[3 * dy + dx]
-          for dy in range(3) for dx in range(3))
-  return y, (x_BxHxWx1, kernel_3x3x1xO)
-
-
-def _grey_bwd(residuals, g):
-  # The stock convolution's gradients: its weight gradient is fast for one input channel.
-  return jax.vjp(_lax_conv, *residuals)[1](g)
+  # Channels-first through a product with the identity (exact), for _grey_shifted's reason:
+  # a fused transpose would recompute the cotangent's producers in each of the 9 x O terms.
+  eye_OxO = jnp.eye(g_BxHxWxO.shape[-1], dtype=g_BxHxWxO.dtype)
+  g_BxOxHxW = jnp.pad(jnp.einsum('bhwo,op->bphw', g_BxHxWxO, eye_OxO),
+                      ((0, 0), (0, 0), (1, 1), (1, 1)))
+  dx_BxHxW = sum(g_BxOxHxW[:, o, 2 - dy:2 - dy + h, 2 - dx:2 - dx + w] * taps_9xO[3 * dy + dx, o]
+                 for dy in range(3) for dx in range(3) for o in range(taps_9xO.shape[1]))
+  return dx_BxHxW[..., None].astype(x_BxHxWx1.dtype), kernel_vjp(g_BxHxWxO)[0]
 
 
 _grey_conv3x3.defvjp(_grey_fwd, _grey_bwd)
