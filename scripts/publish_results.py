@@ -37,7 +37,8 @@ CLAIMS_LEAD = "The paper's claims on these rows ([docs/claims.md](docs/claims.md
 CLAIMS_HEAD = (
     '# The paper\'s claims, tested\n\n'
     'Generated from the published rows by `scripts/publish_results.py` (the main job writes '
-    '`claims.md` beside `results.md`; `cure_jax/classification/claims.py` has the rules). One '
+    '`claims.md` beside `results.md`; `cure_jax/classification/claims.py` has the rules; '
+    '`scripts/publish_claims.py ROWS NAME` regenerates a section from published rows). One '
     'section per dataset.\n')
 
 

@@ -1,4 +1,5 @@
-"""The paper's claims from result rows (claims.py): hand-made rows with known verdicts."""
+"""The paper's claims from result rows (claims.py, verdicts.py): hand-made rows with known
+verdicts, and the statistics against scipy and hand computations."""
 import json
 import math
 import os
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cure_jax.classification import claims
+from cure_jax.classification import claims, claims_text, verdicts
 
 NC = 10
 FORGET = (3,)
@@ -66,11 +67,18 @@ def t_interval(diffs):
   return mean, mean - half, mean + half
 
 
-def claim1(grogu, gsr, threshold=0.05):
+def part(claim, rival):
+  """The entries of the comparison against ``rival`` by scenario."""
+  p = next(p for p in claim['parts'] if p['entries'][0]['b'] == rival
+           or p['entries'][0]['a'] == rival)
+  return {e['scenario']: e for e in p['entries']}
+
+
+def claim1(grogu, gsr, threshold=0.05, spec=claims.Spec()):
   rows = study({'gsr': ('forget', gsr), 'grogu': ('forget', grogu),
                 'randlabel': ('forget', const(retain=0.99, forget=0.2)),   # misses threshold
                 'delete': ('forget', const(retain=0.80, forget=0.0))})
-  return by_number(claims.claims(rows, threshold), 1)
+  return by_number(claims.claims(rows, threshold, spec), 1)
 
 
 def test_paired_interval_matches_hand_computation():
@@ -82,12 +90,47 @@ def test_paired_interval_matches_hand_computation():
   assert claims.paired_interval([])[0] == 0
 
 
-def test_claim1_holds_with_the_table_rival_and_hand_interval():
+def test_p_values_are_scipys_one_sided_tests_and_tost():
+  d = np.array([0.03, 0.01, 0.025, -0.005, 0.02, 0.004])
+  p = verdicts.p_values(d, 0.02)
+  assert p['superior'] == pytest.approx(stats.ttest_1samp(d, 0, alternative='greater').pvalue)
+  assert p['inferior'] == pytest.approx(stats.ttest_1samp(d, 0, alternative='less').pvalue)
+  tost = max(stats.ttest_1samp(d, -0.02, alternative='greater').pvalue,
+             stats.ttest_1samp(d, 0.02, alternative='less').pvalue)
+  assert p['equivalent'] == pytest.approx(tost)
+  assert all(math.isnan(v) for v in verdicts.p_values([0.1], 0.02).values())
+  assert verdicts.p_values([0.01] * 3, 0.02) == {'superior': 0.0, 'inferior': 1.0,
+                                                 'equivalent': 0.0}
+
+
+def test_holm_by_hand():
+  assert np.allclose(verdicts.holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
+  assert np.allclose(verdicts.holm([0.5, 0.001]), [0.5, 0.002])
+  got = verdicts.holm([0.02, float('nan'), 0.04])      # nan is no member of the family
+  assert np.allclose([got[0], got[2]], [0.04, 0.04]) and math.isnan(got[1])
+
+
+def test_pairs_needed_is_the_first_n_that_decides():
+  d = [0.004, -0.001, 0.003, 0.0, 0.002]
+  n_mean, n_sd = np.mean(d), np.std(d, ddof=1)
+  need = verdicts.needed(d, 0.001, 0.05)
+  n, n_up = need['superior']
+  decides = lambda k, sd, effect: stats.t.ppf(0.95, k - 1) * sd / math.sqrt(k) < effect
+  assert decides(n, n_sd, n_mean) and not decides(n - 1, n_sd, n_mean)
+  assert n_up > n and need['inferior'] is None
+  assert need['equivalent'] is None          # the mean lies outside the margin
+  wide = verdicts.needed(d, 0.01, 0.05)['equivalent']
+  assert decides(wide[0], n_sd, 0.01 - n_mean) and wide[0] >= len(d)
+
+
+def test_claim1_holds_against_every_named_rival_with_hand_interval():
   c = claim1(noisy(0.92), noisy(0.90, 0.5))
-  e = entries(c)
   assert c['verdict'] == 'holds' and c['verdicts'] == {'1': 'holds', '2': 'holds',
                                                        'pooled': 'holds'}
-  assert e['1']['a'] == 'grogu' and e['1']['b'] == 'gsr'   # randlabel misses the threshold
+  # Every named rival in the rows, in config order; none is chosen on the runs.
+  assert [p['entries'][0]['b'] for p in c['parts']] == ['randlabel', 'delete', 'gsr']
+  assert part(c, 'randlabel')['1']['rule'] == 'only a meets the forget threshold'
+  e = part(c, 'gsr')
   expected = [0.92 + NOISE[i] - (0.90 + 0.5 * NOISE[i]) for i in range(4)]
   assert np.allclose(e['1']['diffs'], expected)
   assert np.allclose((e['1']['diff'], e['1']['lo'], e['1']['hi']), t_interval(expected))
@@ -95,6 +138,10 @@ def test_claim1_holds_with_the_table_rival_and_hand_interval():
                      t_interval(expected * 2))
   assert e['pooled']['n_pairs'] == 8 and e['1']['n_pairs'] == 4
   assert e['1']['forget_a'] == 0.0 and e['1']['forget_b'] == 0.0
+  # The claim's p-value is its weakest comparison's (only claim 1 is evaluated: no Holm).
+  assert c['p']['pooled']['superior'] == max(
+      p['entries'][-1]['p']['superior'] for p in c['parts'])
+  assert c['p_adjusted']['pooled'] == c['p']['pooled']
 
 
 @pytest.mark.parametrize('grogu, gsr, expected', [
@@ -107,17 +154,44 @@ def test_claim1_other_verdicts(grogu, gsr, expected):
   c = claim1(grogu, gsr)
   assert c['verdict'] == expected
   assert all(v == expected for v in c['verdicts'].values())
+  if expected == 'inconclusive':   # grogu = gsr on average: no number of pairs decides it
+    assert c['needed']['pooled'] is None
+
+
+def test_a_better_unnamed_method_is_no_rival_and_equivalence():
+  only_delete = claims.Spec(grogu_rivals=('delete',))
+  c = claim1(noisy(0.92), const(retain=0.99), spec=only_delete)   # gsr better, but unnamed
+  assert [p['entries'][0]['b'] for p in c['parts']] == ['delete'] and c['verdict'] == 'holds'
+  # 0.5 points apart at most, the mean 0.05 points below: equivalent, although below 0.
+  rows = study({'grogu': ('forget', noisy(0.900, 0.1)), 'gsr': ('forget', const(retain=0.9005))})
+  c = by_number(claims.claims(rows, 0.05, claims.Spec(grogu_rivals=('gsr', 'salun'))), 1)
+  assert c['verdict'] == 'equivalent' and c['rivals_missing'] == ['salun']
+  text = claims_text.claims_markdown(rows, 0.05, 'Eq', claims.Spec(grogu_rivals=('gsr', 'salun')))
+  assert 'not in the rows: salun' in text
+
+
+def test_holm_runs_across_the_claims():
+  rows = _full_study()
+  result = claims.claims(rows, 0.0)
+  done = [c for c in result if c['parts']]
+  for kind in verdicts.KINDS:
+    assert np.allclose([c['p_adjusted']['pooled'][kind] for c in done],
+                       verdicts.holm([c['p']['pooled'][kind] for c in done]))
+  per = [(c, s) for c in done for s in c['p'] if s != 'pooled']
+  assert np.allclose([c['p_adjusted'][s]['superior'] for c, s in per],
+                     verdicts.holm([c['p'][s]['superior'] for c, s in per]))
 
 
 def test_claim1_threshold_rule():
   rows = study({'grogu': ('forget', noisy(0.85)),
                 'gsr': ('forget', const(retain=0.95, forget=0.2))})
   c = by_number(claims.claims(rows, 0.05), 1)    # only grogu meets the threshold
-  assert c['verdict'] == 'holds' and entries(c)['1']['b'] == 'gsr'
+  assert c['verdict'] == 'holds' and part(c, 'gsr')['1']['rule']
   rows = study({'grogu': ('forget', noisy(0.95, forget=0.3)),
                 'gsr': ('forget', const(retain=0.90, forget=0.2))})
   c = by_number(claims.claims(rows, 0.05), 1)    # neither meets it: no holds
-  assert c['verdict'] == 'inconclusive' and 'threshold' in entries(c)['pooled']['reason']
+  assert c['verdict'] == 'inconclusive' and 'neither' in part(c, 'gsr')['pooled']['rule']
+  assert c['needed']['pooled'] is None
 
 
 def test_relevant_and_general_classes():
@@ -152,20 +226,21 @@ def test_claim2_uses_each_retrain_models_relevant_classes():
   swapped = study({'ghr': ('forget', _per_class(0.85, 0.85)),
                    'gsr': ('forget', _per_class(0.9, 0.9))})
   c = by_number(claims.claims(swapped, 0.0), 2)
-  assert [e['verdict'] for e in c['parts'][0]['entries']] == ['does not hold'] * 3
-  assert c['verdict'] == 'does not hold'
+  assert c['verdicts'] == {'1': 'does not hold', '2': 'does not hold',
+                           'pooled': 'does not hold'}
 
 
-def test_claim3_best_cure_descent_against_best_other():
-  rows = study({'ghr_descent': ('retain', noisy(0.95)),
-                'grogu_descent': ('retain', const(retain=0.99, forget=0.1)),
+def test_claim3_names_its_cure_method_and_rivals():
+  rows = study({'ghr_descent': ('retain', noisy(0.99)),            # better, but not claimed
+                'grogu_descent': ('retain', noisy(0.95)),
                 'scrub': ('retain', noisy(0.93, 0.5)),
-                'lur': ('retain', const(retain=0.99, forget=0.3))})
+                'lur': ('retain', const(retain=0.99, forget=0.3))})   # misses the threshold
   c = by_number(claims.claims(rows, 0.05), 3)
-  e = entries(c)
-  assert (e['1']['a'], e['1']['b']) == ('ghr_descent', 'scrub')
-  assert c['verdict'] == 'holds'
-  assert np.allclose(e['2']['diffs'], [0.02 + 0.5 * x for x in NOISE])
+  assert [p['entries'][0]['b'] for p in c['parts']] == ['scrub', 'lur']
+  assert c['verdict'] == 'holds' and 'grogu_descent' in c['title']
+  assert np.allclose(part(c, 'scrub')['2']['diffs'], [0.02 + 0.5 * x for x in NOISE])
+  c = by_number(claims.claims(rows, 0.05, claims.Spec(cure_with_retain='ghr_descent')), 3)
+  assert [p['entries'][0]['b'] for p in c['parts']] == ['scrub', 'lur']
 
 
 def _counts(extra):
@@ -214,8 +289,9 @@ def test_missing_methods_are_not_evaluated():
   assert by_number(result, 1)['verdict'] == 'not evaluated (method grogu not in the rows)'
   assert by_number(result, 4)['verdict'] == 'not evaluated (method grogu not in the rows)'
   assert by_number(result, 3)['verdict'].startswith('not evaluated')
-  assert by_number(result, 2)['verdict'] in ('holds', 'does not hold', 'inconclusive')
-  text = claims.claims_markdown(rows, 0.0, 'Partial')
+  assert by_number(result, 2)['verdict'] in ('holds', 'does not hold', 'equivalent',
+                                             'inconclusive')
+  text = claims_text.claims_markdown(rows, 0.0, 'Partial')
   assert 'not evaluated (method grogu not in the rows)' in text
 
 
@@ -226,7 +302,7 @@ def _full_study():
                 'ghr': ('forget', lambda s, i: dict(retain=0.90, **_per_class(0.95, 0.85)(s, i),
                                                     **_counts(0)(s, i))),
                 'grogu': ('forget', lambda s, i: dict(retain=0.92 + NOISE[i], **_counts(2)(s, i))),
-                'grogu_descent': ('retain', noisy(0.90)),
+                'grogu_descent': ('retain', noisy(0.903, 3.0)),
                 'scrub': ('retain', const(retain=0.90))})
 
 
@@ -234,7 +310,7 @@ def test_markdown_has_every_claim_and_verdict():
   rows = _full_study()
   result = claims.claims(rows, 0.0)
   assert [c['verdict'] for c in result] == ['holds', 'holds', 'inconclusive', 'does not hold']
-  text = claims.claims_markdown(rows, 0.0, 'Claims: test')
+  text = claims_text.claims_markdown(rows, 0.0, 'Claims: test')
   assert text.startswith('# Claims: test\n')
   sections = text.split('\n## ')
   for c in result:
@@ -245,16 +321,17 @@ def test_markdown_has_every_claim_and_verdict():
       for e in p['entries']:
         assert f'| {e["scenario"]} | {e["a"]} | {e["b"]} |' in section
         assert f'{e["n_pairs"]} ({e["n_excluded"]})' in section
-  assert '## How this is computed' in text and 'Relevant classes' in text
-  assert text == claims.claims_markdown(rows, 0.0, 'Claims: test')    # deterministic
+  assert 'Would be decided:' in next(s for s in sections if s.startswith('Claim 3'))
+  assert '## How this is computed' in text and 'Relevant classes' in text and 'Holm' in text
+  assert text == claims_text.claims_markdown(rows, 0.0, 'Claims: test')    # deterministic
 
 
 def test_runs_on_the_published_digits_rows():
   with open(DOCS) as f:
     data = json.load(f)
   threshold = data['meta']['config']['reproduce']['forget_threshold']
-  text = claims.claims_markdown(data['rows'], threshold, 'Claims: digits')
+  text = claims_text.claims_markdown(data['rows'], threshold, 'Claims: digits')
   for n in (1, 2, 3, 4):
     assert f'## Claim {n}:' in text
   for c in claims.claims(data['rows'], threshold):
-    print(c['number'], c['title'], '->', c['verdict'], c['verdicts'])
+    assert c['verdict'] in ('holds', 'does not hold', 'equivalent', 'inconclusive')

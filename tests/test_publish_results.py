@@ -167,3 +167,26 @@ def test_an_lm_table_with_no_block_anywhere_is_refused(tmp_path):
   assert result.returncode == 1
   assert 'README.md or docs/lm.md has no <!-- results:smollm2 -->' in result.stderr
   assert not (root / 'docs' / 'smollm2').exists()   # nothing half-published
+
+
+def test_claims_republish_from_published_rows(tmp_path):
+  """scripts/publish_claims.py: a dataset's claims section and README block regenerated
+  from rows with this checkout's rules; the other sections and the rest stay."""
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from scripts import publish_claims
+  root = tmp_path / 'root'
+  (root / 'docs').mkdir(parents=True)
+  (root / 'README.md').write_text('head\n<!-- claims:digits -->\nold\n<!-- /claims:digits -->\n'
+                                  'tail\n')
+  (root / 'docs' / 'claims.md').write_text(
+      '# top\n\n<!-- claims:digits -->\n## digits: old title\nold\n<!-- /claims:digits -->\n\n'
+      '<!-- claims:other -->\nkept\n<!-- /claims:other -->\n')
+  docs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'docs')
+  publish_claims.publish(os.path.join(docs, 'results.json'), 'digits', root=str(root))
+  doc = (root / 'docs' / 'claims.md').read_text()
+  assert '## digits: old title\n' in doc and 'Holm' in doc and '\nold\n' not in doc
+  assert 'kept' in doc and doc.startswith('# top')
+  readme = (root / 'README.md').read_text()
+  assert readme.startswith('head\n') and readme.endswith('tail\n') and '| Claim | Verdict' in readme
+  with pytest.raises(SystemExit, match='cannot read the rows'):
+    publish_claims.publish(str(tmp_path / 'none.json'), 'digits', root=str(root))

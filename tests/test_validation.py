@@ -73,6 +73,12 @@ BAD_CLASSIFICATION = [
     ('unlearn.overrides', {'gsr': {'temperature': -2.0}},
      'config.unlearn.overrides.gsr.temperature=-2.0 is not allowed: use a number > 0'),
     ('unlearn.overrides', {'ghr': {'epochs': 0.0}}, 'config.unlearn.overrides.ghr.epochs=0.0'),
+    ('claims.grogu_rivals', ('gsr', 'nope'),
+     "config.claims.grogu_rivals (entry 'nope'): Unknown unlearning method 'nope'"),
+    ('claims.retain_rivals', 'scrub', "config.claims.retain_rivals='scrub' is not allowed: give"),
+    ('claims.cure_with_retain', 'cure', "config.claims.cure_with_retain: Unknown unlearning"),
+    ('claims.margin', 0.0, 'config.claims.margin=0.0 is not allowed: use a number > 0'),
+    ('claims.alpha', 1.5, 'config.claims.alpha=1.5 is not allowed: use a level between 0 and 1'),
 ]
 # Keys another part of the project adds; validated when present.
 BAD_OPTIONAL = [

@@ -1,60 +1,73 @@
-"""The paper's claims, tested from result rows (results.json's ``rows``) with paired runs.
+"""The paper's claims, tested from result rows (results.json's ``rows``) with paired runs,
+against rivals fixed before any result.
 
 Runs of two methods with the same ``(scenario, model_seed, seed)`` start from the same original
-model and are compared with the same retrain model, so they pair. Every comparison is a paired
-difference ``d_i = v(run_a,i) − v(run_b,i)`` over the pairs where both runs have status 'ok'
-(and the value exists), oriented so that the claim says ``d > 0``; its mean ``d̄`` and the 95 %
-Student-t interval ``d̄ ± t_{0.975, n−1} · s / √n`` (``s``: the sample standard deviation of
-the ``d_i``, ddof 1), per scenario and pooled over scenarios (all pairs together).
+model and are compared with the same retrain model, so they pair. Every comparison (a *part*)
+is a paired difference ``d_i = v(run_a,i) − v(run_b,i)`` over the pairs where both runs have
+status 'ok' (and the value exists), oriented so that the claim says ``d > 0``; its mean
+``d̄``, the 95 % Student-t interval ``d̄ ± t_{0.975, n−1} · s / √n`` and the one-sided and
+equivalence p-values of :mod:`cure_jax.classification.verdicts`, per scenario and pooled over
+scenarios (all pairs together).
 
-Verdict: 'holds' when the interval lies above 0, 'does not hold' when it lies below 0,
-otherwise (or with fewer than 2 pairs) 'inconclusive'. Claims 1 and 3 also apply the table
-rule (``tables.best_methods``: mean forget acc ≤ threshold, no diverged run): 'holds' needs
-the claimed method to meet it in every scenario; the claimed method missing it where its rival
-meets it is 'does not hold'; the claimed method alone meeting it (in every scenario) is 'holds'.
-A claim whose methods are not in the rows is 'not evaluated (method X not in the rows)'.
+What each claim compares is fixed in the config (``config.claims``, :class:`Spec`), never
+chosen on the rows: claim 1 names GROGU's rivals, claim 3 the CURE method with retain data and
+its rivals. A claim holds when every part does (:func:`verdicts.combine`); Holm's correction
+runs across the claims (pooled: the claims; per scenario: every claim × scenario), at
+``alpha``; 'equivalent' means every part lies within ``±margin`` (accuracies: ``margin``,
+claim 4's distance: ``margin_tv``); 'inconclusive' comes with the pairs that would decide it.
 
-1. GROGU (``grogu``) against the best other forget-data-only method (the table rule), on
-   retain acc.
+Claims 1 and 3 also apply the table rule's forget threshold (mean forget acc ≤ threshold, no
+diverged run) before the retain accuracies: a rival that misses it while the claimed method
+meets it loses that part; the claimed method missing it where the rival meets it loses the
+part the other way; if both miss it, the part cannot decide.
+
+1. GROGU (``grogu``) against each of ``grogu_rivals`` (forget data only), on retain acc.
 2. GHR preserves the relevant retain classes better, GSR the general ones: relevant classes
    (``relevant_classes``) are the retrain model's top classes for the forget-class test images,
    general ones the other retain classes; ``v`` = the run's mean ``per_class_acc`` over them;
    ghr − gsr on relevant, gsr − ghr on general.
-3. The best CURE ``_descent`` method against the best non-CURE method with retain data (the
-   table rule, setting 'retain'), on retain acc.
+3. ``cure_with_retain`` (a CURE ``_descent`` method) against each of ``retain_rivals``, on
+   retain acc.
 4. GROGU is closer to the retrain model's prediction pattern: ``v`` = the total-variation
    distance ``TV(p, q) = ½ Σ_k |p_k − q_k|`` between the run's normalised
    ``forget_pred_counts`` and its retrain model's; ghr − grogu and gsr − grogu.
 """
+import dataclasses
+
 import numpy as np
 from scipy import stats
 
-from cure_jax.classification import tables
+from cure_jax.classification import tables, verdicts
 
 CURE = ('ghr', 'gsr', 'grogu', 'grogu_t1')
 CURE_DESCENT = tuple(f'{m}_descent' for m in CURE)
+# The defaults of config.claims: every other method of the setting in the paper's sweep.
+GROGU_RIVALS = ('gradasc', 'randlabel', 'finetune', 'age', 'undial', 'salun', 'delete', 'ghr',
+                'gsr', 'grogu_t1')
+RETAIN_RIVALS = ('gradasc_descent', 'gradrest_descent', 'age_descent', 'undial_descent',
+                 'salun_descent', 'scrub', 'lur', 'lur_randlabel')
 LEVEL = 0.95
 RELEVANT_COVER = 0.8   # the relevant classes cover at least this share of the forget images
 RELEVANT_MAX = 3       # ... with at most this many classes
-HOLDS, FAILS, INCONCLUSIVE = 'holds', 'does not hold', 'inconclusive'
+HOLDS, FAILS, EQUIVALENT, INCONCLUSIVE = 'holds', 'does not hold', 'equivalent', 'inconclusive'
 NOT_EVALUATED = 'not evaluated'
-HOW = (f'Runs pair by (scenario, model_seed, seed): they share the original model and the '
-       f'retrain model. Only pairs where both runs have status ok enter. Per comparison a − b: '
-       f'the mean paired difference d̄ and the {LEVEL:.0%} Student-t interval '
-       f'd̄ ± t(0.975, n−1)·s/√n '
-       f'(s: sample std of the differences); pooled = all pairs of all scenarios together. '
-       f'Verdict: holds when the interval lies above 0 (claims 1 and 3: and the claimed method '
-       f'meets the forget threshold, mean forget acc ≤ threshold with no diverged run, as the '
-       f'table rule requires; if it alone meets it, it holds; if it misses it where the rival '
-       f'meets it, it does not hold), does not hold when it lies below 0, otherwise '
-       f'inconclusive. Claim 2: the relevant classes of a retrain model are its most predicted '
-       f'retain classes for the forget-class test images, sorted by count, the fewest covering '
-       f'≥ {RELEVANT_COVER:.0%} of those images, at most {RELEVANT_MAX} (never a class it does '
-       f'not predict); general = the other retain classes; per run the mean per-class test '
-       f'accuracy over each set. Claim 4: TV = ½ Σ_k |p_k − q_k| between the run\'s and its '
-       f'retrain model\'s normalised prediction counts of the forget-class test images. The '
-       f'rivals of claims 1 and 3 are chosen on the same runs (no correction for that choice), '
-       f'and pooled pairs are treated as independent although runs share model seeds.')
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """What the claims compare and decide with (``config.claims``), fixed before the results."""
+  grogu_rivals: tuple = GROGU_RIVALS
+  cure_with_retain: str = 'grogu_descent'
+  retain_rivals: tuple = RETAIN_RIVALS
+  margin: float = 0.005       # accuracies (a fraction): ±0.5 points
+  margin_tv: float = 0.02     # claim 4's total-variation distance
+  alpha: float = verdicts.ALPHA
+
+  @classmethod
+  def from_config(cls, claims_config):
+    c = claims_config
+    return cls(tuple(c.grogu_rivals), c.cure_with_retain, tuple(c.retain_rivals),
+               float(c.margin), float(c.margin_tv), float(c.alpha))
 
 
 def paired_interval(diffs, level=LEVEL):
@@ -153,102 +166,126 @@ def paired_differences(rows, scenario, a, b, value):
   return diffs, va, vb, len(keys) - len(diffs)
 
 
-def verdict(lo, hi, flags=()):
-  """``(verdict, reason)`` from the interval; ``flags``: per scenario (claimed method meets the
-  forget threshold, rival meets it) for the table-rule claims (1 and 3)."""
-  if any(not a and b for a, b in flags):
-    return FAILS, 'the claimed method misses the forget threshold where its rival meets it'
-  if flags and all(a and not b for a, b in flags):
-    return HOLDS, 'only the claimed method meets the forget threshold'
-  if np.isfinite(lo) and lo > 0:
-    if all(a for a, _ in flags):
-      return HOLDS, 'interval above 0'
-    return INCONCLUSIVE, 'interval above 0, but the claimed method misses the forget threshold'
-  if np.isfinite(hi) and hi < 0:
-    return FAILS, 'interval below 0'
-  return INCONCLUSIVE, ('interval contains 0' if np.isfinite(lo) else 'fewer than 2 pairs')
+def _meets(rows, scenario, method, threshold):
+  """Whether ``method`` meets the table rule's forget threshold in ``scenario``."""
+  sub = [r for r in rows if r['scenario'] == scenario and r['method'] == method]
+  if not sub or any(r.get('status') == 'diverged' for r in sub):
+    return False
+  forget = tables.summarize(sub, 'forget_acc').get((scenario, method))
+  return forget is not None and forget[0] <= threshold + 1e-12
 
 
-def _entry(scenario, a, b, diffs, va, vb, excluded, flags, forget=None):
+def _mean_forget(rows, scenario, method):
+  sub = [r for r in rows if r['scenario'] == scenario and r['method'] == method]
+  stat = tables.summarize(sub, 'forget_acc').get((scenario, method))
+  return stat[0] if stat else float('nan')
+
+
+def _rule(p, a_meets, b_meets):
+  """``(p-values, reason)``: where the forget threshold settles a part, it does so whatever
+  the retain accuracies say."""
+  if a_meets and not b_meets:
+    return {verdicts.SUPERIOR: 0.0, verdicts.INFERIOR: 1.0, verdicts.EQUIVALENT: 1.0}, (
+        'only a meets the forget threshold')
+  if b_meets and not a_meets:
+    return {verdicts.SUPERIOR: 1.0, verdicts.INFERIOR: 0.0, verdicts.EQUIVALENT: 1.0}, (
+        'a misses the forget threshold where b meets it')
+  if not (a_meets or b_meets):
+    return {k: 1.0 for k in verdicts.KINDS}, 'neither meets the forget threshold'
+  return p, ''
+
+
+def _entry(scenario, a, b, diffs, va, vb, excluded, margin, rule=None, forget=None):
   n, mean, lo, hi = paired_interval(diffs)
-  v, reason = verdict(lo, hi, flags)
+  p, reason = verdicts.p_values(diffs, margin), ''
+  if rule is not None:
+    p, reason = _rule(p, *rule)
   out = {'scenario': scenario, 'a': a, 'b': b, 'n_pairs': n, 'n_excluded': excluded,
          'mean_a': float(np.mean(va)) if va else float('nan'),
          'mean_b': float(np.mean(vb)) if vb else float('nan'),
-         'diff': mean, 'lo': lo, 'hi': hi, 'diffs': list(diffs), 'verdict': v, 'reason': reason}
+         'diff': mean, 'lo': lo, 'hi': hi, 'diffs': list(diffs), 'p': p, 'rule': reason}
   if forget is not None:
     out['forget_a'], out['forget_b'] = forget
   return out
 
 
-def _part(rows, label, pick, value, threshold_rule=False):
-  """One comparison ``label`` per scenario and pooled. ``pick(scenario) -> (a, b)``;
-  with ``threshold_rule`` also ``(a meets, b meets)`` and the mean forget accs of a and b."""
-  entries, pooled, flags, forgets = [], ([], [], [], 0), [], []
+def _part(rows, label, a, b, value, margin, threshold=None):
+  """One comparison a − b per scenario and pooled; with ``threshold`` the forget rule too."""
+  entries, pooled, flags = [], ([], [], [], 0), []
   for s in _scenarios(rows):
-    a, b, *rule = pick(s)
-    if a is None or b is None:
-      entries.append({'scenario': s, 'a': a, 'b': b, 'n_pairs': 0, 'verdict': NOT_EVALUATED,
-                      'reason': f'no {"claimed" if a is None else "rival"} method in scenario {s}'})
-      continue
     diffs, va, vb, excluded = paired_differences(rows, s, a, b, value)
-    flag = [rule[0]] if threshold_rule else []
-    forget = rule[1] if threshold_rule else None
-    entries.append(_entry(s, a, b, diffs, va, vb, excluded, flag, forget))
+    rule = forget = None
+    if threshold is not None:
+      rule = (_meets(rows, s, a, threshold), _meets(rows, s, b, threshold))
+      forget = (_mean_forget(rows, s, a), _mean_forget(rows, s, b))
+      flags.append(rule)
+    entries.append(_entry(s, a, b, diffs, va, vb, excluded, margin, rule, forget))
     pooled = (pooled[0] + diffs, pooled[1] + va, pooled[2] + vb, pooled[3] + excluded)
-    flags += flag
-    forgets += [forget] if forget else []
-  done = [e for e in entries if e['verdict'] != NOT_EVALUATED]
-  names = [', '.join(dict.fromkeys(e[k] for e in done)) for k in ('a', 'b')]
-  forget = tuple(float(np.mean(x)) for x in zip(*forgets)) if forgets else None
-  if done:
-    entries.append(_entry('pooled', *names, *pooled, flags, forget))
-  else:
-    entries.append({'scenario': 'pooled', 'a': None, 'b': None, 'n_pairs': 0,
-                    'verdict': NOT_EVALUATED, 'reason': 'no scenario evaluated'})
-  return {'label': label, 'entries': entries}
+  rule = forget = None
+  if threshold is not None:
+    rule = tuple(all(f[i] for f in flags) for i in (0, 1))
+    forget = tuple(float(np.nanmean([e[k] for e in entries])) for k in ('forget_a', 'forget_b'))
+  entries.append(_entry('pooled', a, b, *pooled, margin, rule, forget))
+  return {'label': label, 'margin': margin, 'entries': entries}
 
 
-def _pick_best(rows, scenario, methods, threshold):
-  """``(method, meets, mean forget acc)``: the table rule's best of ``methods`` in
-  ``scenario``; if none is eligible, the lowest mean forget acc, then the highest retain acc."""
-  sub = [r for r in rows if r['scenario'] == scenario and r['method'] in methods]
-  forget, retain = tables.summarize(sub, 'forget_acc'), tables.summarize(sub, 'retain_acc')
-  best = list(tables.best_methods(sub, threshold).values())
-  if best:
-    return best[0], True, forget[(scenario, best[0])][0]
-  ranked = sorted((f[0], -retain.get(k, (0.0,))[0], k[1]) for k, f in forget.items())
-  return (ranked[0][2], False, ranked[0][0]) if ranked else (None, False, float('nan'))
+def _part_needed(entry, margin, alpha, k):
+  """``{kind: (n, n_upper) or None}`` for one part (:func:`verdicts.needed`); a part the
+  forget rule settled needs no pairs for what it settled and cannot reach the rest."""
+  if entry['rule']:
+    return {kind: (0, 0) if entry['p'][kind] == 0.0 else None for kind in verdicts.KINDS}
+  out = verdicts.needed(entry['diffs'], margin, alpha)
+  out[verdicts.INFERIOR] = verdicts.needed(entry['diffs'], margin, alpha / k)[verdicts.INFERIOR]
+  return out
 
 
-def _best_vs_best(rows, label, group_a, group_b, threshold):
-  """A part for claims 1/3: the table rule's best of ``group_a`` − best of ``group_b``,
-  retain acc."""
-  def pick(s):
-    a, a_ok, fa = _pick_best(rows, s, group_a, threshold)
-    b, b_ok, fb = _pick_best(rows, s, group_b, threshold)
-    return a, b, (a_ok, b_ok), (fa, fb)
-  return _part(rows, label, pick, lambda run, _: run['retain_acc'], threshold_rule=True)
+def _claim_needed(entries, margins, alpha):
+  """``(kind, n, n_upper)``: the fewest pairs (pooled: over all scenarios) at which the claim
+  would be decided, all parts superior or equivalent, or one inferior; None if none can."""
+  per = [_part_needed(e, m, alpha, len(entries)) for e, m in zip(entries, margins)]
+  best = None
+  for kind in verdicts.KINDS:
+    got = [p[kind] for p in per]
+    if kind == verdicts.INFERIOR:
+      got = [g for g in got if g is not None]
+      cand = min(got) if got else None
+    else:
+      cand = None if None in got else (max(g[0] for g in got), max(g[1] for g in got))
+    if cand is not None and (best is None or cand[0] < best[1]):
+      best = (kind, *cand)
+  return best
 
 
-def _combine(verdicts):
-  if not verdicts or NOT_EVALUATED in verdicts:
-    return NOT_EVALUATED
-  if FAILS in verdicts:
-    return FAILS
-  return HOLDS if all(v == HOLDS for v in verdicts) else INCONCLUSIVE
-
-
-def _claim(number, title, parts, missing=None):
-  """The claim's dict: verdict per scenario and pooled (all parts must hold)."""
+def _claim(number, title, parts, missing=None, rivals_missing=()):
   if missing:
-    v = f'{NOT_EVALUATED} ({missing})'
-    return {'number': number, 'title': title, 'parts': [], 'verdict': v, 'verdicts': {}}
+    return {'number': number, 'title': title, 'parts': [], 'p': {},
+            'verdict': f'{NOT_EVALUATED} ({missing})', 'verdicts': {}, 'rivals_missing': []}
   scenarios = [e['scenario'] for e in parts[0]['entries']]
-  verdicts = {s: _combine([e['verdict'] for p in parts for e in p['entries']
-                           if e['scenario'] == s]) for s in scenarios}
-  return {'number': number, 'title': title, 'parts': parts, 'verdict': verdicts['pooled'],
-          'verdicts': verdicts}
+  p = {s: verdicts.combine([e['p'] for part in parts for e in part['entries']
+                            if e['scenario'] == s]) for s in scenarios}
+  return {'number': number, 'title': title, 'parts': parts, 'p': p,
+          'rivals_missing': list(rivals_missing)}
+
+
+def _decide(result, alpha):
+  """Holm across the evaluated claims (pooled) and across every claim × scenario; sets each
+  claim's ``p_adjusted``, ``verdicts``, ``verdict`` (pooled) and ``needed``."""
+  done = [c for c in result if c['parts']]
+  families = [[(c, 'pooled') for c in done],
+              [(c, s) for c in done for s in c['p'] if s != 'pooled']]
+  for family in families:
+    adjusted = verdicts.adjust([c['p'][s] for c, s in family])
+    for (c, s), adj in zip(family, adjusted):
+      c.setdefault('p_adjusted', {})[s] = adj
+      c.setdefault('verdicts', {})[s] = verdicts.decide(adj, alpha)
+      if c['verdicts'][s] == INCONCLUSIVE:
+        entries = [next(e for e in part['entries'] if e['scenario'] == s) for part in c['parts']]
+        margins = [part['margin'] for part in c['parts']]
+        c.setdefault('needed', {})[s] = _claim_needed(entries, margins, alpha / len(family))
+  for c in done:
+    c['verdicts'] = {s: c['verdicts'][s] for s in c['p']}   # scenarios first, then pooled
+    c['verdict'] = c['verdicts']['pooled']
+  return result
 
 
 def _missing(methods, required):
@@ -256,20 +293,27 @@ def _missing(methods, required):
   return f'method {", ".join(gone)} not in the rows' if gone else None
 
 
-def claims(rows, threshold):
+def _versus(rows, claimed, rivals, threshold, margin):
+  """Parts claimed − rival on retain acc with the forget rule, for the rivals in the rows."""
+  methods = {r['method'] for r in rows}
+  present = [m for m in rivals if m in methods and m != claimed]
+  parts = [_part(rows, f'retain acc: {claimed} − {m}', claimed, m,
+                 lambda run, _: run['retain_acc'], margin, threshold) for m in present]
+  return parts, [m for m in rivals if m not in methods]
+
+
+def claims(rows, threshold, spec=Spec()):
   """The four claims (module docstring), each ``{'number', 'title', 'verdict' (pooled),
-  'verdicts' {scenario or 'pooled': verdict}, 'parts': [{'label', 'entries'}]}``."""
-  settings = {r['method']: r.get('setting') for r in rows}
-  methods = set(settings) - {'original'}
-  forget_only = [m for m in settings if settings[m] == 'forget']
-  cure_retain = [m for m in CURE_DESCENT if settings.get(m) == 'retain']
-  other_retain = [m for m in settings if settings[m] == 'retain' and m not in CURE_DESCENT]
+  'verdicts' {scenario or 'pooled': verdict}, 'p' and 'p_adjusted' {scenario: {kind: p}},
+  'needed' {scenario: (kind, pairs, pairs at the spread's upper bound)} where inconclusive,
+  'rivals_missing', 'parts': [{'label', 'margin', 'entries'}]}``."""
+  methods = {r['method'] for r in rows} - {'original'}
   out = []
-  others = [m for m in forget_only if m != 'grogu']
-  miss = _missing(methods, ['grogu']) or (None if others else 'no other forget-data-only method')
-  parts = [] if miss else [_best_vs_best(rows, 'retain acc: grogu − best other', ['grogu'],
-                                         others, threshold)]
-  out.append(_claim(1, 'GROGU is the best forget-data-only method', parts, miss))
+  miss = _missing(methods, ['grogu'])
+  parts, gone = ([], ()) if miss else _versus(rows, 'grogu', spec.grogu_rivals, threshold,
+                                               spec.margin)
+  miss = miss or (None if parts else 'none of config.claims.grogu_rivals in the rows')
+  out.append(_claim(1, 'GROGU is the best forget-data-only method', parts, miss, gone))
 
   miss = _missing(methods, ['ghr', 'gsr', 'retrain'])
   relevant = lambda run, ref: class_mean(run, relevant_classes(
@@ -277,75 +321,21 @@ def claims(rows, threshold):
   general = lambda run, ref: class_mean(run, general_classes(
       ref['forget_pred_counts'], run['forget_classes']))
   parts = [] if miss else [
-      _part(rows, 'relevant classes: ghr − gsr', lambda s: ('ghr', 'gsr'), relevant),
-      _part(rows, 'general classes: gsr − ghr', lambda s: ('gsr', 'ghr'), general)]
+      _part(rows, 'relevant classes: ghr − gsr', 'ghr', 'gsr', relevant, spec.margin),
+      _part(rows, 'general classes: gsr − ghr', 'gsr', 'ghr', general, spec.margin)]
   out.append(_claim(2, 'GHR preserves the relevant retain classes better, GSR the general ones',
                     parts, miss))
 
-  miss = (None if cure_retain else 'no CURE _descent method in the rows') or (
-      None if other_retain else 'no non-CURE method with retain data in the rows')
-  parts = [] if miss else [_best_vs_best(rows, 'retain acc: best CURE _descent − best non-CURE',
-                                         cure_retain, other_retain, threshold)]
-  out.append(_claim(3, 'A CURE method is best with retain data', parts, miss))
+  claimed = spec.cure_with_retain
+  miss = _missing(methods, [claimed])
+  parts, gone = ([], ()) if miss else _versus(rows, claimed, spec.retain_rivals, threshold,
+                                               spec.margin)
+  miss = miss or (None if parts else 'none of config.claims.retain_rivals in the rows')
+  out.append(_claim(3, f'A CURE method ({claimed}) is best with retain data', parts, miss, gone))
 
   miss = _missing(methods, ['grogu', 'ghr', 'gsr', 'retrain'])
   tv = lambda run, ref: tv_distance(run['forget_pred_counts'], ref['forget_pred_counts'])
-  parts = [] if miss else [_part(rows, f'TV to retrain: {m} − grogu', lambda s, m=m: (m, 'grogu'),
-                                 tv) for m in ('ghr', 'gsr')]
+  parts = [] if miss else [_part(rows, f'TV to retrain: {m} − grogu', m, 'grogu', tv,
+                                 spec.margin_tv) for m in ('ghr', 'gsr')]
   out.append(_claim(4, "GROGU is closer to the retrain model's prediction pattern", parts, miss))
-  return out
-
-
-def _fmt(x, digits=3):
-  return '–' if x is None or not np.isfinite(x) else f'{x:.{digits}f}'
-
-
-def _part_table(part):
-  rule = any('forget_a' in e for e in part['entries'])
-  head = ['Scenario', 'a', 'b'] + (['a forget', 'b forget'] if rule else [])
-  head += ['mean a', 'mean b', 'a − b', '95 % CI', 'Pairs (excluded)', 'Verdict']
-  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-  for e in part['entries']:
-    cells = [str(e['scenario']), str(e['a'] or '–'), str(e['b'] or '–')]
-    if rule:
-      cells += [_fmt(e.get('forget_a')), _fmt(e.get('forget_b'))]
-    ci = f'[{_fmt(e.get("lo"), 4)}, {_fmt(e.get("hi"), 4)}]'
-    cells += [_fmt(e.get('mean_a')), _fmt(e.get('mean_b')), _fmt(e.get('diff'), 4), ci,
-              f'{e["n_pairs"]} ({e.get("n_excluded", 0)})', f'{e["verdict"]} ({e["reason"]})']
-    lines.append('| ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines)
-
-
-def _relevant_note(rows):
-  """Per scenario: the relevant classes of each retrain model (claim 2)."""
-  lines = []
-  for s in _scenarios(rows):
-    refs = sorted(((m, r) for (sc, m), r in _retrain(rows).items() if sc == s), key=repr)
-    sets = [f'{m}: {relevant_classes(r["forget_pred_counts"], r["forget_classes"])}'
-            for m, r in refs if r.get('forget_pred_counts') is not None]
-    if sets:
-      lines.append(f'- scenario {s} (model seed: relevant classes): ' + '; '.join(sets))
-  return '\n'.join(lines)
-
-
-def claims_markdown(rows, threshold, title):
-  """The claims as a markdown document: a summary, one section per claim, how it is computed."""
-  result = claims(rows, threshold)
-  parts = [f'# {title}', '', f'Forget threshold (claims 1 and 3): mean forget acc ≤ '
-           f'{threshold}. Every comparison a − b is claimed > 0.', '',
-           '| Claim | Verdict (pooled) | Per scenario |', '|---|---|---|']
-  for c in result:
-    per = '; '.join(f'{s}: {v}' for s, v in c['verdicts'].items() if s != 'pooled')
-    parts.append(f'| {c["number"]}. {c["title"]} | {c["verdict"]} | {per or "–"} |')
-  for c in result:
-    parts += ['', f'## Claim {c["number"]}: {c["title"]}', '', f'Verdict: **{c["verdict"]}**'
-              + (' (pooled over scenarios)' if c['parts'] else '')]
-    for p in c['parts']:
-      pooled = p['entries'][-1]
-      parts += ['', f'### {p["label"]}: {pooled["verdict"]} (pooled, {pooled["n_pairs"]} '
-                'pairs)', '', _part_table(p)]
-    if c['number'] == 2 and c['parts']:
-      parts += ['', 'Relevant classes (the retrain model\'s top classes for the forget images):',
-                '', _relevant_note(rows)]
-  parts += ['', '## How this is computed', '', HOW, '']
-  return '\n'.join(parts)
+  return _decide(out, spec.alpha)

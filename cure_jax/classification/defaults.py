@@ -5,6 +5,7 @@ command-line overrides.
 """
 import ml_collections
 
+from cure_jax.classification import claims
 from cure_jax.unlearning import hparams
 
 
@@ -82,6 +83,17 @@ def classification_config():
                          'grogu_t1_descent', 'grogu_descent')
   c.reproduce.forget_threshold = 0.003  # "best" rule: forget acc under this, then max retain
   c.reproduce.plots = True
+
+  # The claims (claims.md): what each compares, fixed before the results, and how it decides
+  # (cure_jax/classification/claims.py): Holm at alpha across the claims; equivalent when
+  # every comparison lies within +-margin (accuracies, a fraction) or +-margin_tv (claim 4).
+  c.claims = ml_collections.ConfigDict()
+  c.claims.grogu_rivals = claims.GROGU_RIVALS           # claim 1: GROGU against each
+  c.claims.cure_with_retain = 'grogu_descent'           # claim 3: this CURE method ...
+  c.claims.retain_rivals = claims.RETAIN_RIVALS         # ... against each of these
+  c.claims.margin = 0.005
+  c.claims.margin_tv = 0.02
+  c.claims.alpha = 0.05
 
   # mode=tune: grid over these values per method, scored on the validation split.
   c.tune = ml_collections.ConfigDict()

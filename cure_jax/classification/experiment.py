@@ -9,7 +9,7 @@ Sweeps are resumable: finished runs are logged in ``WORKDIR/runs.jsonl`` (``tune
 """
 import os
 
-from cure_jax.classification import protocol, report, tables, tuning, validate
+from cure_jax.classification import claims, protocol, report, tables, tuning, validate
 from cure_jax.infra import files, fingerprint, sweep_log
 from cure_jax.unlearning import plan
 
@@ -33,7 +33,8 @@ def run_unlearning(config, workdir, runs, cli_keys=frozenset()):
   class_names = list(study.data.class_names) or [str(k) for k in range(study.data.num_classes)]
   report.write_report(rows, workdir, threshold=config.reproduce.forget_threshold,
                       title=title, class_names=class_names, plots=config.reproduce.plots,
-                      meta=_meta(config, study, cli_keys))
+                      meta=_meta(config, study, cli_keys),
+                      claims_spec=claims.Spec.from_config(config.claims))
   print(f'## {title}\n\nTable 1 (test retain / forget accuracy, mean ± std; bold = best per '
         f'scenario and setting)\n')
   print(tables.table1(rows, config.reproduce.forget_threshold))

@@ -334,7 +334,7 @@ def sweep_key(config, extra=()):
                ('reproduce', 'plots'), ('reproduce', 'methods'),
                ('reproduce', 'forget_threshold'), ('unlearn', 'method'), ('mode',),
                ('seeds',), ('scenarios',), ('forget_classes',), ('model_seeds',),
-               ('model_cache',)):
+               ('model_cache',), ('claims',)):
     d = cfg
     for p in path[:-1]:
       d = d.get(p, {})

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from cure_jax.classification import claims, evaluate, tables
+from cure_jax.classification import claims, claims_text, evaluate, tables
 from cure_jax.infra.files import to_json, write_atomic
 from cure_jax.metrics import klom
 
@@ -111,17 +111,19 @@ def klom_section(rows, workdir):
   return {'definition': KLOM_DEFINITION, 'groups': groups}
 
 
-def write_report(rows, workdir, *, threshold, title, class_names, plots=True, meta=None):
-  """Writes results.md, claims.md (:mod:`cure_jax.classification.claims`), results.json
-  (``{'meta', 'rows'}``, and ``'klom'`` when the sweep kept margins) and the plots; returns
-  the markdown."""
+def write_report(rows, workdir, *, threshold, title, class_names, plots=True, meta=None,
+                 claims_spec=claims.Spec()):
+  """Writes results.md, claims.md (:mod:`cure_jax.classification.claims`, compared and
+  decided as ``claims_spec`` says), results.json (``{'meta', 'rows'}``, and ``'klom'`` when
+  the sweep kept margins) and the plots; returns the markdown."""
   section = klom_section(rows, workdir)
   text = tables.markdown_report(rows, threshold, title, class_names, klom=section)
   if plots:
     write_plots(rows, workdir, class_names)
   write_atomic(os.path.join(workdir, 'results.md'), text)
   write_atomic(os.path.join(workdir, 'claims.md'),
-               claims.claims_markdown(rows, threshold, f'{title}: the paper\'s claims'))
+               claims_text.claims_markdown(rows, threshold, f'{title}: the paper\'s claims',
+                                           claims_spec))
   doc = {'meta': meta or {}, 'rows': rows}
   if section is not None:
     doc['klom'] = section

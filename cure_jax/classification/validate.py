@@ -82,6 +82,7 @@ def validate(config, num_devices):
   check_batch('config.train.eval_batch_size', config.train.eval_batch_size, num_devices)
   _check_methods(config, num_devices)
   check('config.reproduce.forget_threshold', config.reproduce.forget_threshold, nonnegative)
+  _check_claims(config.claims)
   if config.mode == 'tune':
     for key in ('lrs', 'epochs', 'temperatures'):
       values = config.tune[key]
@@ -109,3 +110,17 @@ def _check_seed_devices(config, num_devices):
   per_device = config.models_per_device
   if not (isinstance(per_device, int) and per_device >= 0):
     fail('config.models_per_device', per_device, 'use an integer >= 0 (0: all at once)')
+
+
+def _check_claims(cfg):
+  """``config.claims``: known methods, margins > 0, 0 < alpha < 1."""
+  for key in ('grogu_rivals', 'retain_rivals'):
+    names = cfg[key]
+    if isinstance(names, str) or not names:
+      fail(f'config.claims.{key}', names, 'give a non-empty list of method names')
+    for name in names:
+      methods.get(name, f'config.claims.{key} (entry {name!r})')
+  methods.get(cfg.cure_with_retain, 'config.claims.cure_with_retain')
+  checks(cfg, 'config.claims', {'margin': positive, 'margin_tv': positive})
+  if not (isinstance(cfg.alpha, (int, float)) and 0 < cfg.alpha < 1):
+    fail('config.claims.alpha', cfg.alpha, 'use a level between 0 and 1 (e.g. 0.05)')
