@@ -1,7 +1,8 @@
-r"""Regenerates a dataset's section of docs/claims.md (and the README's
-``<!-- claims:<name> -->`` block, if it has one) from published rows, with the claims' rules
-of this checkout (``cure_jax/classification/claims.py``): what a change of those rules says
-about rows already published, without rerunning the job.
+r"""Regenerates a dataset's section of docs/claims.md, its forest plot
+(``docs/<name>_claims_forest.png``) and the README's ``<!-- claims:<name> -->`` block, if it
+has one, from published rows, with the claims' rules of this checkout
+(``cure_jax/classification/claims.py``): what a change of those rules says about rows already
+published, without rerunning the job.
 
   .venv/bin/python scripts/publish_claims.py docs/results.json digits
   .venv/bin/python scripts/publish_claims.py docs/results_paper.json.gz digits_paper
@@ -17,7 +18,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cure_jax.classification import claims, claims_text, defaults  # noqa: E402
+from cure_jax.classification import claims, claims_text, defaults, forest  # noqa: E402
 from scripts import publish_results  # noqa: E402
 
 
@@ -41,9 +42,13 @@ def publish(rows_path, name, root=publish_results.ROOT):
   spec = claims.Spec.from_config(spec_config)
   threshold = config['reproduce']['forget_threshold']
   title = next((line[2:].strip() for line in _title_source(root, name)), name)
+  plot = f'{name}_claims_forest.png'
+  drawn = forest.plot_claims(claims.claims(data['rows'], threshold, spec),
+                             os.path.join(root, 'docs', plot), title)
   with tempfile.TemporaryDirectory() as work:
     with open(os.path.join(work, 'claims.md'), 'w', encoding='utf-8') as f:
-      f.write(claims_text.claims_markdown(data['rows'], threshold, title, spec))
+      f.write(claims_text.claims_markdown(data['rows'], threshold, title, spec,
+                                          forest=plot if drawn else None))
     publish_results._publish_claims(work, root, name)  # pylint: disable=protected-access
     readme_path = os.path.join(root, 'README.md')
     readme = open(readme_path, encoding='utf-8').read()

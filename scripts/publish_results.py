@@ -181,6 +181,8 @@ def _publish_claims(workdir, root, dataset):
              'is written with results.md).')
   body = '\n'.join('#' + line if line.startswith('#') else line
                     for line in open(source).read().strip().splitlines())
+  # The forest plot, copied with the workdir's plots as <dataset>_claims_forest.png.
+  body = body.replace('](claims_forest.png)', f']({dataset}_claims_forest.png)')
   begin, end = f'<!-- claims:{dataset} -->', f'<!-- /claims:{dataset} -->'
   path = os.path.join(root, 'docs', 'claims.md')
   doc = open(path).read() if os.path.exists(path) else CLAIMS_HEAD

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cure_jax.classification import claims, claims_text, verdicts
+from cure_jax.classification import claims, claims_text, forest, verdicts
 
 NC = 10
 FORGET = (3,)
@@ -335,3 +335,14 @@ def test_runs_on_the_published_digits_rows():
     assert f'## Claim {n}:' in text
   for c in claims.claims(data['rows'], threshold):
     assert c['verdict'] in ('holds', 'does not hold', 'equivalent', 'inconclusive')
+
+
+def test_forest_plot_draws_every_evaluated_claim(tmp_path):
+  rows = _full_study()
+  path = forest.plot_claims(claims.claims(rows, 0.0), str(tmp_path / 'f.png'), 'test')
+  assert open(path, 'rb').read(4) == b'\x89PNG'
+  lines = forest._lines(by_number(claims.claims(rows, 0.0), 4))  # pylint: disable=protected-access
+  assert [l[0] for l in lines[:3]] == ['ghr − grogu', '    scenario 1', '    scenario 2']
+  assert lines[0][4] and not lines[1][4]
+  only = study({'ghr': ('forget', noisy(0.9))})
+  assert forest.plot_claims(claims.claims(only, 0.0), str(tmp_path / 'g.png'), 't') is None

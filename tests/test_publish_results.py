@@ -186,6 +186,8 @@ def test_claims_republish_from_published_rows(tmp_path):
   doc = (root / 'docs' / 'claims.md').read_text()
   assert '## digits: old title\n' in doc and 'Holm' in doc and '\nold\n' not in doc
   assert 'kept' in doc and doc.startswith('# top')
+  assert '[forest plot](digits_claims_forest.png)' in doc
+  assert (root / 'docs' / 'digits_claims_forest.png').read_bytes()[:4] == b'\x89PNG'
   readme = (root / 'README.md').read_text()
   assert readme.startswith('head\n') and readme.endswith('tail\n') and '| Claim | Verdict' in readme
   with pytest.raises(SystemExit, match='cannot read the rows'):

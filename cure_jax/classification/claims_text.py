@@ -105,8 +105,10 @@ def _relevant_note(rows):
   return '\n'.join(lines)
 
 
-def claims_markdown(rows, threshold, title, spec=claims_lib.Spec()):
-  """The claims as a markdown document: a summary, one section per claim, how it is computed."""
+def claims_markdown(rows, threshold, title, spec=claims_lib.Spec(), forest=None):
+  """The claims as a markdown document: a summary, one section per claim, how it is computed;
+  ``forest``: the file name of their forest plot (:mod:`cure_jax.classification.forest`),
+  linked under the summary."""
   result = claims_lib.claims(rows, threshold, spec)
   n_scen = len(dict.fromkeys(r['scenario'] for r in rows))
   parts = [f'# {title}', '', f'Forget threshold (claims 1 and 3): mean forget acc ≤ '
@@ -120,6 +122,9 @@ def claims_markdown(rows, threshold, title, spec=claims_lib.Spec()):
     per = '; '.join(f'{s}: {v}' for s, v in c['verdicts'].items() if s != 'pooled')
     parts.append(f'| {c["number"]}. {c["title"]} | {_verdict_cell(c, "pooled", n_scen)} | '
                  f'{_adjusted(c)} | {per} |')
+  if forest:
+    parts += ['', f'Every comparison\'s paired difference and 95 % interval: [forest plot]'
+              f'({forest}) (0 and the equivalence margin marked).']
   for c in result:
     parts += ['', f'## Claim {c["number"]}: {c["title"]}', '', f'Verdict: **{c["verdict"]}**'
               + (' (pooled over scenarios, Holm across the claims)' if c['parts'] else '')]
