@@ -256,6 +256,31 @@ def test_tune_scores_on_validation_and_records_its_rule(first):
     assert sum(int(v) for v in line.split('|')[-3].split('/')) == 2   # ok / diverged / collapsed
 
 
+def test_tune_searches_past_the_grid_within_the_same_budget(first):
+  """Past the grid every method gets the same number of trials: one-rung moves of its
+  choice (search.py), recorded and shown as such."""
+  workdir = first[0]
+  config = tiny_config()
+  config.mode = 'tune'
+  config.tune.update(lrs=(0.003,), epochs=(1,), temperatures=(2.0,), seeds=1, model_seeds=1,
+                     trials=3)
+  config.reproduce.methods = ('ghr', 'gsr')
+  choices = entry.run(config, str(workdir / 'search'))
+  doc = json.loads((workdir / 'search' / 'tune.json').read_text())
+  for name in ('ghr', 'gsr'):
+    mine = [t for t in doc['trials'] if t['method'] == name]
+    assert len(mine) == 3 and mine[0]['lr'] == 0.003 and mine[0]['epochs'] == 1.0
+    settings = {tuple(sorted((k, t[k]) for k in ('lr', 'epochs', 'temperature') if k in t))
+                for t in mine}
+    assert len(settings) == 3                                   # three different trials
+  gsr = [t for t in doc['trials'] if t['method'] == 'gsr']
+  assert gsr[1]['lr'] > 0.003 and gsr[1]['epochs'] == 1.0      # the first move: lr up
+  assert doc['rule']['trials_per_method'] == 3 and 'ladders' in doc['rule']
+  table = (workdir / 'search' / 'tune.md').read_text()
+  assert 'one-rung moves' in table and 'not bracketed in some dimension' in table
+  assert set(choices) == {'ghr', 'gsr'}
+
+
 def test_tune_markdown_names_methods_without_a_choice():
   doc = {'rule': {'trials_per_method': 2, 'lrs': [0.1, 1.0], 'epochs': [1], 'temperatures': [2],
                   'runs_per_scenario': 1, 'scenarios': ['1'], 'model_seeds': [0],

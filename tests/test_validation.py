@@ -95,6 +95,11 @@ BAD_TUNE = [
     ('tune.min_retain_acc', 1.5, 'config.tune.min_retain_acc=1.5 is not allowed: use a fraction'),
     ('tune.seed', -1, 'config.tune.seed=-1 is not allowed: use a whole number >= 0'),
     ('tune.model_seeds', 0, 'config.tune.model_seeds=0 is not allowed: use a whole number >= 1'),
+    ('tune.trials', 1, "config.tune.trials=1 is not allowed: use 0 (the grid only) or at least"),
+    ('tune.lr_max', 1e-6, 'config.tune.lr_min=1e-05 is not allowed: the caps'),
+    ('tune.max_epochs', 0.5, 'config.tune.max_epochs=0.5 is not allowed: it must be >='),
+    ('tune.epoch_ladder', (), 'config.tune.epoch_ladder=() is not allowed'),
+    ('tune.grogu_weights', (1.5,), 'config.tune.grogu_weights=(1.5,) is not allowed: give'),
     # Tuning from a reported model (the smoke config reports model 0): refused, naming it.
     ('tune.seed', 0, 'config.tune.model_seeds=2 is not allowed: model seed(s) [0, 1] are '
                      'reported models'),

@@ -100,6 +100,17 @@ def classification_config():
   c.tune.lrs = (0.003, 0.01, 0.03, 0.1)
   c.tune.epochs = (5, 10)
   c.tune.temperatures = (2.0, 4.0, 8.0)
+  c.tune.grogu_weights = (0.5,)      # GROGU's w_h (w_s = 1 - w_h), Latin-assigned like T
+  # The search after the grid (cure_jax/classification/search.py): tune.trials per method (the
+  # same for every method; 0: the grid only), one-rung moves along each dimension's ladder,
+  # whose ends are the caps (epochs: one cap for every method).
+  c.tune.trials = 0
+  c.tune.lr_min = 1e-5
+  c.tune.lr_max = 1.0
+  c.tune.max_epochs = 30.0
+  c.tune.epoch_ladder = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0)
+  c.tune.temperature_ladder = (1.0, 2.0, 4.0, 8.0, 12.0, 16.0)
+  c.tune.grogu_weight_ladder = (0.1, 0.25, 0.5, 0.75, 0.9)
   c.tune.seeds = 2
   # Tuning trains its own original (and retrain) models, seeds tune.seed .. tune.seed+K-1
   # (K = tune.model_seeds), and its runs draw unlearning keys from tune.seed on: no model,

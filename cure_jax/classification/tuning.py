@@ -19,7 +19,7 @@ import time
 import numpy as np
 from absl import logging
 
-from cure_jax.classification import protocol
+from cure_jax.classification import protocol, search
 from cure_jax.infra import files, sweep_log
 from cure_jax.unlearning import plan
 
@@ -31,22 +31,31 @@ def _uses_temperature(run):
 
 
 def trials(config, run):
-  """``(trial settings, the run with them)``: the same ``len(lrs) × len(epochs)`` trials for
-  every method, so that no method gets a larger search than another. A method with a
-  temperature of its own searches it inside that budget: trial ``(i, j)`` (the i-th learning
-  rate, the j-th epoch count) takes temperature ``(i + j) mod len(temperatures)``, a Latin
-  assignment that pairs every temperature with several learning rates and every epoch count."""
-  own_t = _uses_temperature(run)
-  temps = tuple(config.tune.temperatures)
+  """``(trial settings, the run with them)``: the starting design, the same
+  ``len(lrs) × len(epochs)`` trials for every method. A method with a temperature of its own
+  searches it inside that budget: trial ``(i, j)`` (the i-th learning rate, the j-th epoch
+  count) takes temperature ``(i + j) mod len(temperatures)``, a Latin assignment that pairs
+  every temperature with several learning rates and every epoch count; GROGU's weight
+  ``w_h`` likewise takes ``(i + 2j) mod len(grogu_weights)``."""
+  dims = search.dims_of(run, _uses_temperature(run))
+  temps, weights = tuple(config.tune.temperatures), tuple(config.tune.grogu_weights)
   for (i, lr), (j, epochs) in itertools.product(enumerate(config.tune.lrs),
                                                 enumerate(config.tune.epochs)):
-    temperature = temps[(i + j) % len(temps)] if own_t else run.hparams.temperature
-    hp = run.hparams.as_configdict()
-    hp.update(lr=float(lr), epochs=float(epochs), temperature=float(temperature))
     trial = {'lr': float(lr), 'epochs': float(epochs)}
-    if own_t:
-      trial['temperature'] = float(temperature)
-    yield trial, dataclasses.replace(run, hparams=type(run.hparams)(hp))
+    if 'temperature' in dims:
+      trial['temperature'] = float(temps[(i + j) % len(temps)])
+    if 'w_h' in dims:
+      trial['w_h'] = float(weights[(i + 2 * j) % len(weights)])
+    yield trial, with_trial(run, trial)
+
+
+def with_trial(run, trial):
+  """``run`` with a trial's settings (``w_h`` sets ``w_s = 1 − w_h``)."""
+  hp = run.hparams.as_configdict()
+  hp.update({k: float(v) for k, v in trial.items()})
+  if 'w_h' in trial:
+    hp.update(w_s=1.0 - float(trial['w_h']))
+  return dataclasses.replace(run, hparams=type(run.hparams)(hp))
 
 
 def select(scored, threshold, min_retain_acc=0.0, name=''):
@@ -77,6 +86,37 @@ def _score(study, rows):
           'min_retain_acc': float(min(r['retain_acc'] for r in ok))}
 
 
+def budget(config):
+  """Trials per method: ``config.tune.trials``, or the starting grid's size when 0."""
+  return config.tune.trials or len(config.tune.lrs) * len(config.tune.epochs)
+
+
+def _search(config, run, study, log, threshold):
+  """``(scored trials, trial records)`` of one method: the starting design, then
+  :func:`search.next_trial` until the budget is spent or no move is left."""
+  space = search.space(config.tune, search.dims_of(run, _uses_temperature(run)))
+  queue = [t for t, _ in trials(config, run)]
+  scored, tried, records = [], [], []
+  while len(tried) < budget(config):
+    if queue:
+      trial = queue.pop(0)
+    else:
+      best = select(scored, threshold, config.tune.min_retain_acc, run.name) if scored else None
+      trial = search.next_trial(space, best, tried) if best else None
+      if trial is None:
+        break
+    tried.append(trial)
+    score = _score(study, protocol.sweep(study, [with_trial(run, trial)], log))
+    records.append({'method': run.name, **trial, **(score or {}),
+                    'status': 'ok' if score else 'diverged'})
+    if score:
+      scored.append((trial, score))
+      logging.info('tune %s %s: val retain %.3f (worst run %.3f) worst-scenario forget %.3f',
+                   run.name, trial, score['retain_acc'], score['min_retain_acc'],
+                   score['forget_acc'])
+  return scored, records
+
+
 def tune(config, workdir, runs):
   """Runs every method's trials on the validation split and applies :func:`select`; writes
   ``tune.json`` and ``tune.md`` and returns ``{method: chosen settings}`` (copy them into
@@ -90,24 +130,20 @@ def tune(config, workdir, runs):
   threshold, choices, records = config.reproduce.forget_threshold, {}, []
   begin = time.perf_counter()
   for run in runs:
-    name, scored = run.name, []
-    for trial, trial_run in trials(config, run):
-      score = _score(study, protocol.sweep(study, [trial_run], log))
-      records.append({'method': name, **trial, **(score or {}),
-                      'status': 'ok' if score else 'diverged'})
-      if score:
-        scored.append((trial, score))
-        logging.info('tune %s %s: val retain %.3f (worst run %.3f) worst-scenario forget %.3f',
-                     name, trial, score['retain_acc'], score['min_retain_acc'],
-                     score['forget_acc'])
+    scored, mine = _search(config, run, study, log, threshold)
+    records += mine
     if scored:
-      choices[name] = select(scored, threshold, config.tune.min_retain_acc, name)
+      choices[run.name] = select(scored, threshold, config.tune.min_retain_acc, run.name)
     else:
-      logging.warning('tune %s: every trial diverged; no choice (lower config.tune.lrs).', name)
+      logging.warning('tune %s: every trial diverged; no choice (lower config.tune.lrs).',
+                      run.name)
   rule = {'dataset': config.data.name,
-          'trials_per_method': len(config.tune.lrs) * len(config.tune.epochs),
+          'trials_per_method': budget(config),
           'lrs': list(config.tune.lrs), 'epochs': list(config.tune.epochs),
           'temperatures': list(config.tune.temperatures), 'split': 'val',
+          'grogu_weights': list(config.tune.grogu_weights),
+          'ladders': {d: list(v)
+                      for d, v in search.space(config.tune, search.DIMS).ladders.items()},
           'scenarios': [sc.label for sc in study.scenarios],
           'model_seeds': list(study.model_seeds), 'first_run_seed': study.first_run_seed,
           'reported_model_seeds': list(plan.model_seeds(config)),
@@ -171,7 +207,30 @@ def grid_edges(choice, rule):
 
 
 def _setting(trial):
-  return ', '.join(f'{k} {trial[k]:g}' for k in ('lr', 'epochs', 'temperature') if k in trial)
+  return ', '.join(f'{k} {trial[k]:g}' for k in search.DIMS if k in trial)
+
+
+def edges(choice, rule, tried):
+  """Where ``choice`` sits unbracketed: :func:`search.position` against the rule's ladders
+  and the method's ``tried`` trials; for a tuning without ladders (before the search),
+  :func:`grid_edges`."""
+  if 'ladders' not in rule:
+    return grid_edges(choice, rule)
+  space = search.Space({d: tuple(v) for d, v in rule['ladders'].items() if d in choice})
+  return search.position(space, choice, tried)
+
+
+def _search_text(rule):
+  grid = len(rule['lrs']) * len(rule['epochs'])
+  if 'ladders' not in rule or rule['trials_per_method'] <= grid:
+    return ''
+  return (f'; GROGU\'s weight w_h {rule["grogu_weights"]}; then {rule["trials_per_method"] - grid} '
+          'one-rung moves of the current choice, first where it is unbracketed, along the '
+          f'ladders {_ladders(rule)} (cure_jax/classification/search.py)')
+
+
+def _ladders(rule):
+  return '; '.join(f'{d} {v[0]:g} … {v[-1]:g}' for d, v in rule['ladders'].items())
 
 
 def markdown(doc, methods, dataset):
@@ -181,7 +240,8 @@ def markdown(doc, methods, dataset):
   lines = [f'# {dataset}: tuning on the validation split', '',
            f'Rule: the same {rule["trials_per_method"]} trials for every method (lr '
            f'{rule["lrs"]} × epochs {rule["epochs"]}; a method with its own temperature '
-           f'searches {rule["temperatures"]} inside them), {rule["runs_per_scenario"]} '
+           f'searches {rule["temperatures"]} inside them{_search_text(rule)}), '
+           f'{rule["runs_per_scenario"]} '
            f'run(s) per scenario {rule["scenarios"]} from the original models '
            f'{rule["model_seeds"][:rule["runs_per_scenario"]]}{_own(rule)}; chosen: the best '
            f'mean validation retain accuracy among '
@@ -193,7 +253,7 @@ def markdown(doc, methods, dataset):
              f'{", ".join(r["methods"])}, {r["why"]}' for r in doc.get('retuned', [])],
            *([''] if doc.get('retuned') else []),
            '| Method | Chosen | Val retain | Worst-scenario val forget | Under threshold | '
-           'Trials ok / diverged / collapsed | On a grid edge |', '|---|---|---|---|---|---|---|']
+           'Trials ok / diverged / collapsed | Not bracketed |', '|---|---|---|---|---|---|---|']
   for name in methods:
     mine = [t for t in doc['trials'] if t['method'] == name]
     ok = [t for t in mine if t['status'] == 'ok']
@@ -205,10 +265,19 @@ def markdown(doc, methods, dataset):
       continue
     best = next(t for t in ok if all(t[k] == v for k, v in choice.items()))
     under = 'yes' if best['forget_acc'] <= rule['forget_threshold'] + 1e-12 else 'no'
-    edges = ', '.join(grid_edges(choice, rule)) or '–'
+    where = ', '.join(edges(choice, rule, mine)) or '–'
     lines.append(f'| {name} | {_setting(choice)} | {best["retain_acc"]:.3f} | '
-                 f'{best["forget_acc"]:.3f} | {under} | {counts} | {edges} |')
-  on_edge = sum(bool(grid_edges(c, rule)) for c in doc['choices'].values())
-  lines += ['', f'{on_edge} of {len(doc["choices"])} choices sit on an edge of the grid (the '
-            'last column): there the grid did not bracket the best value.']
+                 f'{best["forget_acc"]:.3f} | {under} | {counts} | {where} |')
+  tried = lambda name: [t for t in doc['trials'] if t['method'] == name]
+  where = [edges(c, rule, tried(m)) for m, c in doc['choices'].items()]
+  on_edge = sum(bool(w) for w in where)
+  if 'ladders' not in rule:
+    lines += ['', f'{on_edge} of {len(doc["choices"])} choices sit on an edge of the grid (the '
+              'last column): there the grid did not bracket the best value.']
+  else:
+    capped = sum(any(e.endswith('(cap)') for e in w) for w in where)
+    lines += ['', f'{on_edge} of {len(doc["choices"])} choices are not bracketed in some '
+              f'dimension (the last column): {capped} at a cap of its ladder '
+              f'({_ladders(rule)}), the others where the budget ran out before the search '
+              'bracketed them.']
   return '\n'.join(lines) + '\n'

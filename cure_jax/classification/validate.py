@@ -88,6 +88,7 @@ def validate(config, num_devices):
       values = config.tune[key]
       if not values or not all(positive(v) for v in values):
         fail(f'config.tune.{key}', values, 'give a non-empty list of numbers > 0')
+    _check_search(config.tune)
     check('config.tune.seeds', config.tune.seeds, positive_int)
     check('config.tune.seed', config.tune.seed, nonnegative_int)
     shared = sorted(set(plan.tune_model_seeds(config)) & set(plan.model_seeds(config)))
@@ -124,3 +125,24 @@ def _check_claims(cfg):
   checks(cfg, 'config.claims', {'margin': positive, 'margin_tv': positive})
   if not (isinstance(cfg.alpha, (int, float)) and 0 < cfg.alpha < 1):
     fail('config.claims.alpha', cfg.alpha, 'use a level between 0 and 1 (e.g. 0.05)')
+
+
+def _check_search(tune):
+  """The search's budget, caps and ladders (``config.tune``)."""
+  grid = len(tune.lrs) * len(tune.epochs)
+  if not (isinstance(tune.trials, int) and (tune.trials == 0 or tune.trials >= grid)):
+    fail('config.tune.trials', tune.trials,
+         f'use 0 (the grid only) or at least the grid\'s {grid} trials (tune.lrs x tune.epochs)')
+  checks(tune, 'config.tune', {'lr_min': positive, 'lr_max': positive, 'max_epochs': positive})
+  if tune.lr_min > min(tune.lrs) or tune.lr_max < max(tune.lrs):
+    fail('config.tune.lr_min', tune.lr_min,
+         f'the caps [lr_min, lr_max] = [{tune.lr_min}, {tune.lr_max}] must contain tune.lrs')
+  if max(tune.epochs) > tune.max_epochs:
+    fail('config.tune.max_epochs', tune.max_epochs, 'it must be >= every value of tune.epochs')
+  for key in ('epoch_ladder', 'temperature_ladder'):
+    if not tune[key] or not all(positive(v) for v in tune[key]):
+      fail(f'config.tune.{key}', tune[key], 'give a non-empty list of numbers > 0')
+  for key in ('grogu_weights', 'grogu_weight_ladder'):
+    values = tune[key]
+    if not values or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in values):
+      fail(f'config.tune.{key}', values, 'give a non-empty list of weights in [0, 1]')
