@@ -8,9 +8,10 @@ Data: the four standard IDX files (gzip or plain). On Debian/Ubuntu
 Command (K = 3 original models, K = 3 retrain models per scenario, every method × 3 runs ×
 3 scenarios; prints the Table 1 layout):
   python -m experiments.main --config=configs/fashion_mnist.py --workdir=runs/fashion_mnist
-Runtime: 36 min from an empty workdir on a 2-core Intel Xeon (AVX-512; training 5 min,
-unlearning 18 min, evaluation 12 min; peak RSS 2.0 GB; the split in
-docs/results_fashion_mnist.md); 55 min on a 2-core AMD EPYC before the faster layers.
+Runtime: 26 min from an empty workdir on an idle 2-core AMD EPYC with AVX-512 (training 5
+min, unlearning 11 min, evaluation 9 min; peak RSS 2.0 GB); 32 min on a 2-core AMD EPYC with
+AVX2 only, other jobs beside it (the published rows; the split in
+docs/results_fashion_mnist.md).
 Run i starts from original model i mod K and is compared with retrain model i mod K. The
 scenarios are the most, a middling and the least confused class (shirt ↔ T-shirt / pullover /
 coat; sneaker ↔ sandal / ankle boot; trouser). Unlearning uses the whole forget class (6,000

@@ -16,7 +16,7 @@ its sums:
   convolution to the rounding of a 9-term (9 × O-term) sum in another order. Every other
   convolution goes to ``lax`` unchanged.
 
-Measured on the 2-core AMD EPYC (AVX-512), cnn_small, in one run against the previous
+Measured on a 2-core AMD EPYC (AVX2, no AVX-512), cnn_small, in one run against the previous
 version of these layers (stock forward, NHWC shifted training forward): evaluation logits at
 batch 500 24.5 → 13.1 ms, the input-gradient metric at batch 500 74.0 → 39.6 ms, the
 training step at batch 128 unchanged (12.1 → 11.9 ms); docs/benchmarks.md.
