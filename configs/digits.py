@@ -15,10 +15,11 @@ Variants:
                             docs/results_paper.md (rows docs/results_paper.json.gz)
 
 The per-method values in ``config.unlearn.overrides`` were chosen on the validation split
-(never the test split) with --config.mode=tune, by one rule for every method: the same 20
-trials (``config.tune``), the paper's selection rule, on tuning's own models (seeds 1000 and
-1001; no reported run starts there) (13 min on the 2-core CPU; docs/tuning_digits.md lists
-each method's choice). A value given on the command line (e.g.
+(never the test split) with --config.mode=tune, by one rule for every method: at most 30
+trials (``config.tune``: a 20-trial grid, then the search of docs/tuning.md, epochs up to 30),
+the paper's selection rule, on tuning's own models (seeds 1000 and 1001; no reported run
+starts there) (24 min 41 s on the 2-core CPU; docs/tuning_digits.md lists each method's
+choice). A value given on the command line (e.g.
 --config.unlearn.lr=0.01) beats these per-method overrides; --config.unlearn.overrides.ghr.lr=...
 sets one method's value.
 
@@ -46,37 +47,40 @@ def get_config(arg=None):
   config.unlearn.temperature = 4.0
   config.unlearn.retain_fraction = 0.34
   config.reproduce.forget_threshold = 0.0
-  # Chosen by mode=tune on the validation split with the one rule for every method: the same
-  # 20 trials (tune.lrs x tune.epochs below), 2 runs per scenario from tuning's own models
-  # 1000 and 1001 (config.tune.model_seeds / seed; docs/tuning_digits.md).
+  # Chosen by mode=tune on the validation split with the one rule for every method: at most
+  # 30 trials (the tune.lrs x tune.epochs grid below, then the search up to 30 epochs), 2 runs
+  # per scenario from tuning's own models 1000 and 1001 (docs/tuning_digits.md).
   config.unlearn.overrides = ml_collections.ConfigDict({
       'gradasc': {'lr': 0.003, 'epochs': 1.0},
-      'randlabel': {'lr': 0.01, 'epochs': 10.0},
-      'finetune': {'lr': 0.03, 'epochs': 5.0},
+      'randlabel': {'lr': 0.01, 'epochs': 5.0},
+      'finetune': {'lr': 0.03, 'epochs': 2.0},
       'age': {'lr': 0.001, 'epochs': 5.0},
-      'undial': {'lr': 0.01, 'epochs': 5.0},
+      'undial': {'lr': 0.01, 'epochs': 10.0},
       'salun': {'lr': 0.01, 'epochs': 5.0},
-      'delete': {'lr': 0.001, 'epochs': 10.0},
-      'ghr': {'lr': 0.003, 'epochs': 10.0},
-      'gsr': {'lr': 0.003, 'epochs': 10.0, 'temperature': 4.0},
-      'grogu_t1': {'lr': 0.03, 'epochs': 5.0},
-      'grogu': {'lr': 0.03, 'epochs': 10.0, 'temperature': 2.0},
+      'delete': {'lr': 0.001, 'epochs': 5.0},
+      'ghr': {'lr': 0.003, 'epochs': 30.0},
+      'gsr': {'lr': 0.003, 'epochs': 10.0, 'temperature': 2.0},
+      'grogu_t1': {'lr': 0.03, 'epochs': 10.0, 'w_h': 0.1, 'w_s': 0.9},
+      'grogu': {'lr': 0.003, 'epochs': 10.0, 'temperature': 4.0, 'w_h': 0.25, 'w_s': 0.75},
       'gradasc_descent': {'lr': 0.003, 'epochs': 1.0},
-      'gradrest_descent': {'lr': 0.001, 'epochs': 5.0},
-      'age_descent': {'lr': 0.01, 'epochs': 10.0},
-      'undial_descent': {'lr': 0.01, 'epochs': 10.0},
-      'salun_descent': {'lr': 0.001, 'epochs': 10.0},
+      'gradrest_descent': {'lr': 0.003, 'epochs': 2.0},
+      'age_descent': {'lr': 0.01, 'epochs': 30.0},
+      'undial_descent': {'lr': 0.01, 'epochs': 30.0},
+      'salun_descent': {'lr': 0.003, 'epochs': 30.0},
       'scrub': {'lr': 0.01, 'epochs': 10.0},
-      'lur': {'lr': 0.003, 'epochs': 2.0},
-      'lur_randlabel': {'lr': 0.01, 'epochs': 10.0},
-      'ghr_descent': {'lr': 0.01, 'epochs': 10.0},
-      'gsr_descent': {'lr': 0.003, 'epochs': 10.0, 'temperature': 4.0},
-      'grogu_t1_descent': {'lr': 0.01, 'epochs': 10.0},
-      'grogu_descent': {'lr': 0.01, 'epochs': 5.0, 'temperature': 4.0},
+      'lur': {'lr': 0.01, 'epochs': 1.0},
+      'lur_randlabel': {'lr': 0.01, 'epochs': 30.0},
+      'ghr_descent': {'lr': 0.01, 'epochs': 20.0},
+      'gsr_descent': {'lr': 0.003, 'epochs': 30.0, 'temperature': 2.0},
+      'grogu_t1_descent': {'lr': 0.03, 'epochs': 30.0, 'w_h': 0.25, 'w_s': 0.75},
+      'grogu_descent': {'lr': 0.01, 'epochs': 20.0, 'temperature': 8.0, 'w_h': 0.75,
+                        'w_s': 0.25},
   })
-  # The tuning grid: 20 trials per method (a temperature is searched inside them).
+  # The tuning grid: 20 trials per method (a temperature and GROGU's weight searched inside).
   config.tune.lrs = (0.001, 0.003, 0.01, 0.03, 0.1)
   config.tune.epochs = (1, 2, 5, 10)
+  config.tune.grogu_weights = (0.25, 0.5, 0.75)
+  config.tune.trials = 30            # the grid's 20, then the search (docs/tuning.md)
   config.scenarios = '1;3;8'
   config.model_seeds = 5
   config.seeds = 5
