@@ -119,6 +119,9 @@ def test_pairs_needed_is_the_first_n_that_decides():
   assert decides(n, n_sd, n_mean) and not decides(n - 1, n_sd, n_mean)
   assert n_up > n and need['inferior'] is None
   assert need['equivalent'] is None          # the mean lies outside the margin
+  tiny = verdicts.needed([1e-9, -1e-3, 1e-3, 2e-9], 0.001, 0.05)['superior']
+  assert tiny == (verdicts.MAX_PAIRS + 1, verdicts.MAX_PAIRS + 1)   # capped, not overflowed
+  assert 'beyond 1,000,000 pairs' in claims_text.needed_text(('superior', *tiny))
   wide = verdicts.needed(d, 0.01, 0.05)['equivalent']
   assert decides(wide[0], n_sd, 0.01 - n_mean) and wide[0] >= len(d)
 

@@ -75,6 +75,11 @@ def needed_text(needed, scenarios=1):
     return 'no number of pairs decides it at the observed mean'
   kind, n, n_up = needed
   what = {'superior': 'holds', 'inferior': 'does not hold', 'equivalent': 'equivalent'}[kind]
+  if n > verdicts.MAX_PAIRS:
+    return f'{what} only beyond {verdicts.MAX_PAIRS:,} pairs at the observed mean'
+  if n_up > verdicts.MAX_PAIRS:
+    return (f'{what} at {n} pairs (beyond {verdicts.MAX_PAIRS:,} at the spread\'s upper '
+            'bound)')
   per = (f'; ≈ {math.ceil(n / scenarios)} ({math.ceil(n_up / scenarios)}) runs per scenario'
          if scenarios > 1 else '')
   return f'{what} at {n} pairs ({n_up} at the spread\'s upper bound){per}'

@@ -28,6 +28,7 @@ from scipy import stats
 ALPHA = 0.05
 SUPERIOR, INFERIOR, EQUIVALENT = 'superior', 'inferior', 'equivalent'
 KINDS = (SUPERIOR, INFERIOR, EQUIVALENT)
+MAX_PAIRS = 10 ** 6   # beyond this, "more than a million pairs"
 
 
 def _moments(diffs):
@@ -104,14 +105,19 @@ def decide(adjusted, alpha=ALPHA):
 
 def _n_for(effect, sd, alpha, start):
   """The smallest n ≥ ``start`` with ``t_{1−alpha, n−1} · sd / √n < effect`` (None when the
-  effect is not positive)."""
+  effect is not positive; :data:`MAX_PAIRS` + 1 when more than that would be needed)."""
   if not effect > 0:
     return None
   if sd == 0:
     return max(start, 2)
-  n = max(2, start, math.ceil((stats.norm.ppf(1 - alpha) * sd / effect) ** 2))
+  approx = (stats.norm.ppf(1 - alpha) * sd / effect) ** 2
+  if approx > MAX_PAIRS:
+    return MAX_PAIRS + 1
+  n = max(2, start, math.ceil(approx))
   while stats.t.ppf(1 - alpha, n - 1) * sd / math.sqrt(n) >= effect:
     n = max(n + 1, math.ceil(n * 1.05))
+    if n > MAX_PAIRS:
+      return MAX_PAIRS + 1
   return n
 
 
