@@ -4,7 +4,7 @@ Command (K = 5 original models, K = 5 retrain models per scenario, every method 
 3 scenarios; prints the Table 1 layout):
   python -m experiments.main --config=configs/digits.py --workdir=runs/digits
 Run i starts from original model i mod K and is compared with retrain model i mod K.
-Runtime: about 6 min from an empty workdir on a 2-core CPU (``:paper``: about 39 min).
+Runtime: about 8 min from an empty workdir on a 2-core CPU (``:paper``: about 30-40 min).
 Results: results.json, results.md and the per-scenario plots in the workdir; the published
 copy is docs/results.md (raw rows docs/results.json).
 

@@ -16,10 +16,10 @@ its sums:
   convolution to the rounding of a 9-term (9 × O-term) sum in another order. Every other
   convolution goes to ``lax`` unchanged.
 
-Measured on a 2-core AMD EPYC (AVX2, no AVX-512), cnn_small, in one run against the previous
-version of these layers (stock forward, NHWC shifted training forward): evaluation logits at
-batch 500 24.5 → 13.1 ms, the input-gradient metric at batch 500 74.0 → 39.6 ms, the
-training step at batch 128 unchanged (12.1 → 11.9 ms); docs/benchmarks.md.
+Measured on a 2-core AMD EPYC (AVX2, no AVX-512), cnn_small, against the stock layers
+(``benchmarks/cnn_throughput.py``): inference logits at batch 500 27.3 → 11.0 ms, the
+training step at batch 128 37.7 → 10.0 ms; against the previous version of these layers the
+logits 24.5 → 13.1 ms and the input-gradient metric 74.0 → 39.6 ms (docs/benchmarks.md).
 Earlier, on the 2-core Xeon against the stock layers: the pooling's backward 5.7 → 0.7 ms per
 layer, the training step 25.6 → 8.7 ms. The module stays an ``nn.Conv`` so that GROGU's fast path
 (:mod:`cure_jax.unlearning.grogu.layer_calls`) still recognises it.
