@@ -228,7 +228,7 @@ def test_tune_scores_on_validation_and_records_its_rule(first):
   config = tiny_config()
   config.mode = 'tune'
   config.tune.update(lrs=(0.003, 0.03), epochs=(1,), temperatures=(2.0, 4.0), seeds=1,
-                     model_seeds=1)
+                     model_seeds=1, trials=0)   # the grid only
   config.reproduce.methods = ('ghr', 'gsr')
   choices = entry.run(config, str(workdir))
   doc = json.loads((workdir / 'tune.json').read_text())

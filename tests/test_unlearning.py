@@ -55,10 +55,12 @@ def _flat(tree):
   return np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(tree))])
 
 
-# The temperatures the committed fixture was recorded with (the tuned digits values since
-# changed to 4).
+# The temperatures and GROGU weights the committed fixture was recorded with (the tuned
+# digits values have changed since).
 RECORDED = {name: {'temperature': 2.0} for name in ('gsr', 'grogu', 'gsr_descent',
                                                     'grogu_descent')}
+for _name in ('grogu', 'grogu_t1', 'grogu_descent', 'grogu_t1_descent'):
+  RECORDED.setdefault(_name, {}).update(w_h=0.5, w_s=0.5)
 
 
 @pytest.mark.parametrize('name', helpers.step_methods())
