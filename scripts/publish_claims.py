@@ -41,14 +41,14 @@ def publish(rows_path, name, root=publish_results.ROOT):
   spec_config.update(config.get('claims', {}))
   spec = claims.Spec.from_config(spec_config)
   threshold = config['reproduce']['forget_threshold']
-  title = next((line[2:].strip() for line in _title_source(root, name)), name)
+  title = _title(root, name) or name
   plot = f'{name}_claims_forest.png'
-  drawn = forest.plot_claims(claims.claims(data['rows'], threshold, spec),
-                             os.path.join(root, 'docs', plot), title)
+  result = claims.claims(data['rows'], threshold, spec)
+  drawn = forest.plot_claims(result, os.path.join(root, 'docs', plot), title)
   with tempfile.TemporaryDirectory() as work:
     with open(os.path.join(work, 'claims.md'), 'w', encoding='utf-8') as f:
       f.write(claims_text.claims_markdown(data['rows'], threshold, title, spec,
-                                          forest=plot if drawn else None))
+                                          forest=plot if drawn else None, result=result))
     publish_results._publish_claims(work, root, name)  # pylint: disable=protected-access
     readme_path = os.path.join(root, 'README.md')
     readme = open(readme_path, encoding='utf-8').read()
@@ -59,16 +59,17 @@ def publish(rows_path, name, root=publish_results.ROOT):
   print(f'claims of {len(data["rows"])} rows from {rows_path} published as {name}')
 
 
-def _title_source(root, name):
-  """The title line the section had (``## <title>`` inside its markers), if any."""
+def _title(root, name):
+  """The title the section had (its ``## <title>`` line inside the markers), or None."""
   path = os.path.join(root, 'docs', 'claims.md')
   if not os.path.exists(path):
-    return []
+    return None
   doc = open(path, encoding='utf-8').read()
   begin = f'<!-- claims:{name} -->'
   if begin not in doc:
-    return []
-  return [line[1:] for line in doc[doc.index(begin):].splitlines()[1:2] if line.startswith('## ')]
+    return None
+  first = doc[doc.index(begin) + len(begin):].lstrip('\n').split('\n', 1)[0]
+  return first[3:].strip() if first.startswith('## ') else None
 
 
 if __name__ == '__main__':

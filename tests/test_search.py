@@ -77,7 +77,7 @@ def test_grogu_searches_its_weight_and_the_run_gets_w_s():
   config = tiny_config()
   config.reproduce.methods = ('grogu', 'ghr')
   runs = {r.name: r for r in plan.runs(config)}
-  assert search.dims_of(runs['grogu'], True) == ('lr', 'epochs', 'temperature', 'w_h')
-  assert search.dims_of(runs['ghr'], False) == ('lr', 'epochs')
+  assert search.dims_of(runs['grogu']) == ('lr', 'epochs', 'temperature', 'w_h')
+  assert search.dims_of(runs['ghr']) == ('lr', 'epochs')
   run = tuning.with_trial(runs['grogu'], {'lr': 0.1, 'epochs': 2.0, 'w_h': 0.75})
   assert (run.hparams.w_h, run.hparams.w_s, run.hparams.lr) == (0.75, 0.25, 0.1)

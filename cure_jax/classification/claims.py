@@ -166,19 +166,14 @@ def paired_differences(rows, scenario, a, b, value):
   return diffs, va, vb, len(keys) - len(diffs)
 
 
-def _meets(rows, scenario, method, threshold):
-  """Whether ``method`` meets the table rule's forget threshold in ``scenario``."""
-  sub = [r for r in rows if r['scenario'] == scenario and r['method'] == method]
-  if not sub or any(r.get('status') == 'diverged' for r in sub):
-    return False
-  forget = tables.summarize(sub, 'forget_acc').get((scenario, method))
-  return forget is not None and forget[0] <= threshold + 1e-12
-
-
-def _mean_forget(rows, scenario, method):
+def _forget_rule(rows, scenario, method, threshold):
+  """``(meets, mean forget acc)`` of ``method`` in ``scenario``: whether it meets the table
+  rule's forget threshold (mean forget acc ≤ threshold, no diverged run)."""
   sub = [r for r in rows if r['scenario'] == scenario and r['method'] == method]
   stat = tables.summarize(sub, 'forget_acc').get((scenario, method))
-  return stat[0] if stat else float('nan')
+  mean = stat[0] if stat else float('nan')
+  diverged = any(r.get('status') == 'diverged' for r in sub)
+  return bool(stat) and not diverged and mean <= threshold + 1e-12, mean
 
 
 def _rule(p, a_meets, b_meets):
@@ -216,8 +211,9 @@ def _part(rows, label, a, b, value, margin, threshold=None):
     diffs, va, vb, excluded = paired_differences(rows, s, a, b, value)
     rule = forget = None
     if threshold is not None:
-      rule = (_meets(rows, s, a, threshold), _meets(rows, s, b, threshold))
-      forget = (_mean_forget(rows, s, a), _mean_forget(rows, s, b))
+      (a_meets, a_forget), (b_meets, b_forget) = (_forget_rule(rows, s, m, threshold)
+                                                  for m in (a, b))
+      rule, forget = (a_meets, b_meets), (a_forget, b_forget)
       flags.append(rule)
     entries.append(_entry(s, a, b, diffs, va, vb, excluded, margin, rule, forget))
     pooled = (pooled[0] + diffs, pooled[1] + va, pooled[2] + vb, pooled[3] + excluded)

@@ -110,11 +110,13 @@ def _relevant_note(rows):
   return '\n'.join(lines)
 
 
-def claims_markdown(rows, threshold, title, spec=claims_lib.Spec(), forest=None):
+def claims_markdown(rows, threshold, title, spec=claims_lib.Spec(), forest=None, result=None):
   """The claims as a markdown document: a summary, one section per claim, how it is computed;
   ``forest``: the file name of their forest plot (:mod:`cure_jax.classification.forest`),
-  linked under the summary."""
-  result = claims_lib.claims(rows, threshold, spec)
+  linked under the summary; ``result``: ``claims.claims(rows, threshold, spec)`` when the
+  caller has it already."""
+  if result is None:
+    result = claims_lib.claims(rows, threshold, spec)
   n_scen = len(dict.fromkeys(r['scenario'] for r in rows))
   parts = [f'# {title}', '', f'Forget threshold (claims 1 and 3): mean forget acc ≤ '
            f'{threshold}. Every comparison a − b is claimed > 0; Holm at α = {spec.alpha}.', '',

@@ -121,15 +121,14 @@ def write_report(rows, workdir, *, threshold, title, class_names, plots=True, me
   if plots:
     write_plots(rows, workdir, class_names)
   write_atomic(os.path.join(workdir, 'results.md'), text)
-  forest_name = None
+  result, forest_name = claims.claims(rows, threshold, claims_spec), None
   if plots:
     from cure_jax.classification import forest
-    if forest.plot_claims(claims.claims(rows, threshold, claims_spec),
-                          os.path.join(workdir, forest.FILENAME), title):
+    if forest.plot_claims(result, os.path.join(workdir, forest.FILENAME), title):
       forest_name = forest.FILENAME
   write_atomic(os.path.join(workdir, 'claims.md'),
                claims_text.claims_markdown(rows, threshold, f'{title}: the paper\'s claims',
-                                           claims_spec, forest=forest_name))
+                                           claims_spec, forest=forest_name, result=result))
   doc = {'meta': meta or {}, 'rows': rows}
   if section is not None:
     doc['klom'] = section

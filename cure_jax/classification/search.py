@@ -54,14 +54,13 @@ def _ladder(start, rungs, low=-math.inf, high=math.inf):
   return tuple(sorted({float(v) for v in (*start, *rungs) if low <= float(v) <= high}))
 
 
-def dims_of(run, own_temperature):
-  """The searched dimensions of ``run``'s method."""
-  dims = ['lr', 'epochs']
-  if own_temperature:
-    dims.append('temperature')
-  if 'w_h' in run.method.own_hparams and 'w_h' not in dict(run.method.defaults):
-    dims.append('w_h')
-  return tuple(dims)
+def dims_of(run):
+  """The searched dimensions of ``run``'s method: lr and epochs, and the temperature and
+  GROGU's weight where the method has them as its own (not fixed by its name, as grogu_t1
+  fixes T = 1)."""
+  fixed = dict(run.method.defaults)
+  return ('lr', 'epochs') + tuple(d for d in ('temperature', 'w_h')
+                                  if d in run.method.own_hparams and d not in fixed)
 
 
 def space(tune, dims):

@@ -24,12 +24,6 @@ from cure_jax.infra import files, sweep_log
 from cure_jax.unlearning import plan
 
 
-def _uses_temperature(run):
-  """Whether the method has a temperature of its own (grogu_t1 fixes T = 1 by name)."""
-  return ('temperature' in run.method.own_hparams
-          and 'temperature' not in dict(run.method.defaults))
-
-
 def trials(config, run):
   """``(trial settings, the run with them)``: the starting design, the same
   ``len(lrs) × len(epochs)`` trials for every method. A method with a temperature of its own
@@ -37,7 +31,7 @@ def trials(config, run):
   count) takes temperature ``(i + j) mod len(temperatures)``, a Latin assignment that pairs
   every temperature with several learning rates and every epoch count; GROGU's weight
   ``w_h`` likewise takes ``(i + 2j) mod len(grogu_weights)``."""
-  dims = search.dims_of(run, _uses_temperature(run))
+  dims = search.dims_of(run)
   temps, weights = tuple(config.tune.temperatures), tuple(config.tune.grogu_weights)
   for (i, lr), (j, epochs) in itertools.product(enumerate(config.tune.lrs),
                                                 enumerate(config.tune.epochs)):
@@ -94,7 +88,7 @@ def budget(config):
 def _search(config, run, study, log, threshold):
   """``(scored trials, trial records)`` of one method: the starting design, then
   :func:`search.next_trial` until the budget is spent or no move is left."""
-  space = search.space(config.tune, search.dims_of(run, _uses_temperature(run)))
+  space = search.space(config.tune, search.dims_of(run))
   queue = [t for t, _ in trials(config, run)]
   scored, tried, records = [], [], []
   while len(tried) < budget(config):
@@ -254,6 +248,7 @@ def markdown(doc, methods, dataset):
            *([''] if doc.get('retuned') else []),
            '| Method | Chosen | Val retain | Worst-scenario val forget | Under threshold | '
            'Trials ok / diverged / collapsed | Not bracketed |', '|---|---|---|---|---|---|---|']
+  where = []   # per chosen method: the dimensions its choice leaves unbracketed
   for name in methods:
     mine = [t for t in doc['trials'] if t['method'] == name]
     ok = [t for t in mine if t['status'] == 'ok']
@@ -265,11 +260,10 @@ def markdown(doc, methods, dataset):
       continue
     best = next(t for t in ok if all(t[k] == v for k, v in choice.items()))
     under = 'yes' if best['forget_acc'] <= rule['forget_threshold'] + 1e-12 else 'no'
-    where = ', '.join(edges(choice, rule, mine)) or '–'
+    where.append(edges(choice, rule, mine))
     lines.append(f'| {name} | {_setting(choice)} | {best["retain_acc"]:.3f} | '
-                 f'{best["forget_acc"]:.3f} | {under} | {counts} | {where} |')
-  tried = lambda name: [t for t in doc['trials'] if t['method'] == name]
-  where = [edges(c, rule, tried(m)) for m, c in doc['choices'].items()]
+                 f'{best["forget_acc"]:.3f} | {under} | {counts} | '
+                 f'{", ".join(where[-1]) or "–"} |')
   on_edge = sum(bool(w) for w in where)
   if 'ladders' not in rule:
     lines += ['', f'{on_edge} of {len(doc["choices"])} choices sit on an edge of the grid (the '

@@ -93,25 +93,30 @@ def _lax_conv(x_BxHxWx1, kernel_3x3x1xO):
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
+def _unfused_transpose(x, subscripts):
+  """The transpose ``subscripts`` names (``'bohw,op->bhwp'``: the channel axis ``o`` of
+  ``x`` becomes ``p``) as a product with the identity matrix. The product is exact (each
+  output is one term times 1 plus zeros) and XLA never fuses it, so its output is written
+  once. A transpose would be fused into every consumer instead, and XLA would recompute
+  the producers through a strided read in each (the batch statistics, the pooling, the
+  backward's masks, GROGU's per-example cotangents), measured up to 1.6x slower for a GROGU
+  step. (``lax.optimization_barrier`` does not stop that: the CPU pipeline removes barriers
+  before fusion.)"""
+  channels = x.shape[subscripts.split(',')[0].index('o')]
+  return jnp.einsum(subscripts, x, jnp.eye(channels, dtype=x.dtype))
+
+
 def _grey_shifted(x_BxHxWx1, kernel_3x3x1xO):
   """The convolution as nine shifted multiply-adds, laid out channels-first so that the
   loop's innermost dimension is the image width rather than the few output channels, then
-  put back in NHWC by a product with the identity matrix.
-
-  The product is exact (each output is one term times 1 plus zeros) and is never fused:
-  the output is written once. A transpose instead would be fused into every consumer, and
-  XLA would recompute the nine taps through a strided transpose in each (the batch
-  statistics, the pooling, the backward's masks, GROGU's per-example cotangents), measured
-  up to 1.6x slower for a GROGU step. (``lax.optimization_barrier`` does not stop that: the
-  CPU pipeline removes barriers before fusion.)"""
+  put back in NHWC (:func:`_unfused_transpose`)."""
   h, w = x_BxHxWx1.shape[1:3]
   padded_BxHxW = jnp.pad(x_BxHxWx1[..., 0], ((0, 0), (1, 1), (1, 1)))
   taps_9xO = kernel_3x3x1xO.reshape(9, kernel_3x3x1xO.shape[-1])
   y_BxOxHxW = sum(padded_BxHxW[:, None, dy:dy + h, dx:dx + w]
                   * taps_9xO[3 * dy + dx][None, :, None, None]
                   for dy in range(3) for dx in range(3))
-  eye_OxO = jnp.eye(y_BxOxHxW.shape[1], dtype=y_BxOxHxW.dtype)
-  return jnp.einsum('bohw,op->bhwp', y_BxOxHxW, eye_OxO)
+  return _unfused_transpose(y_BxOxHxW, 'bohw,op->bhwp')
 
 
 @jax.custom_vjp
@@ -131,10 +136,9 @@ def _grey_bwd(residuals, g_BxHxWxO):
   # The image's gradient (only an input-gradient metric asks for it; training drops it):
   # the transposed convolution as 9 x O shifted multiply-adds over channels-first planes.
   taps_9xO = kernel_3x3x1xO.reshape(9, kernel_3x3x1xO.shape[-1])
-  # Channels-first through a product with the identity (exact), for _grey_shifted's reason:
-  # a fused transpose would recompute the cotangent's producers in each of the 9 x O terms.
-  eye_OxO = jnp.eye(g_BxHxWxO.shape[-1], dtype=g_BxHxWxO.dtype)
-  g_BxOxHxW = jnp.pad(jnp.einsum('bhwo,op->bphw', g_BxHxWxO, eye_OxO),
+  # Channels-first once: a fused transpose would recompute the cotangent's producers in
+  # each of the 9 x O terms.
+  g_BxOxHxW = jnp.pad(_unfused_transpose(g_BxHxWxO, 'bhwo,op->bphw'),
                       ((0, 0), (0, 0), (1, 1), (1, 1)))
   dx_BxHxW = sum(g_BxOxHxW[:, o, 2 - dy:2 - dy + h, 2 - dx:2 - dx + w] * taps_9xO[3 * dy + dx, o]
                  for dy in range(3) for dx in range(3) for o in range(taps_9xO.shape[1]))
